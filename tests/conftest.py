@@ -1,0 +1,36 @@
+"""Suite-wide setup: keep every test out of $HOME and give each session clean folders."""
+
+import os
+import tempfile
+
+import pytest
+
+# Set before anything imports bpy, torch or huggingface libraries: they read these at import.
+_SCRATCH = tempfile.mkdtemp(prefix="nstudio-tests-")
+for _var, _sub in (
+    ("BLENDER_USER_RESOURCES", "blender"),
+    ("XDG_CACHE_HOME", "cache"),
+    ("HF_HOME", "hf"),
+    ("TORCH_EXTENSIONS_DIR", "torch_ext"),
+    ("NUMBA_CACHE_DIR", "numba"),
+):
+    os.environ[_var] = os.path.join(_SCRATCH, _sub)
+    os.makedirs(os.environ[_var], exist_ok=True)
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def _has_cuda() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+def pytest_collection_modifyitems(config, items):
+    if _has_cuda():
+        return
+    skip = pytest.mark.skip(reason="no CUDA device on this machine")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
