@@ -1,0 +1,10 @@
+"""File formats for Gaussians and camera paths: numpy only, no bpy (the add-on's first layer).
+
+Modules: ``ply`` (3DGS PLY read/write), ``splat`` (antimatter15 .splat read), ``camera_path``
+(nerfstudio camera_path.json), ``axes`` (Y-up <-> Z-up conversion incl. SH rotation),
+``gaussians`` (the Gaussians-map checks shared by all of them).
+"""
+
+from .errors import FormatError
+
+__all__ = ["FormatError"]
