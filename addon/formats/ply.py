@@ -188,8 +188,23 @@ def _read_body(path: str, fmt: str, elements: list[_Element], body_offset: int) 
     return vertex, data
 
 
-def _columns(data: np.ndarray, names: list[str]) -> np.ndarray:
-    """Gather named fields of a structured array into a C-contiguous float32 [N, len(names)]."""
+def _columns(data: np.ndarray, names: list[str], channel_major_k: int | None = None) -> np.ndarray:
+    """Gather named fields of a structured array into a C-contiguous float32 array.
+
+    Args:
+        data: the vertex records. [N]
+        names: fields to take, in order.
+        channel_major_k: when given, the fields are f_rest (channel-major, 3 x K) and the
+            result is reordered to [N, K, 3] in the same single copy.
+
+    Returns:
+        float32 [N, len(names)], or [N, K, 3] with ``channel_major_k``.
+    """
+    def shaped(table: np.ndarray) -> np.ndarray:
+        if channel_major_k is None:
+            return np.ascontiguousarray(table)
+        return np.ascontiguousarray(table.reshape(table.shape[0], 3, channel_major_k).transpose(0, 2, 1))
+
     n = data.shape[0]
     fields = data.dtype.fields
     if all(fields[nm][0] == np.float32 for nm in names) and data.dtype.itemsize % 4 == 0:
@@ -197,11 +212,14 @@ def _columns(data: np.ndarray, names: list[str]) -> np.ndarray:
         flat = np.ndarray((n, data.dtype.itemsize // 4), np.float32, data.data if n else b"")
         cols = [fields[nm][1] // 4 for nm in names]
         if all(fields[nm][1] % 4 == 0 for nm in names):
-            return np.ascontiguousarray(flat[:, cols])
+            if cols and cols == list(range(cols[0], cols[0] + len(cols))):
+                # The usual case: the properties sit side by side, a strided slice copy.
+                return shaped(flat[:, cols[0]:cols[0] + len(cols)])
+            return shaped(flat[:, cols])
     out = np.empty((n, len(names)), np.float32)
     for j, nm in enumerate(names):
         out[:, j] = data[nm]
-    return out
+    return shaped(out)
 
 
 def read_ply(path: str | os.PathLike) -> dict[str, np.ndarray]:
@@ -232,8 +250,9 @@ def read_ply(path: str | os.PathLike) -> dict[str, np.ndarray]:
     except OSError as exc:
         raise FormatError(f"{path}: cannot read: {exc.strerror or exc}") from exc
     fmt, elements, body_offset = _parse_header(path, head)
+    # Check the properties before reading any data.
+    rest_names, k = _required_names(path, _vertex_layout(path, elements)[0])
     vertex, data = _read_body(path, fmt, elements, body_offset)
-    rest_names, k = _required_names(path, vertex)
 
     g: dict[str, np.ndarray] = {
         "means": _columns(data, ["x", "y", "z"]),
@@ -242,13 +261,13 @@ def read_ply(path: str | os.PathLike) -> dict[str, np.ndarray]:
         "opacities": _columns(data, ["opacity"]).reshape(-1),
         "sh0": _columns(data, ["f_dc_0", "f_dc_1", "f_dc_2"]),
         # Channel-major on disk: [N, 3, K] -> [N, K, 3].
-        "shN": np.ascontiguousarray(_columns(data, rest_names).reshape(-1, 3, k).transpose(0, 2, 1)),
+        "shN": _columns(data, rest_names, channel_major_k=k),
     }
     known = set(rest_names) | {"x", "y", "z", "f_dc_0", "f_dc_1", "f_dc_2", "opacity", "scale_0",
                                "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3", *_FILLER_PROPERTIES}
     for name, _ in vertex.props:
         if name not in known and name not in g:
-            g[name] = np.ascontiguousarray(data[name]).astype(data.dtype.fields[name][0].newbyteorder("="))
+            g[name] = np.array(data[name], dtype=data.dtype.fields[name][0].newbyteorder("="))
     log.debug("read %d Gaussians (SH degree %d) from %s", data.shape[0], DEGREE_BY_K[k], path)
     return g
 
@@ -314,4 +333,4 @@ def write_ply(path: str | os.PathLike, gaussians: dict[str, np.ndarray], normals
         body = table
     with open(path, "wb") as f:
         f.write(header)
-        f.write(memoryview(np.ascontiguousarray(body)).cast("B"))
+        f.write(np.ascontiguousarray(body).view(np.uint8).reshape(-1).data)

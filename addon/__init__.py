@@ -1,0 +1,72 @@
+"""Neural Studio: generative and capture tools in Blender, backed by a local or remote server.
+
+Importing this package does nothing: `addon.protocol`, `addon.client`, `addon.jobs` and the
+other bpy-free modules import without Blender. `register()` imports the Blender layer.
+
+Feature modules plug in through `FEATURE_MODULES`: each exposes a `CLASSES` tuple (registered
+in order, unregistered in reverse) and may define `register()`/`unregister()` for properties,
+handlers, timers and menu entries, called after its classes are registered and before they are
+unregistered.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+#: Feature modules, in registration order (relative to this package). A module listed here
+#: that cannot be imported is an error: the add-on refuses to register half a feature set.
+FEATURE_MODULES = (
+    "preferences",
+    "session",
+    "operators",
+    "ui",
+    "ops_gaussians",
+)
+
+_registered: list = []
+
+
+class FeatureModuleError(ImportError):
+    """A module in FEATURE_MODULES is missing or lacks its CLASSES tuple."""
+
+
+def _load(name: str):
+    try:
+        module = importlib.import_module(f".{name}", __package__)
+    except ModuleNotFoundError as exc:
+        if exc.name != f"{__package__}.{name}":
+            raise  # the module exists but something it imports does not
+        raise FeatureModuleError(
+            f"Neural Studio feature module {name!r} ({__package__}/{name}.py) is missing; it is listed in "
+            f"{__package__}.FEATURE_MODULES") from exc
+    classes = getattr(module, "CLASSES", None)
+    if not isinstance(classes, tuple):
+        raise FeatureModuleError(f"{__package__}.{name} must define a CLASSES tuple (got {type(classes).__name__})")
+    return module
+
+
+def register() -> None:
+    """Register every feature module's classes, then call its register()."""
+    import bpy
+
+    modules = [_load(name) for name in FEATURE_MODULES]  # all or nothing, before touching bpy
+    for module in modules:
+        for cls in module.CLASSES:
+            bpy.utils.register_class(cls)
+        hook = getattr(module, "register", None)
+        if hook is not None:
+            hook()
+        _registered.append(module)
+
+
+def unregister() -> None:
+    """Undo register() in reverse order."""
+    import bpy
+
+    while _registered:
+        module = _registered.pop()
+        hook = getattr(module, "unregister", None)
+        if hook is not None:
+            hook()
+        for cls in reversed(module.CLASSES):
+            bpy.utils.unregister_class(cls)

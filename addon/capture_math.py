@@ -1,0 +1,419 @@
+"""Scene-capture maths for Gaussian-splat training, numpy only (no bpy, no torch).
+
+What `addon/capture.py` needs and what can be tested without Blender:
+
+- training camera layouts around a bounding box (ring, Fibonacci hemisphere, Fibonacci sphere),
+  as look-at matrices in Blender's camera convention (`world_from_camera`: the camera looks down
+  its -Z axis, +Y is up in the image; Z-up world, metres);
+- pinhole intrinsics from a resolution and a lens in millimetres (Blender's `AUTO` sensor fit:
+  the sensor width applies to the larger image side);
+- the held-out split used by `splat.reconstruct` (`test_every`);
+- area-weighted surface sampling of triangle meshes with a seeded RNG;
+- colouring of sampled points from the captured images, with visibility decided by the captured
+  depth, so any material (procedural ones included) gives the points their rendered colour;
+- a reader for the uncompressed (multi-part) OpenEXR files that Blender writes for a capture.
+
+Cameras are returned as the PROTOCOL.md cameras map:
+`{"world_from_camera": (T,4,4) <f4, "fx","fy","cx","cy": float, "width","height": int,
+"near","far": float}`.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+
+import numpy as np
+
+LAYOUTS = ("ring", "hemisphere", "sphere")
+
+#: Blender's default full-frame sensor width (mm); with sensor fit AUTO it spans the larger side.
+SENSOR_WIDTH_MM = 36.0
+
+
+# --------------------------------------------------------------------------------------------
+# Cameras
+# --------------------------------------------------------------------------------------------
+
+
+def look_at(eye: np.ndarray, target: np.ndarray, up=(0.0, 0.0, 1.0)) -> np.ndarray:
+    """Blender-convention camera matrices looking from `eye` at `target`.
+
+    Args:
+        eye: camera centres, world frame, metres. [T, 3] (or [3])
+        target: points looked at, world frame, metres. [T, 3] (or [3])
+        up: the world direction that should appear up in the image; when a camera looks
+            (anti)parallel to it, world +Y is used instead for that camera.
+
+    Returns:
+        world_from_camera: columns are the camera's +X (right), +Y (up), +Z (backwards: the camera
+        looks down -Z) axes and its centre. [T, 4, 4] float64 (or [4, 4])
+    """
+    eye = np.asarray(eye, dtype=np.float64)
+    target = np.asarray(target, dtype=np.float64)
+    single = eye.ndim == 1
+    eye, target = np.atleast_2d(eye), np.atleast_2d(target)
+    eye, target = np.broadcast_arrays(eye, target)
+    back = eye - target
+    norm = np.linalg.norm(back, axis=1, keepdims=True)
+    if np.any(norm < 1e-12):
+        raise ValueError("look_at: eye and target coincide")
+    back = back / norm
+    ups = np.broadcast_to(np.asarray(up, dtype=np.float64), back.shape).copy()
+    # A camera looking straight along `up` has no defined roll: pick world +Y as its up.
+    parallel = np.abs(np.sum(back * ups, axis=1)) > 1.0 - 1e-9
+    ups[parallel] = (0.0, 1.0, 0.0)
+    right = np.cross(ups, back)
+    right /= np.linalg.norm(right, axis=1, keepdims=True)
+    cam_up = np.cross(back, right)
+    out = np.zeros((len(eye), 4, 4))
+    out[:, :3, 0] = right
+    out[:, :3, 1] = cam_up
+    out[:, :3, 2] = back
+    out[:, :3, 3] = eye
+    out[:, 3, 3] = 1.0
+    return out[0] if single else out
+
+
+def fibonacci_directions(count: int, hemisphere: bool, min_elevation_deg: float = 10.0) -> np.ndarray:
+    """Evenly spread unit directions (Fibonacci lattice), Z up.
+
+    Args:
+        count: number of directions.
+        hemisphere: only directions above `min_elevation_deg` (for objects standing on a ground);
+            otherwise the whole sphere.
+        min_elevation_deg: lowest elevation for the hemisphere layout, degrees.
+
+    Returns:
+        Unit vectors. [T, 3]
+    """
+    if count < 1:
+        raise ValueError(f"count must be >= 1, got {count}")
+    i = np.arange(count, dtype=np.float64) + 0.5
+    if hemisphere:
+        z_lo = math.sin(math.radians(min_elevation_deg))
+        z = 1.0 - i / count * (1.0 - z_lo)
+    else:
+        z = 1.0 - 2.0 * i / count
+    golden = math.pi * (3.0 - math.sqrt(5.0))
+    phi = golden * i
+    r = np.sqrt(np.clip(1.0 - z * z, 0.0, None))
+    return np.stack([r * np.cos(phi), r * np.sin(phi), z], axis=1)
+
+
+def ring_directions(count: int, elevation_deg: float = 25.0) -> np.ndarray:
+    """Unit directions on a horizontal ring at one elevation, Z up. [T, 3]"""
+    if count < 1:
+        raise ValueError(f"count must be >= 1, got {count}")
+    phi = 2.0 * math.pi * np.arange(count) / count
+    el = math.radians(elevation_deg)
+    return np.stack(
+        [math.cos(el) * np.cos(phi), math.cos(el) * np.sin(phi), np.full(count, math.sin(el))], axis=1
+    )
+
+
+def intrinsics(width: int, height: int, lens_mm: float, sensor_mm: float = SENSOR_WIDTH_MM):
+    """Pinhole intrinsics of a Blender camera with sensor fit AUTO and no shift.
+
+    Returns:
+        (fx, fy, cx, cy) in pixels; square pixels, centred principal point.
+    """
+    if width < 1 or height < 1:
+        raise ValueError(f"resolution must be positive, got {width}x{height}")
+    if lens_mm <= 0:
+        raise ValueError(f"lens_mm must be positive, got {lens_mm}")
+    f = lens_mm / sensor_mm * max(width, height)
+    return float(f), float(f), width / 2.0, height / 2.0
+
+
+def capture_cameras(
+    bbox_min,
+    bbox_max,
+    layout: str = "hemisphere",
+    count: int = 48,
+    width: int = 128,
+    height: int = 128,
+    lens_mm: float = 50.0,
+    margin: float = 1.1,
+    elevation_deg: float = 25.0,
+) -> dict:
+    """Training cameras around a bounding box, all looking at its centre.
+
+    The distance is chosen so the box's bounding sphere (times `margin`) fits the narrower field of
+    view of every camera.
+
+    Args:
+        bbox_min: lower corner of the box, world frame, metres. [3]
+        bbox_max: upper corner of the box, world frame, metres. [3]
+        layout: "ring" (one elevation), "hemisphere" (Fibonacci, above 10 degrees) or "sphere".
+        count: number of cameras T.
+        width, height: image size in pixels.
+        lens_mm: focal length in millimetres on a 36 mm sensor (AUTO fit).
+        margin: scale of the bounding sphere that must fit in view (> 1 leaves a border).
+        elevation_deg: elevation of the ring layout, degrees.
+
+    Returns:
+        The PROTOCOL.md cameras map with T cameras (world_from_camera [T, 4, 4] <f4).
+    """
+    lo = np.asarray(bbox_min, dtype=np.float64)
+    hi = np.asarray(bbox_max, dtype=np.float64)
+    if lo.shape != (3,) or hi.shape != (3,) or np.any(hi < lo) or not np.all(np.isfinite([lo, hi])):
+        raise ValueError(f"bad bounding box {lo} .. {hi}")
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    if margin <= 0:
+        raise ValueError(f"margin must be positive, got {margin}")
+    fx, fy, cx, cy = intrinsics(width, height, lens_mm)
+    centre = (lo + hi) / 2.0
+    radius = max(float(np.linalg.norm(hi - lo)) / 2.0, 1e-3) * margin
+    half_fov = min(math.atan(cx / fx), math.atan(cy / fy))
+    distance = radius / math.sin(half_fov)
+    if layout == "ring":
+        dirs = ring_directions(count, elevation_deg)
+    else:
+        dirs = fibonacci_directions(count, hemisphere=layout == "hemisphere")
+    eyes = centre + distance * dirs
+    return {
+        "world_from_camera": look_at(eyes, centre).astype(np.float32),
+        "fx": fx,
+        "fy": fy,
+        "cx": cx,
+        "cy": cy,
+        "width": int(width),
+        "height": int(height),
+        # The whole bounding sphere lies between these planes for every camera.
+        "near": float(max(distance - radius, 1e-3) * 0.5),
+        "far": float((distance + radius) * 2.0),
+    }
+
+
+def holdout_split(count: int, test_every: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of training and held-out views: every `test_every`-th view (0, k, 2k, ...) is held out.
+
+    `test_every` 0 holds nothing out. This is the split `splat.reconstruct` uses.
+
+    Returns:
+        (train, test) index arrays.
+    """
+    idx = np.arange(count)
+    if test_every <= 0:
+        return idx, idx[:0]
+    test = idx % test_every == 0
+    return idx[~test], idx[test]
+
+
+def _per_camera(value, count: int) -> np.ndarray:
+    arr = np.asarray(value, dtype=np.float64)
+    return np.broadcast_to(arr, (count,)) if arr.ndim == 0 else arr
+
+
+def project(points: np.ndarray, cameras: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Project world points into every camera.
+
+    Args:
+        points: world frame, metres. [P, 3]
+        cameras: PROTOCOL.md cameras map with T cameras.
+
+    Returns:
+        pixels: (x, y) image-plane coordinates; pixel (r, c) covers [c, c+1) x [r, r+1). [T, P, 2]
+        depth: distance along each camera's -Z axis, metres (<= 0 behind the camera). [T, P]
+    """
+    w2c = np.asarray(cameras["world_from_camera"], dtype=np.float64)
+    t = len(w2c)
+    c2w = np.linalg.inv(w2c)
+    pts = np.asarray(points, dtype=np.float64)
+    cam = np.einsum("tij,pj->tpi", c2w[:, :3, :3], pts) + c2w[:, None, :3, 3]
+    depth = -cam[..., 2]
+    safe = np.where(np.abs(depth) > 1e-12, depth, 1e-12)
+    fx, fy = _per_camera(cameras["fx"], t), _per_camera(cameras["fy"], t)
+    cx, cy = _per_camera(cameras["cx"], t), _per_camera(cameras["cy"], t)
+    # Blender camera: +X right, +Y up; image rows grow downwards, hence the minus on y.
+    u = fx[:, None] * cam[..., 0] / safe + cx[:, None]
+    v = -fy[:, None] * cam[..., 1] / safe + cy[:, None]
+    return np.stack([u, v], axis=-1), depth
+
+
+# --------------------------------------------------------------------------------------------
+# Points
+# --------------------------------------------------------------------------------------------
+
+
+def triangle_areas(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    """Areas of triangles. vertices [V, 3], faces [F, 3] -> [F]"""
+    tri = np.asarray(vertices, dtype=np.float64)[np.asarray(faces)]
+    return 0.5 * np.linalg.norm(np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), axis=1)
+
+
+def sample_surface(vertices: np.ndarray, faces: np.ndarray, count: int, seed: int = 0):
+    """Points spread uniformly over a triangle mesh's surface (area-weighted).
+
+    Args:
+        vertices: world frame, metres. [V, 3]
+        faces: vertex indices of triangles. [F, 3]
+        count: number of points P.
+        seed: seed of the numpy Generator (same seed, same points).
+
+    Returns:
+        points: [P, 3] float32 and face index of each point [P] int64.
+    """
+    vertices = np.asarray(vertices, dtype=np.float64)
+    faces = np.asarray(faces)
+    if vertices.ndim != 2 or vertices.shape[1] != 3:
+        raise ValueError(f"vertices must be (V,3), got {vertices.shape}")
+    if faces.ndim != 2 or faces.shape[1] != 3:
+        raise ValueError(f"faces must be (F,3), got {faces.shape}")
+    if len(faces) and (faces.min() < 0 or faces.max() >= len(vertices)):
+        raise ValueError("faces index outside vertices")
+    areas = triangle_areas(vertices, faces)
+    total = areas.sum()
+    if not total > 0:
+        raise ValueError("mesh has no surface area to sample")
+    rng = np.random.default_rng(seed)
+    face = rng.choice(len(faces), size=count, p=areas / total)
+    # Uniform barycentrics by the square-root trick (Osada et al. 2002, "Shape distributions").
+    r1 = np.sqrt(rng.random(count))
+    r2 = rng.random(count)
+    tri = vertices[faces[face]]
+    pts = (1.0 - r1)[:, None] * tri[:, 0] + (r1 * (1.0 - r2))[:, None] * tri[:, 1] + (r1 * r2)[:, None] * tri[:, 2]
+    return pts.astype(np.float32), face
+
+
+def colour_points(
+    points: np.ndarray,
+    images: np.ndarray,
+    depths: np.ndarray,
+    cameras: dict,
+    rel_tolerance: float = 0.02,
+):
+    """Colour points by the captured images where the captured depth says they are visible.
+
+    A point is seen by a camera when it projects inside the image, in front of the camera, onto a
+    covered pixel (alpha > 0.5) whose depth agrees with the point's to `rel_tolerance` (relative).
+    Its colour is the mean over the cameras that see it (nearest pixel).
+
+    Args:
+        points: world frame, metres. [P, 3]
+        images: captured views, straight alpha in the 4th channel when present. [T, H, W, 3|4]
+        depths: distance along -Z, metres, inf where empty. [T, H, W]
+        cameras: the cameras the views were rendered with (T of them).
+        rel_tolerance: relative depth agreement needed to count as visible.
+
+    Returns:
+        colors: mean visible colour, 0.5 grey where no camera sees the point. [P, 3] float32
+        seen: number of cameras that see each point. [P] int64
+    """
+    images = np.asarray(images)
+    depths = np.asarray(depths)
+    t, h, w = depths.shape
+    if images.shape[:3] != (t, h, w):
+        raise ValueError(f"images {images.shape} and depths {depths.shape} disagree")
+    pix, z = project(points, cameras)
+    col = np.floor(pix[..., 0]).astype(np.int64)
+    row = np.floor(pix[..., 1]).astype(np.int64)
+    inside = (col >= 0) & (col < w) & (row >= 0) & (row < h) & (z > 0)
+    col_c, row_c = np.clip(col, 0, w - 1), np.clip(row, 0, h - 1)
+    cam_idx = np.arange(t)[:, None]
+    d_pix = depths[cam_idx, row_c, col_c]
+    visible = inside & np.isfinite(d_pix) & (np.abs(d_pix - z) <= rel_tolerance * np.maximum(z, 1e-9))
+    if images.shape[-1] == 4:
+        visible &= images[cam_idx, row_c, col_c, 3] > 0.5
+    rgb = images[cam_idx, row_c, col_c, :3].astype(np.float64)
+    seen = visible.sum(axis=0)
+    total = (rgb * visible[..., None]).sum(axis=0)
+    colors = np.where(seen[:, None] > 0, total / np.maximum(seen, 1)[:, None], 0.5)
+    return colors.astype(np.float32), seen
+
+
+# --------------------------------------------------------------------------------------------
+# OpenEXR (uncompressed scanline files, single- or multi-part, as Blender writes them)
+# --------------------------------------------------------------------------------------------
+
+_EXR_MAGIC = 20000630
+_EXR_TYPES = {0: np.dtype("<u4"), 1: np.dtype("<f2"), 2: np.dtype("<f4")}
+
+
+def _read_exr_header(buf: bytes, pos: int):
+    attrs = {}
+    while True:
+        end = buf.index(b"\0", pos)
+        name = buf[pos:end].decode("latin-1")
+        pos = end + 1
+        if not name:
+            return attrs, pos
+        end = buf.index(b"\0", pos)
+        kind = buf[pos:end].decode("latin-1")
+        pos = end + 1
+        (size,) = struct.unpack_from("<i", buf, pos)
+        pos += 4
+        attrs[name] = (kind, buf[pos : pos + size])
+        pos += size
+
+
+def _exr_channels(raw: bytes):
+    chans, pos = [], 0
+    while raw[pos] != 0:
+        end = raw.index(b"\0", pos)
+        name = raw[pos:end].decode("latin-1")
+        (ptype,) = struct.unpack_from("<i", raw, end + 1)
+        chans.append((name, ptype))
+        pos = end + 1 + 16  # pixel type, pLinear + 3 reserved bytes, xSampling, ySampling
+    return chans
+
+
+def read_exr(path) -> dict[str, np.ndarray]:
+    """Read every channel of an uncompressed scanline OpenEXR file (one or several parts).
+
+    Blender names channels "ViewLayer.Combined.R", "ViewLayer.Depth.Z", ... in multilayer files.
+
+    Args:
+        path: file written with codec NONE.
+
+    Returns:
+        Map from channel name (Blender's names already carry the layer and pass) to a float32
+        image, row 0 at the top. [H, W] each
+
+    Raises:
+        ValueError: not an OpenEXR file, compressed, tiled or deep.
+    """
+    with open(path, "rb") as fh:
+        buf = fh.read()
+    if len(buf) < 8 or struct.unpack_from("<i", buf, 0)[0] != _EXR_MAGIC:
+        raise ValueError(f"{path}: not an OpenEXR file")
+    flags = struct.unpack_from("<I", buf, 4)[0] >> 8
+    if flags & 0x2 or flags & 0x8:
+        raise ValueError(f"{path}: tiled or deep OpenEXR is not supported")
+    multipart = bool(flags & 0x10)
+    pos = 8
+    headers = []
+    while True:
+        attrs, pos = _read_exr_header(buf, pos)
+        headers.append(attrs)
+        if not multipart:
+            break
+        if buf[pos] == 0:  # an empty header ends the list of parts
+            pos += 1
+            break
+    layouts = []
+    for attrs in headers:
+        if attrs["compression"][1][0] != 0:
+            raise ValueError(f"{path}: compressed OpenEXR (write it with codec NONE)")
+        x0, y0, x1, y1 = struct.unpack("<4i", attrs["dataWindow"][1])
+        chans = sorted(_exr_channels(attrs["channels"][1]))
+        layouts.append((x1 - x0 + 1, y1 - y0 + 1, chans))
+    # Offset tables follow the headers, one uint64 per scanline (uncompressed: one line a chunk).
+    out = {}
+    data = np.frombuffer(buf, dtype=np.uint8)
+    for w, h, chans in layouts:
+        offsets = np.frombuffer(buf, dtype="<u8", count=h, offset=pos).astype(np.int64)
+        pos += 8 * h
+        # Each chunk: [part number if multipart] y, byte count, then per channel one row.
+        start = offsets + (12 if multipart else 8)
+        col = 0
+        for name, ptype in chans:
+            dt = _EXR_TYPES[ptype]
+            nbytes = w * dt.itemsize
+            idx = start[:, None] + col + np.arange(nbytes)[None, :]
+            rows = data[idx].view(dt).reshape(h, w)
+            out[name] = rows.astype(np.float32)
+            col += nbytes
+    return out

@@ -1,0 +1,564 @@
+"""Splat workflow operators: capture a scene and train Gaussians on it, render Gaussians (bpy layer).
+
+Both operators are thin (STYLE.md): they gather what the job needs into protocol arrays, hand it
+to the add-on's session (the one client and job manager, `addon.session`) and return; the
+server streams events back and the result handlers registered here turn them into Blender data
+on the main thread, inside the session timer's time budget.
+
+- ``neural_studio.capture_and_train``: renders training views of the selected objects (or the
+  whole scene) with `addon.capture`, creates an empty Gaussian object as the job's target, and
+  submits ``splat.reconstruct``. Every ``partial`` replaces the target's Gaussians (the viewport
+  shows training live); the ``result`` writes the final Gaussians and stores the metrics as
+  custom properties (``nstudio_psnr``, ``nstudio_ssim``, ``nstudio_count``, ``nstudio_seconds``,
+  ``nstudio_steps``). A cancelled job keeps the last partial already applied (the server also
+  sends one on cancel, with the state at the step the cancel landed).
+- ``neural_studio.render_splats``: renders the selected Gaussian objects (moved to the world
+  frame and merged) from the scene camera over the frame range (or the current frame) through
+  ``splat.render``; the result becomes PNG files and a Blender image (an image sequence for
+  more than one frame).
+
+Capture is a bounded one-off on the main thread (Blender's render operator is not re-entrant
+from a timer): it shows progress with ``window_manager.progress_begin/update`` and reports its
+wall time; only the training runs in the background.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import struct
+import tempfile
+import zlib
+
+import bpy
+import numpy as np
+from bpy.props import BoolProperty, EnumProperty, FloatVectorProperty, IntProperty, StringProperty
+
+from . import client as client_mod
+from . import handlers
+from . import session
+
+log = logging.getLogger(__name__)
+
+RECONSTRUCT = "splat.reconstruct"
+RENDER = "splat.render"
+
+# Custom properties written on the target objects / images.
+PROP_JOB = "nstudio_job"
+PROP_PARTIALS = "nstudio_partials"
+PROP_STEP = "nstudio_step"
+PROP_STATE = "nstudio_train_state"
+METRIC_PROPS = {"psnr": "nstudio_psnr", "ssim": "nstudio_ssim", "count": "nstudio_count",
+                "seconds": "nstudio_seconds", "steps": "nstudio_steps"}
+PROP_RENDER_DIR = "nstudio_render_dir"
+PROP_RENDER_FRAME_START = "nstudio_frame_start"
+PROP_RENDER_FRAMES = "nstudio_frames"
+
+_MESH_LIKE = {"MESH", "CURVE", "SURFACE", "META", "FONT"}
+
+
+# =============================================================================================
+# Pure helpers (numpy only)
+# =============================================================================================
+
+
+def empty_gaussians(sh_degree: int = 0) -> dict:
+    """A Gaussians map with no Gaussians: the target object before the first partial arrives.
+
+    Args:
+        sh_degree: SH degree 0-3 of the (empty) shN array.
+
+    Returns:
+        The PROTOCOL.md Gaussians map with N = 0.
+    """
+    k = {0: 0, 1: 3, 2: 8, 3: 15}[sh_degree]
+    return {"means": np.zeros((0, 3), np.float32), "quats": np.zeros((0, 4), np.float32),
+            "scales": np.zeros((0, 3), np.float32), "opacities": np.zeros((0,), np.float32),
+            "sh0": np.zeros((0, 3), np.float32), "shN": np.zeros((0, k, 3), np.float32)}
+
+
+def reconstruct_params(steps: int, sh_degree: int, test_every: int, max_gaussians: int,
+                       partial_every: int | None = None, preview_every: int | None = None) -> dict:
+    """The ``splat.reconstruct`` params for the operator's settings.
+
+    Args:
+        steps: optimisation steps.
+        sh_degree: SH degree of the result.
+        test_every: hold out every k-th view; 0 = none.
+        max_gaussians: cap on the Gaussian count.
+        partial_every: steps between live partials (default: about 20 per run, at least 25
+            steps apart so sending them stays a small part of the training time).
+        preview_every: steps between preview images (default: about 30 per run).
+
+    Returns:
+        The params map.
+    """
+    if partial_every is None:
+        partial_every = max(25, steps // 20)
+    if preview_every is None:
+        preview_every = max(10, steps // 30)
+    return {"steps": int(steps), "sh_degree": int(sh_degree), "test_every": int(test_every),
+            "max_gaussians": int(max_gaussians), "partial_every": int(partial_every),
+            "preview_every": int(preview_every)}
+
+
+def reconstruct_inputs(captured: dict) -> dict:
+    """The ``splat.reconstruct`` inputs from an `addon.capture.capture` result.
+
+    Args:
+        captured: ``images`` [T, H, W, 4] linear straight alpha, ``cameras`` (T cameras),
+            ``points`` [P, 3], ``colors`` [P, 3].
+
+    Returns:
+        The inputs map (points/colors only when there are any).
+    """
+    inputs = {"images": np.ascontiguousarray(captured["images"], dtype=np.float32),
+              "cameras": captured["cameras"]}
+    points = captured.get("points")
+    if points is not None and len(points):
+        inputs["points"] = np.ascontiguousarray(points, dtype=np.float32)
+        inputs["colors"] = np.ascontiguousarray(np.clip(captured["colors"], 0.0, 1.0), dtype=np.float32)
+    return inputs
+
+
+def linear_to_srgb(x: np.ndarray) -> np.ndarray:
+    """The sRGB transfer function (IEC 61966-2-1) on linear values, clipped to [0, 1]."""
+    x = np.clip(x, 0.0, 1.0)
+    return np.where(x <= 0.0031308, 12.92 * x, 1.055 * np.power(x, 1.0 / 2.4) - 0.055)
+
+
+def frame_to_rgba8(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """A premultiplied linear ``splat.render`` frame -> straight-alpha sRGB bytes, as PNG stores them.
+
+    Args:
+        rgb: premultiplied linear colour, row 0 at the top. [H, W, 3]
+        alpha: coverage. [H, W]
+
+    Returns:
+        RGBA uint8, row 0 at the top. [H, W, 4]
+    """
+    a = np.clip(alpha, 0.0, 1.0)[..., None]
+    straight = np.where(a > 1e-6, rgb / np.maximum(a, 1e-6), 0.0)
+    out = np.concatenate([linear_to_srgb(straight), a], axis=-1)
+    return np.round(out * 255.0).astype(np.uint8)
+
+
+def write_png(path: str, rgba: np.ndarray) -> None:
+    """Write an 8-bit RGBA PNG (non-interlaced, one IDAT chunk).
+
+    Args:
+        path: file to write (its folder must exist).
+        rgba: row 0 at the top. [H, W, 4] uint8
+    """
+    if rgba.dtype != np.uint8 or rgba.ndim != 3 or rgba.shape[2] != 4:
+        raise ValueError(f"write_png wants [H, W, 4] uint8, got {rgba.shape} {rgba.dtype}")
+    h, w = rgba.shape[:2]
+    # Filter type 0 (none) before each row.
+    raw = np.concatenate([np.zeros((h, 1), np.uint8), rgba.reshape(h, w * 4)], axis=1).tobytes()
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 6, 0, 0, 0))
+    png += chunk(b"IDAT", zlib.compress(raw, 6)) + chunk(b"IEND", b"")
+    tmp = path + ".part"
+    with open(tmp, "wb") as f:
+        f.write(png)
+    os.replace(tmp, path)
+
+
+def frame_path(directory: str, frame: int) -> str:
+    """File of one rendered frame: ``<directory>/splats_0001.png``."""
+    return os.path.join(directory, f"splats_{frame:04d}.png")
+
+
+# =============================================================================================
+# Result handlers
+# =============================================================================================
+
+
+def _target_object(job):
+    obj = bpy.data.objects.get(job.target) if job.target else None
+    if obj is None:
+        log.warning("%s job %s: target object %r is gone; result not applied", job.pipeline, job.key, job.target)
+    return obj
+
+
+def on_reconstruct_partial(job, outputs: dict) -> None:
+    """A ``splat.reconstruct`` partial: the Gaussians so far replace the target's (live viewport)."""
+    from .importers import gaussians as gaussian_objects
+
+    obj = _target_object(job)
+    gaussians = outputs.get("gaussians")
+    if obj is None or not isinstance(gaussians, dict):
+        return
+    gaussian_objects.update_gaussian_object(obj, gaussians, color_space=outputs.get("color_space"))
+    obj[PROP_PARTIALS] = int(obj.get(PROP_PARTIALS, 0)) + 1
+    if "step" in outputs:
+        obj[PROP_STEP] = int(outputs["step"])
+    obj[PROP_JOB] = job.id
+    obj[PROP_STATE] = "training"
+
+
+def on_reconstruct_result(job, outputs: dict) -> None:
+    """The ``splat.reconstruct`` result: final Gaussians, metrics as custom properties."""
+    from .importers import gaussians as gaussian_objects
+
+    obj = _target_object(job)
+    if obj is None:
+        return
+    gaussian_objects.update_gaussian_object(obj, outputs["gaussians"], color_space=outputs.get("color_space"))
+    metrics = outputs.get("metrics") or {}
+    for key, prop in METRIC_PROPS.items():
+        if key in metrics:
+            obj[prop] = int(metrics[key]) if key in ("count", "steps") else float(metrics[key])
+    if "steps" in metrics:
+        obj[PROP_STEP] = int(metrics["steps"])
+    obj[PROP_JOB] = job.id
+    obj[PROP_STATE] = "done"
+    log.info("%s: %s Gaussians, held-out PSNR %.2f dB", obj.name, metrics.get("count"), metrics.get("psnr", float("nan")))
+
+
+def _render_image(job):
+    image = bpy.data.images.get(job.target) if job.target else None
+    if image is None:
+        log.warning("splat.render job %s: target image %r is gone; frames not written", job.key, job.target)
+    return image
+
+
+def _show_frame(image, rgba8: np.ndarray) -> None:
+    """Put one frame into the Blender image (float pixels, row 0 at the bottom)."""
+    h, w = rgba8.shape[:2]
+    if tuple(image.size) != (w, h):
+        image.scale(w, h)
+    pixels = np.ascontiguousarray(rgba8[::-1], dtype=np.float32).reshape(-1) / 255.0
+    image.pixels.foreach_set(pixels)
+    image.update()
+
+
+def on_render_partial(job, outputs: dict) -> None:
+    """A ``splat.render`` frame as it arrives: shown in the target image (a live preview).
+
+    Partials may be dropped when newer ones arrive, so files are written from the result only.
+    """
+    image = _render_image(job)
+    if image is None or "rgb" not in outputs:
+        return
+    _show_frame(image, frame_to_rgba8(np.asarray(outputs["rgb"]), np.asarray(outputs["alpha"])))
+
+
+def on_render_result(job, outputs: dict):
+    """The ``splat.render`` result: one PNG per frame, then the image points at the files.
+
+    Returns a generator: one frame written per step, so a long animation never holds
+    Blender's main thread for long.
+    """
+    image = _render_image(job)
+    if image is None:
+        return None
+    return _write_frames(image, outputs)
+
+
+def _write_frames(image, outputs: dict):
+    directory = image.get(PROP_RENDER_DIR) or os.path.join(tempfile.gettempdir(), "neural_studio", "splats")
+    start = int(image.get(PROP_RENDER_FRAME_START, 1))
+    os.makedirs(directory, exist_ok=True)
+    rgb, alpha = outputs["rgb"], outputs["alpha"]
+    paths = []
+    for i in range(len(rgb)):
+        path = frame_path(directory, start + i)
+        write_png(path, frame_to_rgba8(np.asarray(rgb[i]), np.asarray(alpha[i])))
+        paths.append(path)
+        yield path
+    # Point the image at the files (a sequence for an animation), so it is saved with the .blend.
+    image.source = "FILE"
+    image.filepath = paths[0]
+    if len(paths) > 1:
+        image.source = "SEQUENCE"
+    image.reload()
+    image[PROP_RENDER_FRAMES] = len(paths)
+    log.info("splat.render: %d frame(s) written to %s", len(paths), directory)
+    yield "image"
+
+
+# =============================================================================================
+# Gathering (bpy)
+# =============================================================================================
+
+
+def _live_session():
+    """The connected session, or a RuntimeError a person can act on."""
+    live = session.current()
+    if live is None or not live.client.connected:
+        raise RuntimeError("not connected to a Neural Studio server: press Connect in the Neural Studio panel")
+    return live
+
+
+def _check_available(live, pipeline: str) -> None:
+    info = ((live.client.welcome or {}).get("pipelines") or {}).get(pipeline)
+    if info is None:
+        raise RuntimeError(f"the server has no '{pipeline}' pipeline")
+    if not info.get("available", False):
+        raise RuntimeError(f"'{pipeline}' cannot run on the server: {info.get('reason') or 'no reason given'}")
+
+
+def capture_objects(context, source: str) -> list:
+    """The objects a capture covers: the selected mesh-like objects, or every visible one.
+
+    Gaussian objects are never captured (their proxy is a display aid, not scene content).
+
+    Raises:
+        ValueError: nothing to capture, naming what to select.
+    """
+    from .importers import gaussians as gaussian_objects
+
+    if source == "SELECTED":
+        pool = context.selected_objects
+    else:
+        pool = [o for o in context.scene.objects if o.visible_get()]
+    objects = [o for o in pool if o.type in _MESH_LIKE and not gaussian_objects.is_gaussian_object(o)]
+    if not objects:
+        what = "select the objects to capture (or choose Whole Scene)" if source == "SELECTED" else \
+            "the scene has no visible mesh objects"
+        raise ValueError(f"nothing to capture: {what}")
+    return objects
+
+
+def start_reconstruction(context, objects, options, steps: int = 3000, sh_degree: int = 3, test_every: int = 8,
+                         max_gaussians: int = 300_000, name: str = "", partial_every: int | None = None,
+                         preview_every: int | None = None, extra_params: dict | None = None, progress=None):
+    """Capture ``objects``, create the target Gaussian object and submit ``splat.reconstruct``.
+
+    This is what the operator runs; the demo and tests call it directly.
+
+    Args:
+        context: a bpy context (scene, window manager).
+        objects: the objects to capture.
+        options: an `addon.capture.CaptureOptions`.
+        steps, sh_degree, test_every, max_gaussians, partial_every, preview_every: see
+            :func:`reconstruct_params`.
+        name: name of the Gaussian object (default "<first object> Splats").
+        extra_params: further ``splat.reconstruct`` params (learning rates, densification; the
+            pipeline's schema documents them), validated by the server.
+        progress: optional callable(fraction in [0, 1]) for capture progress.
+
+    Returns:
+        (job record, target object, capture dict).
+
+    Raises:
+        RuntimeError: not connected or the pipeline is unavailable.
+        ValueError: bad capture options or nothing to capture.
+        addon.client.ClientError: the submit could not be sent.
+    """
+    from . import capture as capture_mod
+    from .importers import gaussians as gaussian_objects
+
+    live = _live_session()
+    _check_available(live, RECONSTRUCT)
+    if progress is not None:
+        progress(0.0)
+    captured = capture_mod.capture(objects, options, scene=context.scene)
+    if progress is not None:
+        progress(1.0)
+    params = reconstruct_params(steps, sh_degree, test_every, max_gaussians, partial_every, preview_every)
+    params.update(extra_params or {})
+    name = name or (f"{objects[0].name} Splats" if objects else "Scene Splats")
+    obj = gaussian_objects.create_gaussian_object(name, empty_gaussians(sh_degree),
+                                                  collection=context.scene.collection, color_space="linear")
+    obj[PROP_PARTIALS] = 0
+    obj[PROP_STATE] = "queued"
+    try:
+        record = live.submit(context.scene, RECONSTRUCT, params=params, inputs=reconstruct_inputs(captured),
+                             target=obj.name)
+    except Exception:
+        bpy.data.objects.remove(obj)  # nothing was submitted: do not leave an empty object behind
+        raise
+    return record, obj, captured
+
+
+def camera_path(scene, animation: bool) -> dict:
+    """The scene camera as a ``splat.render`` cameras map: every frame of the range, or the current one.
+
+    Returns:
+        cameras map with T frames (``fps``, ``near``/``far`` from the camera's clipping).
+
+    Raises:
+        ValueError: no perspective scene camera, or an empty frame range.
+    """
+    from .importers import camera_path as camera_path_mod
+
+    if animation:
+        start, end = scene.frame_start, scene.frame_end
+    else:
+        start = end = scene.frame_current
+    cams = camera_path_mod.camera_path_from_scene(scene, scene.camera, start, end)
+    cams["near"] = float(scene.camera.data.clip_start)
+    cams["far"] = float(scene.camera.data.clip_end)
+    return cams
+
+
+def world_gaussians(objects) -> dict:
+    """The Gaussians of several objects, moved to the world frame and merged into one set."""
+    from . import gaussian_transform
+    from .importers import gaussians as gaussian_objects
+
+    sets = [gaussian_transform.transform_gaussians(gaussian_objects.read_gaussians(o),
+                                                   np.array(o.matrix_world, dtype=np.float64))
+            for o in objects if len(o.data.vertices)]
+    if not sets:
+        raise ValueError("the selected Gaussian objects hold no Gaussians yet")
+    return gaussian_transform.merge_gaussians(sets)
+
+
+def start_render(context, objects, animation: bool, directory: str, background=None):
+    """Submit ``splat.render`` of ``objects`` from the scene camera; frames go to ``directory``.
+
+    Returns:
+        (job record, target image).
+
+    Raises:
+        RuntimeError, ValueError, addon.client.ClientError: as :func:`start_reconstruction`.
+    """
+    live = _live_session()
+    _check_available(live, RENDER)
+    scene = context.scene
+    cams = camera_path(scene, animation)
+    gaussians = world_gaussians(objects)
+    params = {} if background is None else {"background": [float(c) for c in background]}
+    name = f"{scene.name} Splat Render"
+    image = bpy.data.images.get(name)
+    if image is None:
+        image = bpy.data.images.new(name, cams["width"], cams["height"], alpha=True)
+    image.use_fake_user = True  # keeps the image (and its settings) in the saved file
+    image[PROP_RENDER_DIR] = directory
+    image[PROP_RENDER_FRAME_START] = scene.frame_start if animation else scene.frame_current
+    record = live.submit(scene, RENDER, params=params, inputs={"gaussians": gaussians, "cameras": cams},
+                         target=image.name)
+    return record, image
+
+
+def resolve_directory(path: str) -> str:
+    """An output folder: a ``//`` path relative to the saved .blend, else the temp folder."""
+    if path.startswith("//") and not bpy.data.filepath:
+        return os.path.join(tempfile.gettempdir(), "neural_studio", path[2:] or "splats")
+    return os.path.abspath(bpy.path.abspath(path))
+
+
+# =============================================================================================
+# Operators
+# =============================================================================================
+
+
+class NSTUDIO_OT_capture_and_train(bpy.types.Operator):
+    """Render training views of the selected objects (or the scene) and train Gaussians on them on the server"""
+
+    bl_idname = "neural_studio.capture_and_train"
+    bl_label = "Capture and Train Gaussians"
+    bl_options = {"REGISTER"}
+
+    source: EnumProperty(name="Capture", items=(
+        ("SELECTED", "Selected Objects", "Only the selected objects; everything else is hidden while capturing"),
+        ("SCENE", "Whole Scene", "Every visible object")), default="SELECTED")
+    layout: EnumProperty(name="Camera Layout", items=(
+        ("hemisphere", "Hemisphere", "Cameras spread over the upper hemisphere (objects on a ground)"),
+        ("sphere", "Sphere", "Cameras all around"),
+        ("ring", "Ring", "One ring of cameras at 25 degrees elevation")), default="hemisphere")
+    views: IntProperty(name="Views", default=48, min=2, max=1000, description="Number of training views")
+    resolution: IntProperty(name="Resolution", default=128, min=16, max=4096, description="Square view size, pixels")
+    engine: EnumProperty(name="Render Engine", items=(
+        ("CYCLES", "Cycles", ""), ("EEVEE", "EEVEE", ""), ("WORKBENCH", "Workbench", "")), default="CYCLES")
+    samples: IntProperty(name="Samples", default=32, min=1, max=4096)
+    steps: IntProperty(name="Training Steps", default=3000, min=1, max=1_000_000)
+    test_every: IntProperty(name="Hold Out Every", default=8, min=0, max=1000,
+                            description="Hold out every k-th view to measure quality; 0 = none")
+    max_gaussians: IntProperty(name="Max Gaussians", default=300_000, min=1, max=50_000_000)
+    sh_degree: IntProperty(name="SH Degree", default=3, min=0, max=3)
+
+    def invoke(self, context, event):
+        return context.window_manager.invoke_props_dialog(self)
+
+    def execute(self, context):
+        from . import capture as capture_mod
+
+        wm = context.window_manager
+        try:
+            objects = capture_objects(context, self.source)
+            options = capture_mod.CaptureOptions(layout=self.layout, count=self.views, width=self.resolution,
+                                                 height=self.resolution, engine=self.engine, samples=self.samples)
+            wm.progress_begin(0.0, 1.0)
+            try:
+                record, obj, captured = start_reconstruction(
+                    context, objects, options, steps=self.steps, sh_degree=self.sh_degree,
+                    test_every=self.test_every, max_gaussians=self.max_gaussians, progress=wm.progress_update)
+            finally:
+                wm.progress_end()
+        except (RuntimeError, ValueError, client_mod.ClientError) as exc:
+            self.report({"ERROR"}, str(exc))
+            return {"CANCELLED"}
+        self.report({"INFO"}, f"captured {self.views} views in {captured['seconds']:.1f} s; training "
+                              f"'{obj.name}' on the server ({self.steps} steps)")
+        return {"FINISHED"}
+
+
+class NSTUDIO_OT_render_splats(bpy.types.Operator):
+    """Render the selected Gaussian objects from the scene camera on the server into an image (sequence)"""
+
+    bl_idname = "neural_studio.render_splats"
+    bl_label = "Render Splats"
+    bl_options = {"REGISTER"}
+
+    animation: BoolProperty(name="Animation", default=False, description="Render the scene's frame range")
+    directory: StringProperty(name="Output Folder", default="//splats/", subtype="DIR_PATH")
+    use_background: BoolProperty(name="Background", default=False, description="Fill empty pixels with a colour")
+    background: FloatVectorProperty(name="Colour", subtype="COLOR", size=3, min=0.0, max=1.0,
+                                    default=(0.05, 0.05, 0.05))
+
+    @classmethod
+    def poll(cls, context):
+        from .importers import gaussians as gaussian_objects
+
+        return any(gaussian_objects.is_gaussian_object(o) for o in context.selected_objects)
+
+    def execute(self, context):
+        from .importers import gaussians as gaussian_objects
+
+        objects = [o for o in context.selected_objects if gaussian_objects.is_gaussian_object(o)]
+        try:
+            record, image = start_render(context, objects, self.animation, resolve_directory(self.directory),
+                                         self.background if self.use_background else None)
+        except (RuntimeError, ValueError, client_mod.ClientError) as exc:
+            self.report({"ERROR"}, str(exc))
+            return {"CANCELLED"}
+        self.report({"INFO"}, f"rendering {len(objects)} Gaussian object(s) into image '{image.name}'")
+        return {"FINISHED"}
+
+
+class NSTUDIO_PT_splats(bpy.types.Panel):
+    bl_label = "Gaussian Splats"
+    bl_idname = "NSTUDIO_PT_splats"
+    bl_space_type = "VIEW_3D"
+    bl_region_type = "UI"
+    bl_category = "Neural Studio"
+
+    def draw(self, context):
+        layout = self.layout
+        layout.operator(NSTUDIO_OT_capture_and_train.bl_idname, icon="RENDER_RESULT")
+        layout.operator(NSTUDIO_OT_render_splats.bl_idname, icon="RENDER_STILL")
+        obj = context.active_object
+        if obj is not None and METRIC_PROPS["psnr"] in obj:
+            col = layout.column(align=True)
+            col.label(text=f"PSNR {obj[METRIC_PROPS['psnr']]:.2f} dB, SSIM {obj.get(METRIC_PROPS['ssim'], 0.0):.3f}")
+            col.label(text=f"{obj.get(METRIC_PROPS['count'], 0):,} Gaussians in {obj.get(METRIC_PROPS['seconds'], 0.0):.0f} s")
+
+
+CLASSES = (NSTUDIO_OT_capture_and_train, NSTUDIO_OT_render_splats, NSTUDIO_PT_splats)
+
+
+def register() -> None:
+    handlers.register_result_handler(RECONSTRUCT, on_reconstruct_result, on_partial=on_reconstruct_partial)
+    handlers.register_result_handler(RENDER, on_render_result, on_partial=on_render_partial)
+
+
+def unregister() -> None:
+    handlers.unregister_result_handler(RENDER)
+    handlers.unregister_result_handler(RECONSTRUCT)

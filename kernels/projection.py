@@ -1,0 +1,134 @@
+"""EWA projection of 3D Gaussians into C pinhole cameras (PROTOCOL.md "Projection").
+
+Vectorised torch over [C, N] so autograd carries gradients from the 2D quantities back to
+means, quaternions and log scales. Culled Gaussians keep finite (meaningless) values computed
+with a safe depth, so no NaN/inf reaches autograd; `visible` says which ones count.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .camera import Cameras
+from .gaussians import covariances
+
+#: Contributions with alpha below this are skipped (PROTOCOL.md).
+ALPHA_MIN = 1.0 / 255.0
+#: Low-pass dilation added to the 2D covariance diagonal, pixels^2.
+EPS2D = 0.3
+#: Upper bound of the opacity-aware extent in standard deviations. sqrt(2 ln 255) = 3.3290 < 3.33,
+#: so the bound never cuts a contribution with alpha >= 1/255 (opacities are < 1).
+MAX_EXTENT_SIGMA = 3.33
+#: Fraction of the half field of view by which the Jacobian's direction may leave the image.
+JACOBIAN_CLAMP = 0.3
+
+
+@dataclass
+class Projection:
+    """Per-camera 2D Gaussians.
+
+    Attributes:
+        means2d: projected centres, pixels (x right, y down). [C, N, 2]
+        conics: inverse 2D covariance (a, b, c): the Gaussian's exponent at offset (dx, dy) is
+            -(0.5 * (a dx^2 + c dy^2) + b dx dy). [C, N, 3]
+        depths: camera-space depth z (along the camera's -Z in Blender terms), metres. [C, N]
+        opacities: sigmoid of the opacity logits, per camera. [C, N]
+        extents: half sizes (x, y) of the box outside which alpha < 1/255, pixels; 0 where not
+            visible; no gradient. [C, N, 2]
+        visible: not culled (depth in (near, far), valid covariance, opacity >= 1/255, box
+            overlapping the image). [C, N]
+        radii: gsplat-style integer radii, ceil(extents), 0 where not visible. [C, N, 2] int32
+    """
+
+    means2d: Tensor
+    conics: Tensor
+    depths: Tensor
+    opacities: Tensor
+    extents: Tensor
+    visible: Tensor
+    radii: Tensor
+
+
+def project_gaussians(
+    means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, cameras: Cameras
+) -> Projection:
+    """Project Gaussians with the EWA approximation.
+
+    Args:
+        means: Gaussian centres, world frame, metres. [N, 3]
+        quats: rotations (w, x, y, z), unnormalised. [N, 4]
+        scales: log standard deviations, log metres. [N, 3]
+        opacities: opacity logits. [N]
+        cameras: C cameras.
+
+    Returns:
+        The projection; differentiable in means2d, conics, depths and opacities.
+    """
+    W, H = cameras.width, cameras.height
+    camera_from_world = cameras.camera_from_world()  # [C, 4, 4] OpenCV
+    R = camera_from_world[:, :3, :3]  # [C, 3, 3]
+    t = camera_from_world[:, :3, 3]  # [C, 3]
+
+    # World -> camera for centres and covariances.
+    p = torch.einsum("cij,nj->cni", R, means) + t[:, None, :]  # [C, N, 3]
+    cov3d = covariances(quats, scales)  # [N, 3, 3]
+    cov_c = R[:, None] @ cov3d[None] @ R.transpose(-1, -2)[:, None]  # [C, N, 3, 3]
+    x, y, z = p.unbind(-1)
+    in_range = (z > cameras.near) & (z < cameras.far)
+    zs = torch.where(in_range, z, torch.ones_like(z))
+
+    fx, fy = cameras.fx[:, None], cameras.fy[:, None]  # [C, 1]
+    cx, cy = cameras.cx[:, None], cameras.cy[:, None]
+
+    # Jacobian of the perspective map at the mean's direction, clamped to the image plus
+    # 0.3 x half field of view: far outside the frustum the linearisation explodes.
+    tan_x, tan_y = 0.5 * W / fx, 0.5 * H / fy
+    u = torch.clamp(x / zs, -(cx / fx + JACOBIAN_CLAMP * tan_x), (W - cx) / fx + JACOBIAN_CLAMP * tan_x)
+    v = torch.clamp(y / zs, -(cy / fy + JACOBIAN_CLAMP * tan_y), (H - cy) / fy + JACOBIAN_CLAMP * tan_y)
+    j00, j02 = fx / zs, -fx * u / zs
+    j11, j12 = fy / zs, -fy * v / zs
+
+    s00, s01, s02 = cov_c[..., 0, 0], cov_c[..., 0, 1], cov_c[..., 0, 2]
+    s11, s12, s22 = cov_c[..., 1, 1], cov_c[..., 1, 2], cov_c[..., 2, 2]
+    # J cov_c J^T with J = [[j00, 0, j02], [0, j11, j12]], then the 0.3 px^2 dilation.
+    cxx = j00 * j00 * s00 + 2.0 * j00 * j02 * s02 + j02 * j02 * s22 + EPS2D
+    cxy = j00 * j11 * s01 + j00 * j12 * s02 + j02 * j11 * s12 + j02 * j12 * s22
+    cyy = j11 * j11 * s11 + 2.0 * j11 * j12 * s12 + j12 * j12 * s22 + EPS2D
+    det = cxx * cyy - cxy * cxy
+    valid = in_range & (det > 0)
+    det_safe = torch.where(valid, det, torch.ones_like(det))
+    conics = torch.stack([cyy / det_safe, -cxy / det_safe, cxx / det_safe], dim=-1)
+
+    means2d = torch.stack([fx * x / zs + cx, fy * y / zs + cy], dim=-1)
+    opac = torch.sigmoid(opacities)[None].expand(len(cameras), -1)
+
+    with torch.no_grad():
+        extents, visible = _extents(means2d, cxx, cyy, opac, valid, W, H)
+        radii = torch.where(
+            visible[..., None], torch.ceil(extents).clamp_min(1.0), torch.zeros_like(extents)
+        ).to(torch.int32)
+    return Projection(means2d, conics, z, opac, extents, visible, radii)
+
+
+def _extents(
+    means2d: Tensor, cxx: Tensor, cyy: Tensor, opac: Tensor, valid: Tensor, width: int, height: int
+) -> tuple[Tensor, Tensor]:
+    """Axis-aligned half sizes of the ellipse where opacity * G >= 1/255, and visibility.
+
+    The ellipse d^T cov^-1 d <= k^2, k^2 = 2 ln(255 opacity), has x half-width k sqrt(cov_xx):
+    the exact bounding box, so no pixel with alpha >= 1/255 falls outside it.
+    """
+    k = torch.sqrt(2.0 * torch.log(opac.clamp_min(1e-30) / ALPHA_MIN).clamp_min(0.0))
+    k = k.clamp_max(MAX_EXTENT_SIGMA)
+    ext = torch.stack([k * torch.sqrt(cxx.clamp_min(0.0)), k * torch.sqrt(cyy.clamp_min(0.0))], -1)
+    mx, my = means2d.detach().unbind(-1)
+    on_image = (mx + ext[..., 0] > 0) & (mx - ext[..., 0] < width) & (my + ext[..., 1] > 0) & (
+        my - ext[..., 1] < height
+    )
+    visible = valid & (opac >= ALPHA_MIN) & on_image & torch.isfinite(ext).all(-1)
+    ext = torch.where(visible[..., None], ext, torch.zeros_like(ext))
+    return ext.detach(), visible
+

@@ -1,0 +1,133 @@
+"""`splat.render`: render 3D Gaussians into a set of cameras or along a camera path.
+
+Rasterization follows PROTOCOL.md "Gaussian rendering conventions" (3D Gaussian Splatting,
+Kerbl et al. 2023) through `kernels.rasterize` on the server's device (gsplat on CUDA, our
+tile rasterizer elsewhere).
+
+Inputs: `gaussians` (the Gaussians map) and `cameras` (T cameras, one resolution).
+Outputs: `rgb` [T, H, W, 3] (premultiplied unless a background is given), `alpha` [T, H, W],
+`depth` [T, H, W] (metres along -Z, inf where empty), all float32. Every frame is also sent as a
+`partial` (`frame`, `rgb`, `alpha`, `depth`) as soon as it is ready.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..base import Array, Job, Pipeline, PipelineError
+from ..contracts import CAMERAS, GAUSSIANS
+from . import wire
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Params:
+    """Settings of `splat.render`.
+
+    Attributes:
+        sh_degree: SH degree to evaluate (0-3); default None: every degree the Gaussians have.
+        background: linear [r, g, b] composited behind the Gaussians; default None: the frames
+            stay premultiplied (PROTOCOL.md).
+    """
+
+    sh_degree: int | None = field(default=None, metadata={
+        "doc": "SH degree to evaluate (default: all the Gaussians have)", "min": 0, "max": 3})
+    background: list[float] | None = field(default=None, metadata={
+        "doc": "linear [r, g, b] behind the Gaussians (default none: premultiplied)", "length": 3})
+
+
+INPUTS = {"gaussians": GAUSSIANS, "cameras": CAMERAS}
+OUTPUTS = {
+    "rgb": Array(("<f4",), ("T", "H", "W", 3), "linear colour, premultiplied unless a background was given. [T, H, W, 3]"),
+    "alpha": Array(("<f4",), ("T", "H", "W"), "coverage 1 - prod(1 - alpha_i). [T, H, W]"),
+    "depth": Array(("<f4",), ("T", "H", "W"), "expected depth along -Z, metres, inf where empty. [T, H, W]"),
+}
+
+
+def _check(inputs: dict, params: Params) -> int:
+    """Validate what the schema cannot; returns the SH degree of the Gaussians."""
+    g = inputs.get("gaussians")
+    wire.check_gaussians(g)
+    k = np.shape(g["shN"])[1]
+    degree = {0: 0, 3: 1, 8: 2, 15: 3}[k]
+    if params.sh_degree is not None and params.sh_degree > degree:
+        raise PipelineError(
+            "invalid_params",
+            f"params.sh_degree: {params.sh_degree} is above the Gaussians' degree {degree}",
+            "params.sh_degree",
+        )
+    if params.background is not None:
+        bg = np.asarray(params.background, dtype=np.float64)
+        if bg.shape != (3,) or not np.isfinite(bg).all():
+            raise PipelineError("invalid_params", "params.background: expected 3 finite numbers",
+                                "params.background")
+    cams = inputs.get("cameras")
+    if not isinstance(cams, dict):
+        raise PipelineError("invalid_input", "inputs.cameras: expected a map", "inputs.cameras")
+    for key in ("world_from_camera", "fx", "fy", "cx", "cy"):
+        if key in cams:
+            wire.check_finite(np.asarray(cams[key]), f"inputs.cameras.{key}")
+    return degree
+
+
+def run(inputs: dict, params: Params, job: Job) -> dict:
+    """Render every camera; a partial per frame, progress per frame, cancel between frames."""
+    # 1. Check inputs
+    degree = _check(inputs, params)
+
+    import torch
+
+    from kernels.rasterize import rasterize
+
+    # 2. Gaussians and cameras to the device (cameras to OpenCV happens in kernels.camera)
+    device = torch.device(job.device)
+    cameras = wire.cameras_from_wire(inputs["cameras"], device)
+    g = wire.gaussians_to_torch(inputs["gaussians"], device)
+    sh_degree = degree if params.sh_degree is None else params.sh_degree
+    background = None
+    if params.background is not None:
+        background = torch.tensor(params.background, dtype=torch.float32, device=device)
+    t, h, w = len(cameras), cameras.height, cameras.width
+    rgb = np.empty((t, h, w, 3), dtype=np.float32)
+    alpha = np.empty((t, h, w), dtype=np.float32)
+    depth = np.empty((t, h, w), dtype=np.float32)
+
+    # 3. Render frame by frame so each one streams back as soon as it is ready
+    with torch.no_grad():
+        for i in range(t):
+            job.check_cancel()
+            out = rasterize(g["means"], g["quats"], g["scales"], g["opacities"], g["sh0"], g["shN"],
+                            cameras[[i]], sh_degree=sh_degree, background=background)
+            rgb[i] = out.rgb[0].cpu().numpy()
+            alpha[i] = out.alpha[0].cpu().numpy()
+            depth[i] = out.depth[0].cpu().numpy()
+            job.partial({"frame": i, "rgb": rgb[i], "alpha": alpha[i], "depth": depth[i]})
+            job.progress("render", i + 1, t, f"frame {i + 1}/{t}")
+    log.info("rendered %d frames %dx%d of %d Gaussians", t, w, h, g["means"].shape[0])
+
+    # 4. Package outputs
+    return {"rgb": rgb, "alpha": alpha, "depth": depth}
+
+
+def probe() -> tuple[bool, str]:
+    """Available wherever torch is installed (the torch backend runs on any CPU)."""
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is None:
+        return False, "torch is not installed in the server's environment (pip install '.[server]')"
+    return True, ""
+
+
+PIPELINE = Pipeline(
+    name="splat.render",
+    summary="Render 3D Gaussians into cameras: RGB, alpha and depth per frame",
+    params=Params,
+    inputs=INPUTS,
+    outputs=OUTPUTS,
+    run=run,
+    probe=probe,
+)

@@ -1,0 +1,1 @@
+"""Pipelines for checking the system itself (transfer, progress, cancel)."""

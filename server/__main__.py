@@ -1,0 +1,7 @@
+"""``python -m server ...`` is ``nstudio ...``."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

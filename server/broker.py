@@ -1,0 +1,488 @@
+"""The socket thread: one ROUTER, one loop, a map from message type to a small handler.
+
+The loop follows zguide's ``mdbroker.py`` ``mediate()``: poll with a timeout equal to the time
+to the nearest timer deadline, handle what arrived, then run the due timers every time round
+(outside the "a message came" branch). Everything a client sends is checked by
+:func:`addon.protocol.decode` and the pipeline's schema; whatever goes wrong becomes an
+``error`` reply and the loop carries on.
+
+Job state lives here only. The :class:`~server.jobs.Worker` runs one job at a time and reports
+back over an inproc PULL socket polled by this loop; this thread updates the job's record,
+persists it and forwards the event to the peer that submitted the job.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import signal
+import socket
+import threading
+import time
+from typing import Callable
+
+import msgpack
+import zmq
+
+from addon import protocol
+from addon.protocol import FINAL_STATES, ProtocolError
+from pipelines.base import Pipeline, PipelineError, check_inputs, describe_pipeline, parse_params
+
+from . import security
+from .config import SERVER_NAME, ServeConfig
+from .jobs import EVENTS_ENDPOINT, STOPPED_QUEUED, STOPPED_RUNNING, JobRecord, Worker
+from .store import Store
+from .timers import Timers
+
+log = logging.getLogger(__name__)
+
+# Messages handled per socket per turn, so neither clients nor the worker starve the other or
+# the timers.
+_BATCH = 64
+# A job still running this long after shutdown began is left to die with the process.
+_STOP_GRACE_S = 3.0
+
+
+class Broker:
+    """The server proper.
+
+    Args:
+        config: settings.
+        pipelines: name -> Pipeline (from :func:`pipelines.registry.discover`).
+        device: torch device string for pipelines ("cpu", "cuda:0").
+        device_info: the ``welcome`` description of the device.
+        version: the server version reported in ``welcome``.
+        curve: CURVE keys, or None for a plain socket.
+    """
+
+    def __init__(self, config: ServeConfig, pipelines: dict[str, Pipeline], device: str,
+                 device_info: dict, version: str, curve: security.CurveKeys | None = None):
+        self.config = config
+        self.pipelines = pipelines
+        self.device = device
+        self.device_info = device_info
+        self.version = version
+        self.curve = curve
+        self.limits = config.limits()
+        self.store = Store(config.store)
+        self.catalogue = {name: describe_pipeline(p) for name, p in pipelines.items()}
+        self.jobs: dict[str, JobRecord] = {}          # insertion order = creation order
+        self.queue: collections.deque[JobRecord] = collections.deque()
+        self.running: JobRecord | None = None
+        self.peers: dict[bytes, float] = {}           # identity -> last message (monotonic)
+        self.stopping = False
+        self.handlers: dict[str, Callable[[bytes, dict], None]] = {
+            "hello": self.on_hello,
+            "submit": self.on_submit,
+            "cancel": self.on_cancel,
+            "status": self.on_status,
+            "fetch": self.on_fetch,
+            "ping": self.on_ping,
+        }
+
+    # Set-up and the loop ----------------------------------------------------------------
+
+    def serve(self) -> None:
+        """Bind, recover the store, run until SIGINT/SIGTERM, shut down cleanly."""
+        self._recover()
+        context = zmq.Context()
+        self.events = context.socket(zmq.PULL)
+        self.events.bind(EVENTS_ENDPOINT)
+        self.router = context.socket(zmq.ROUTER)
+        auth = self._configure_router(context)
+        self.router.bind(self.config.bind)
+        self.worker = Worker(context, self.pipelines, self.store, self.device)
+        self.worker.start()
+        self.worker.ready.wait()
+        wake = self._catch_signals()
+        timers = Timers()
+        timers.every(self.config.sweep_seconds, self.sweep, now=True)
+        timers.every(self.config.heartbeat_seconds, self.expire_peers)
+        log.info("serving on %s (device %s, store %s, %d pipelines)", self.config.bind,
+                 self.device, self.config.store, len(self.pipelines))
+        try:
+            self._loop(timers, wake)
+        finally:
+            self._shutdown()
+            self.router.close(linger=0)
+            self.events.close(linger=0)
+            if auth is not None:
+                auth.stop()
+            if wake is not None:
+                signal.set_wakeup_fd(-1)
+                wake.close()
+            context.term()
+            log.info("server stopped")
+
+    def _configure_router(self, context: zmq.Context):
+        router = self.router
+        # Errors instead of silent drops for peers that are gone or not reading.
+        router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        router.setsockopt(zmq.LINGER, 0)
+        router.setsockopt(zmq.MAXMSGSIZE, self.config.max_message_bytes)
+        interval_ms = int(self.config.heartbeat_seconds * 1000)
+        router.setsockopt(zmq.HEARTBEAT_IVL, interval_ms)
+        router.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3 * interval_ms)
+        router.setsockopt(zmq.HEARTBEAT_TTL, 3 * interval_ms)
+        if self.curve is not None:
+            return security.secure(context, router, self.curve)
+        if not security.is_local(self.config.bind):
+            log.warning("!!! INSECURE: %s is reachable from other machines WITHOUT "
+                        "authentication or encryption (--insecure). Anyone who can reach it "
+                        "can run jobs and read results. Use --curve-dir instead. !!!",
+                        self.config.bind)
+        return None
+
+    def _catch_signals(self):
+        """SIGINT/SIGTERM set ``stopping`` and wake the poll through a socket pair."""
+        if threading.current_thread() is not threading.main_thread():
+            return None
+        reader, writer = socket.socketpair()
+        reader.setblocking(False)
+        writer.setblocking(False)
+        signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
+
+        def request_stop(signum, frame):
+            self.stopping = True
+
+        signal.signal(signal.SIGINT, request_stop)
+        signal.signal(signal.SIGTERM, request_stop)
+        self._wake_writer = writer
+        return reader
+
+    def _loop(self, timers: Timers, wake) -> None:
+        poller = zmq.Poller()
+        poller.register(self.router, zmq.POLLIN)
+        poller.register(self.events, zmq.POLLIN)
+        if wake is not None:
+            poller.register(wake, zmq.POLLIN)
+        while not self.stopping:
+            try:
+                ready = dict(poller.poll(timers.ms_to_next()))
+                # Worker events first: a cancel or fetch then sees the newest job state.
+                if self.events in ready:
+                    self._drain(self.events, self.on_worker_event)
+                if self.router in ready:
+                    self._drain(self.router, self.on_client_message)
+                if wake is not None and (wake in ready or wake.fileno() in ready):
+                    wake.recv(4096)
+            except Exception:  # the loop never dies; a bug here is logged and skipped
+                log.exception("unexpected error in the server loop")
+            timers.run_due()
+
+    def _drain(self, sock: zmq.Socket, handle: Callable[[list], None]) -> None:
+        for _ in range(_BATCH):
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            handle(frames)
+
+    # Client messages --------------------------------------------------------------------
+
+    def on_client_message(self, frames: list) -> None:
+        """Decode one client message and run its handler; never raises."""
+        peer = frames[0].bytes
+        self.peers[peer] = time.monotonic()
+        try:
+            header = protocol.decode(frames[1:], self.limits)
+        except ProtocolError as error:
+            log.debug("bad message from %s: %s", peer.hex(), error)
+            self.send_error(peer, error.code, error.message, re=error.msg_id, detail=error.detail)
+            return
+        re = header.get("id")
+        handler = self.handlers.get(header["type"])
+        if handler is None:
+            self.send_error(peer, "unknown_type",
+                            f"unknown message type {header['type']!r}; this server handles "
+                            f"{sorted(self.handlers)}", re=re)
+            return
+        try:
+            handler(peer, header)
+        except (ProtocolError, PipelineError) as error:
+            self.send_error(peer, error.code, error.message, re=re, detail=error.detail)
+        except Exception as error:  # a bug in a handler: log it, answer `internal`, carry on
+            log.exception("handler for %r failed", header["type"])
+            self.send_error(peer, "internal",
+                            f"internal error handling {header['type']!r}: "
+                            f"{type(error).__name__}: {error} (the server log has the "
+                            "traceback)", re=re)
+
+    def on_hello(self, peer: bytes, header: dict) -> None:
+        offered = header.get("protocols")
+        if isinstance(offered, list) and protocol.VERSION not in offered:
+            raise ProtocolError("unsupported_version",
+                                f"client speaks protocols {offered}; this server speaks "
+                                f"{protocol.VERSION}", detail={"supported": [protocol.VERSION]})
+        log.info("hello from %r (%s)", header.get("client"), peer.hex())
+        pipelines = {}
+        for name, described in self.catalogue.items():
+            available, reason = self._probe(self.pipelines[name])
+            pipelines[name] = dict(described, available=available, reason=reason)
+        self.reply(peer, header, "welcome", server={"name": SERVER_NAME, "version": self.version},
+                   protocol=protocol.VERSION, device=self.device_info, pipelines=pipelines)
+
+    def on_ping(self, peer: bytes, header: dict) -> None:
+        self.reply(peer, header, "pong")
+
+    def on_submit(self, peer: bytes, header: dict) -> None:
+        name = header.get("pipeline")
+        if not isinstance(name, str):
+            raise ProtocolError("bad_message", "submit needs 'pipeline', a string")
+        pipeline = self.pipelines.get(name)
+        if pipeline is None:
+            raise ProtocolError("unknown_pipeline",
+                                f"no pipeline {name!r}; this server has {sorted(self.pipelines)}",
+                                detail={"field": "pipeline"})
+        available, reason = self._probe(pipeline)
+        if not available:
+            raise ProtocolError("unavailable", f"{name} cannot run here: {reason}")
+        params = parse_params(pipeline.params, header.get("params", {}))
+        inputs = header.get("inputs", {})
+        check_inputs(pipeline.inputs, inputs)
+        keep = header.get("keep", True)
+        if not isinstance(keep, bool):
+            raise PipelineError("invalid_params", f"'keep' must be a bool, not {keep!r}", "keep")
+        if len(self.queue) >= self.config.max_queue:
+            raise ProtocolError("busy", f"the queue is full ({len(self.queue)} jobs waiting); "
+                                "try again later")
+        record = JobRecord(job=protocol.new_id(), pipeline=name, keep=keep, peer=peer,
+                           inputs=inputs, params=params)
+        position = len(self.queue) + (self.running is not None)
+        self.jobs[record.job] = record
+        self.queue.append(record)
+        self.store.save_record(record.to_disk())
+        log.info("job %s (%s) queued at position %d", record.job, name, position)
+        self.reply(peer, header, "accepted", job=record.job, position=position)
+        self._dispatch()
+
+    def on_cancel(self, peer: bytes, header: dict) -> None:
+        record = self._job_of(header)
+        if record.state in FINAL_STATES:
+            raise ProtocolError("invalid_input",
+                                f"job {record.job} already ended: {record.state}",
+                                detail={"field": "job", "state": record.state})
+        if record.state == "queued":
+            self.queue.remove(record)
+            self._end(record, "cancelled")
+            self.reply(peer, header, "cancelled", job=record.job)
+            if record.peer != peer:
+                self.send(record.peer, protocol.make_header("cancelled", job=record.job))
+            self._dispatch()
+            return
+        # Running: the worker raises Cancelled at the pipeline's next check_cancel().
+        record.cancel_requests.append((peer, header.get("id")))
+        record.cancel_event.set()
+        log.info("job %s: cancel requested", record.job)
+
+    def on_status(self, peer: bytes, header: dict) -> None:
+        if header.get("job") is not None:
+            jobs = [self._job_of(header).to_status()]
+        else:
+            jobs = [r.to_status() for r in sorted(self.jobs.values(), key=lambda r: r.created,
+                                                  reverse=True)]
+        self.reply(peer, header, "status", jobs=jobs)
+
+    def on_fetch(self, peer: bytes, header: dict) -> None:
+        record = self._job_of(header)
+        if record.state in ("queued", "running"):
+            # Not an error: the job is fine, just not finished. The client polls again.
+            self.reply(peer, header, "status", jobs=[record.to_status()])
+        elif record.state == "failed":
+            error = record.error or {"code": "internal", "message": "failed"}
+            self.send_error(peer, error["code"], error["message"], re=header.get("id"),
+                            job=record.job, detail=error.get("detail"))
+        elif record.state == "cancelled":
+            self.send_error(peer, "cancelled", f"job {record.job} was cancelled",
+                            re=header.get("id"), job=record.job)
+        elif not record.has_result:
+            why = ("the submit said keep: false" if not record.keep
+                   else "the stored result is gone")
+            raise ProtocolError("not_found", f"job {record.job} is done but its result was "
+                                f"not kept ({why})", detail={"field": "job"})
+        else:
+            try:
+                outputs = self.store.load_result(record.job)
+            except (OSError, ValueError, KeyError) as error:
+                log.error("stored result of job %s is unreadable: %s", record.job, error)
+                raise ProtocolError("not_found", f"the stored result of job {record.job} "
+                                    f"cannot be read: {error}", detail={"field": "job"})
+            self.reply(peer, header, "result", job=record.job, outputs=outputs)
+
+    def _job_of(self, header: dict) -> JobRecord:
+        job_id = header.get("job")
+        if not isinstance(job_id, str):
+            raise ProtocolError("bad_message", f"{header['type']} needs 'job', a string")
+        record = self.jobs.get(job_id)
+        if record is None:
+            raise ProtocolError("not_found", f"no job {job_id!r} (unknown, or expired from "
+                                "the store)", detail={"field": "job"})
+        return record
+
+    def _probe(self, pipeline: Pipeline) -> tuple[bool, str]:
+        try:
+            available, reason = pipeline.probe()
+            return bool(available), str(reason)
+        except Exception as error:  # a broken probe makes the pipeline unavailable, not the server
+            log.exception("probe of %s failed", pipeline.name)
+            return False, f"availability check failed: {type(error).__name__}: {error}"
+
+    # Worker events ----------------------------------------------------------------------
+
+    def on_worker_event(self, frames: list) -> None:
+        """Record and forward one event of the running job."""
+        job_id = frames[0].bytes.decode()
+        meta = msgpack.unpackb(frames[1].bytes, raw=False)
+        body = frames[2:]
+        record = self.jobs[job_id]
+        kind = meta["type"]
+        if kind == "progress":
+            record.step, record.total = meta["step"], meta["total"]
+            self.send_frames(record.peer, body)
+            return
+        if kind == "partial":
+            self.send_frames(record.peer, body)
+            return
+        # Terminal: the record goes to disk before the event goes out (the result itself is
+        # already there, written by the worker).
+        self.running = None
+        if kind == "result":
+            record.has_result = bool(meta["stored"])
+            self._end(record, "done")
+            self.send_frames(record.peer, body)
+            self._answer_late_cancels(record)
+        elif kind == "cancelled" and not record.cancel_requests:
+            # Only the server cancels without a request: it is shutting down.
+            self._end(record, "failed", {"code": "internal", "message": STOPPED_RUNNING,
+                                         "detail": None})
+            self.send_error(record.peer, "internal", STOPPED_RUNNING, job=record.job)
+        elif kind == "cancelled":
+            self._end(record, "cancelled")
+            answered = set()
+            for peer, re in record.cancel_requests:
+                fields = {"re": re} if re is not None else {}
+                self.send(peer, protocol.make_header("cancelled", job=record.job, **fields))
+                answered.add(peer)
+            if record.peer not in answered:
+                self.send_frames(record.peer, body)
+        else:
+            self._end(record, "failed", meta["error"])
+            self.send_frames(record.peer, body)
+            self._answer_late_cancels(record)
+        self._dispatch()
+
+    def _answer_late_cancels(self, record: JobRecord) -> None:
+        # The job ended on its own before it reached a check_cancel().
+        for peer, re in record.cancel_requests:
+            self.send_error(peer, "invalid_input", f"job {record.job} already ended: "
+                            f"{record.state}", re=re, detail={"field": "job",
+                                                              "state": record.state})
+
+    # Job bookkeeping --------------------------------------------------------------------
+
+    def _dispatch(self) -> None:
+        """Start the next queued job when the worker is idle."""
+        if self.running is not None or not self.queue or self.stopping:
+            return
+        record = self.queue.popleft()
+        record.state = "running"
+        self.store.save_record(record.to_disk())
+        self.running = record
+        self.worker.submit(record)
+
+    def _end(self, record: JobRecord, state: str, error: dict | None = None) -> None:
+        record.state = state
+        record.error = error
+        record.finished = time.time()
+        record.release()
+        self.store.save_record(record.to_disk())
+
+    def _recover(self) -> None:
+        """Load the store; jobs that were queued or running when the server died failed."""
+        for data in self.store.open():
+            record = JobRecord.from_disk(data)
+            if record.state in ("queued", "running"):
+                if record.has_result:
+                    # Killed between writing the result and recording it: it is done.
+                    record.state, record.finished = "done", time.time()
+                else:
+                    reason = STOPPED_RUNNING if record.state == "running" else STOPPED_QUEUED
+                    record.state, record.finished = "failed", time.time()
+                    record.error = {"code": "internal", "message": reason, "detail": None}
+                self.store.save_record(record.to_disk())
+                log.warning("job %s (%s) recovered as %s", record.job, record.pipeline,
+                            record.state)
+            self.jobs[record.job] = record
+        log.info("store %s: %d job records", self.config.store, len(self.jobs))
+
+    def _shutdown(self) -> None:
+        """Queued jobs fail at once; the running one is cancelled and given a moment."""
+        self.stopping = True
+        for record in list(self.queue):
+            self._end(record, "failed", {"code": "internal", "message": STOPPED_QUEUED,
+                                         "detail": None})
+            self.send_error(record.peer, "internal", STOPPED_QUEUED, job=record.job)
+        self.queue.clear()
+        if self.running is not None:
+            self.running.cancel_event.set()
+        self.worker.submit(None)
+        self.worker.join(_STOP_GRACE_S)
+        while True:
+            try:
+                frames = self.events.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                break
+            self.on_worker_event(frames)
+        if self.running is not None:
+            self._end(self.running, "failed", {"code": "internal", "message": STOPPED_RUNNING,
+                                               "detail": None})
+
+    # Timers -----------------------------------------------------------------------------
+
+    def sweep(self) -> None:
+        """Retention: keep the newest ``keep_results`` kept results, and as many other ended
+        jobs; forget older ones (records and files)."""
+        ended = sorted((r for r in self.jobs.values() if r.state in FINAL_STATES),
+                       key=lambda r: r.created)
+        keep = self.config.keep_results
+        for group in ([r for r in ended if r.has_result], [r for r in ended if not r.has_result]):
+            for record in group[:max(0, len(group) - keep)]:
+                self.store.delete(record.job)
+                del self.jobs[record.job]
+                log.debug("job %s expired from the store", record.job)
+
+    def expire_peers(self) -> None:
+        """Forget peers silent for three heartbeat intervals (ZeroMQ drops their connection)."""
+        deadline = time.monotonic() - 3 * self.config.heartbeat_seconds
+        for peer in [p for p, seen in self.peers.items() if seen < deadline]:
+            del self.peers[peer]
+            log.debug("peer %s silent, forgotten", peer.hex())
+
+    # Sending ----------------------------------------------------------------------------
+
+    def reply(self, peer: bytes, request: dict, type_: str, **fields) -> None:
+        """Send a reply carrying ``re`` = the request's id (when it had one)."""
+        if request.get("id") is not None:
+            fields["re"] = request["id"]
+        self.send(peer, protocol.make_header(type_, **fields))
+
+    def send_error(self, peer: bytes | None, code: str, message: str, *, re: str | None = None,
+                   job: str | None = None, detail: dict | None = None) -> None:
+        self.send(peer, protocol.make_error(code, message, re=re, job=job, detail=detail))
+
+    def send(self, peer: bytes | None, header: dict) -> None:
+        self.send_frames(peer, protocol.encode(header))
+
+    def send_frames(self, peer: bytes | None, frames: list) -> None:
+        """Send a message to a peer, zero-copy; a peer that is gone or stuck is logged."""
+        if peer is None:
+            return
+        try:
+            self.router.send_multipart([peer, *frames], flags=zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            log.warning("peer %s is not reading; a message was dropped (it can fetch results)",
+                        peer.hex())
+        except zmq.ZMQError as error:
+            if error.errno != zmq.EHOSTUNREACH:
+                raise
+            log.debug("peer %s is gone; a message was dropped", peer.hex())

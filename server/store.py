@@ -1,0 +1,212 @@
+"""Durable job records and results (zguide's Titanic pattern, without its pickles).
+
+Layout under the store folder::
+
+    records/<job>.msgpack          one job's record: state, pipeline, times, error
+    results/<job>/outputs.msgpack  the result's ``outputs`` map, arrays replaced by references
+    results/<job>/<k>.npy          array k of that map (numpy format, never pickled)
+    tmp/                           results being written
+
+Every write goes to a temporary name first and is moved into place with ``os.replace``, so a
+reader (or a server restarted after SIGKILL) sees either the old state or the new one, never a
+half-written file. Result files are fsync'ed before the move: a result is announced only once
+it is on disk. Records are not fsync'ed (a restart after a process crash still sees them; after
+a power cut a record may be one state behind, which :meth:`Store.open` repairs from the results
+folder).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+import msgpack
+import numpy as np
+
+from addon import protocol
+
+log = logging.getLogger(__name__)
+
+_ND = "__nd__"
+
+
+class Store:
+    """Job records and kept results on disk.
+
+    Args:
+        root: the store folder; created when missing.
+    """
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+        self.records = self.root / "records"
+        self.results = self.root / "results"
+        self.tmp = self.root / "tmp"
+
+    def open(self) -> list[dict]:
+        """Create the folders, drop half-written results, and load every job record.
+
+        Returns:
+            The records (plain dicts as written by :meth:`save_record`), oldest first; a record
+            that cannot be read is logged and skipped; ``has_result`` reflects the disk.
+        """
+        for folder in (self.records, self.results, self.tmp):
+            folder.mkdir(parents=True, exist_ok=True)
+        for leftover in self.tmp.iterdir():
+            shutil.rmtree(leftover, ignore_errors=True)
+        loaded = []
+        for path in self.records.glob("*.msgpack"):
+            try:
+                record = msgpack.unpackb(path.read_bytes(), raw=False)
+                if not isinstance(record, dict) or not isinstance(record.get("job"), str):
+                    raise ValueError("not a job record")
+            except Exception as error:  # a damaged record must not stop the server starting
+                log.error("skipping unreadable job record %s: %s", path, error)
+                continue
+            record["has_result"] = self.has_result(record["job"])
+            loaded.append(record)
+        loaded.sort(key=lambda r: r.get("created", 0.0))
+        return loaded
+
+    # Records -----------------------------------------------------------------------------
+
+    def save_record(self, record: dict) -> None:
+        """Write one job's record (atomically replacing the previous one)."""
+        job_id = _checked_id(record["job"])
+        tmp = self.records / f".{job_id}.{uuid.uuid4().hex}.tmp"
+        tmp.write_bytes(msgpack.packb(record, use_bin_type=True))
+        os.replace(tmp, self.records / f"{job_id}.msgpack")
+
+    def delete(self, job_id: str) -> None:
+        """Forget a job: its record and its result, if any."""
+        job_id = _checked_id(job_id)
+        (self.records / f"{job_id}.msgpack").unlink(missing_ok=True)
+        shutil.rmtree(self.results / job_id, ignore_errors=True)
+
+    # Results -----------------------------------------------------------------------------
+
+    def has_result(self, job_id: str) -> bool:
+        return (self.results / _checked_id(job_id) / "outputs.msgpack").is_file()
+
+    def save_result(self, job_id: str, outputs: dict) -> None:
+        """Write a job's outputs to disk, fsync'ed, under their final name only when complete.
+
+        Args:
+            job_id: the job.
+            outputs: the result's ``outputs`` map (numpy arrays and plain values).
+
+        Raises:
+            OSError: the disk refused (full, read-only); nothing is left behind.
+            TypeError: an array dtype the protocol cannot carry.
+        """
+        job_id = _checked_id(job_id)
+        arrays: list[np.ndarray] = []
+        header = msgpack.packb({"outputs": _split(outputs, arrays)}, use_bin_type=True)
+        tmp = self.tmp / f"{job_id}.{uuid.uuid4().hex}"
+        tmp.mkdir()
+        try:
+            _write_synced(tmp / "outputs.msgpack", lambda f: f.write(header))
+            for k, array in enumerate(arrays, start=1):
+                _write_synced(
+                    tmp / f"{k}.npy",
+                    lambda f, a=array: np.lib.format.write_array(f, a, allow_pickle=False),
+                )
+            final = self.results / job_id
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            _fsync_dir(self.results)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+    def load_result(self, job_id: str) -> dict:
+        """Read a stored result's ``outputs``; arrays are read-only memory maps of the files.
+
+        Raises:
+            OSError: no stored result for this job (FileNotFoundError) or unreadable files.
+            ValueError: the stored files are damaged.
+        """
+        folder = self.results / _checked_id(job_id)
+        header = msgpack.unpackb((folder / "outputs.msgpack").read_bytes(), raw=False)
+        return _join(header["outputs"], folder)
+
+    def result_ids(self) -> list[str]:
+        return [p.name for p in self.results.iterdir() if p.is_dir()]
+
+
+def _split(value, arrays: list):
+    """Replace every array in ``value`` by ``{"__nd__": k, ...}``, appending it to ``arrays``."""
+    if isinstance(value, np.ndarray):
+        if value.dtype.str.startswith(">"):
+            value = value.astype(value.dtype.newbyteorder("<"))
+        if value.dtype.str not in protocol.ALLOWED_DTYPES:
+            raise TypeError(f"dtype {value.dtype.str} cannot be stored")
+        arrays.append(value)
+        return {_ND: len(arrays), "dtype": value.dtype.str, "shape": list(value.shape)}
+    if isinstance(value, dict):
+        return {key: _split(item, arrays) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_split(item, arrays) for item in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _join(value, folder: Path):
+    """Inverse of :func:`_split`: load the referenced ``.npy`` files (memory-mapped)."""
+    if isinstance(value, dict):
+        if _ND in value:
+            return _load_array(value, folder)
+        return {key: _join(item, folder) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_join(item, folder) for item in value]
+    return value
+
+
+def _load_array(ref: dict, folder: Path) -> np.ndarray:
+    index = ref[_ND]
+    if not isinstance(index, int) or isinstance(index, bool):
+        raise ValueError(f"damaged result in {folder}: bad array reference {ref!r}")
+    path = folder / f"{index}.npy"
+    shape = tuple(ref["shape"])
+    # An empty file cannot be memory-mapped; empty arrays are read normally.
+    mmap = "r" if np.prod(shape, dtype=np.int64) > 0 else None
+    array = np.load(path, mmap_mode=mmap, allow_pickle=False)
+    if array.dtype.str != ref["dtype"] or array.shape != shape:
+        raise ValueError(
+            f"damaged result: {path} holds {array.dtype.str} {list(array.shape)}, "
+            f"expected {ref['dtype']} {list(shape)}"
+        )
+    if isinstance(array, np.memmap):
+        array = array.view(np.ndarray)
+    array.flags.writeable = False
+    return array
+
+
+def _write_synced(path: Path, write) -> None:
+    with open(path, "wb") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(folder: Path) -> None:
+    if os.name != "posix":
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _checked_id(job_id: str) -> str:
+    # Job ids become file names: only our own hex ids may reach the file system.
+    if not (isinstance(job_id, str) and 0 < len(job_id) <= 64 and job_id.isalnum()
+            and job_id.isascii()):
+        raise ValueError(f"not a job id: {job_id!r}")
+    return job_id

@@ -1,0 +1,223 @@
+"""The add-on inside real Blender (bpy 5.0.1) against a real server on loopback."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from conftest import REPO, tick_until
+
+import bpy
+from addon import client as client_mod
+from addon import handlers, protocol, session
+from nstudio_server import NSTUDIO, ServerProcess
+
+def _all_classes():
+    import importlib
+
+    import addon
+
+    return [cls for name in addon.FEATURE_MODULES for cls in importlib.import_module(f"addon.{name}").CLASSES]
+
+
+def _our_types():
+    """Names of the add-on's classes that Blender has registered."""
+    return [cls.__name__ for cls in _all_classes() if cls.is_registered]
+
+
+def _item(job_key):
+    return next(i for i in bpy.context.scene.neural_studio_jobs if job_key in (i.job_id, i.request_id))
+
+
+def _connect(prefs, endpoint):
+    prefs.endpoint = endpoint
+    assert bpy.ops.neural_studio.connect() == {"FINISHED"}
+    tick_until(lambda: session.current().client.connected, 30, "the welcome")
+    return session.current()
+
+
+def test_register_and_unregister_leave_nothing_behind():
+    import addon
+    import addon_utils
+
+    assert _our_types() == []
+    addon_utils.enable("addon", default_set=True, handle_error=None)
+    try:
+        assert _our_types() == [cls.__name__ for cls in _all_classes()]
+        assert hasattr(bpy.types, "NSTUDIO_PT_status") and hasattr(bpy.ops.neural_studio, "connect")
+        assert hasattr(bpy.types.Scene, "neural_studio_jobs")
+        assert bpy.app.timers.is_registered(session.timer_tick)
+        assert session.on_load_post in bpy.app.handlers.load_post
+        assert handlers.get_handler("system.echo") is not None
+    finally:
+        addon_utils.disable("addon", default_set=True, handle_error=None)
+    assert _our_types() == []
+    assert not hasattr(bpy.types.Scene, "neural_studio_jobs")
+    assert not bpy.app.timers.is_registered(session.timer_tick)
+    assert session.on_load_post not in bpy.app.handlers.load_post
+    assert handlers.get_handler("system.echo") is None
+    assert addon._registered == []
+
+
+def test_a_missing_feature_module_is_an_explicit_error(monkeypatch):
+    import addon
+
+    real = _all_classes()
+    monkeypatch.setattr(addon, "FEATURE_MODULES", ("preferences", "no_such_feature"))
+    with pytest.raises(addon.FeatureModuleError, match="'no_such_feature'.*missing"):
+        addon.register()
+    assert [cls.__name__ for cls in real if cls.is_registered] == []  # nothing registered before the check
+
+
+def test_local_server_connects_shows_catalogue_and_log_and_stops_with_the_addon(enabled_addon, tmp_path):
+    import addon_utils
+
+    port = ServerProcess(tmp_path).port  # a free port
+    prefs = enabled_addon
+    prefs.start_local_server = True
+    prefs.server_command = f"{NSTUDIO} serve --store {tmp_path / 'store'} --device cpu"
+    live = _connect(prefs, f"tcp://127.0.0.1:{port}")
+    process = live.server.process
+    assert process.poll() is None
+    welcome = live.client.welcome
+    assert welcome["pipelines"]["system.echo"]["available"] is True
+    assert {"splat.render", "splat.reconstruct"} <= set(welcome["pipelines"])
+
+    assert bpy.ops.neural_studio.show_server_log() == {"FINISHED"}
+    text = bpy.data.texts[session.LOG_TEXT_NAME].as_string()
+    assert f"serving on tcp://127.0.0.1:{port}" in text
+
+    addon_utils.disable("addon", default_set=True, handle_error=None)
+    assert process.wait(10) is not None  # lifetime tied to the add-on
+    addon_utils.enable("addon", default_set=True, handle_error=None)  # for the fixture's teardown
+
+
+def test_echo_round_trips_arrays_into_a_mesh(enabled_addon, shared_server):
+    live = _connect(enabled_addon, shared_server.endpoint)
+    rng = np.random.default_rng(3)
+    points = rng.normal(size=(500, 3)).astype(np.float32)
+    weight = rng.random(500).astype(np.float32)
+    record = live.submit(bpy.context.scene, "system.echo", params={"steps": 4, "partial_every": 1},
+                         inputs={"points": points, "weight": weight})
+    tick_until(lambda: _item(record.request_id).applied, 30, "the echo result applied")
+    item = _item(record.request_id)
+    assert item.state == "done" and item.job_id == record.id
+    mesh = bpy.data.objects[item.target].data
+    got = np.empty(len(mesh.vertices) * 3, np.float32)
+    mesh.vertices.foreach_get("co", got)
+    assert np.array_equal(got.reshape(-1, 3), points)
+    got_weight = np.empty(len(mesh.vertices), np.float32)
+    mesh.attributes["weight"].data.foreach_get("value", got_weight)
+    assert np.array_equal(got_weight, weight)
+
+
+def test_progress_updates_job_properties_and_preview(enabled_addon, shared_server):
+    live = _connect(enabled_addon, shared_server.endpoint)
+    record = live.submit(bpy.context.scene, "system.echo", params={"steps": 20, "step_seconds": 0.05},
+                         inputs={"points": np.zeros((2, 3), np.float32)})
+    seen_steps = set()
+
+    def running_midway():
+        item = _item(record.request_id)
+        if item.state == "running":
+            seen_steps.add(item.step)
+        return item.state == "running" and 0 < item.step < item.total
+
+    tick_until(running_midway, 30, "a progress event mid-job")
+    item = _item(record.request_id)
+    assert item.total == 20 and item.stage == "echo"
+
+    # A preview, as a progress event carries it (the codec's real round trip).
+    preview = np.zeros((4, 6, 3), np.uint8)
+    preview[0, :, 0] = 255  # top row red
+    frames = protocol.encode(protocol.make_header("progress", job=record.id, stage="echo", step=item.step,
+                                                  total=20, message="preview", preview=preview))
+    live.manager.handle(protocol.decode(frames))
+    tick_until(lambda: _item(record.request_id).preview_image, 5, "the preview image")
+    image = bpy.data.images[_item(record.request_id).preview_image]
+    assert tuple(image.size) == (6, 4)
+    pixels = np.empty(6 * 4 * 4, np.float32)
+    image.pixels.foreach_get(pixels)
+    pixels = pixels.reshape(4, 6, 4)
+    assert np.allclose(pixels[3, :, 0], 1.0) and np.allclose(pixels[0, :, 0], 0.0)  # Blender rows bottom-up
+
+    def done():
+        running_midway()
+        return _item(record.request_id).state == "done"
+
+    tick_until(done, 30, "the job to finish")
+    assert _item(record.request_id).step == 20
+    assert len(seen_steps) >= 2  # the properties followed the progress events
+
+
+def test_cancel_from_the_operator(enabled_addon, shared_server):
+    live = _connect(enabled_addon, shared_server.endpoint)
+    record = live.submit(bpy.context.scene, "system.echo", params={"steps": 400, "step_seconds": 0.05})
+    tick_until(lambda: _item(record.request_id).state == "running", 30, "the job to run")
+    assert bpy.ops.neural_studio.cancel_job(job_id=record.id) == {"FINISHED"}
+    tick_until(lambda: _item(record.id).state == "cancelled", 10, "the cancel")
+
+
+def test_server_killed_and_restarted_mid_session_is_reconnected(enabled_addon, server):
+    live = _connect(enabled_addon, server.endpoint)
+    server.kill()
+    tick_until(lambda: live.client.state != client_mod.CONNECTED, 15, "the dead server noticed")
+    restarted = ServerProcess(server.store, port=server.port).start()
+    try:
+        tick_until(lambda: live.client.connections == 2 and live.client.connected, 60, "the reconnect")
+        points = np.ones((10, 3), np.float32)
+        record = live.submit(bpy.context.scene, "system.echo", inputs={"points": points})
+        tick_until(lambda: _item(record.request_id).applied, 30, "a job after the reconnect")
+    finally:
+        restarted.stop()
+
+
+REOPEN_SCRIPT = textwrap.dedent("""
+    import json, sys, time
+    import numpy as np
+    import bpy, addon_utils
+    bpy.ops.wm.open_mainfile(filepath=sys.argv[1])
+    addon_utils.enable("addon", default_set=True, handle_error=None)  # register after opening
+    from addon import session
+    bpy.context.preferences.addons["addon"].preferences.endpoint = sys.argv[2]
+    assert bpy.ops.neural_studio.connect() == {"FINISHED"}
+    item = bpy.context.scene.neural_studio_jobs[0]
+    deadline = time.monotonic() + 60
+    while not item.applied and time.monotonic() < deadline:
+        session.timer_tick()
+        time.sleep(0.005)
+    mesh = bpy.data.objects[item.target].data if item.target in bpy.data.objects else None
+    co = np.empty(len(mesh.vertices) * 3, np.float32) if mesh else np.empty(0, np.float32)
+    if mesh:
+        mesh.vertices.foreach_get("co", co)
+    np.save(sys.argv[3], co.reshape(-1, 3))
+    print("RESULT " + json.dumps({"applied": item.applied, "state": item.state, "job": item.job_id,
+                                  "message": item.message}))
+    addon_utils.disable("addon", default_set=True, handle_error=None)
+""")
+
+
+def test_result_that_arrived_while_blender_was_closed_is_applied_on_reopen(enabled_addon, server, tmp_path):
+    live = _connect(enabled_addon, server.endpoint)
+    points = np.random.default_rng(5).normal(size=(300, 3)).astype(np.float32)
+    record = live.submit(bpy.context.scene, "system.echo", params={"steps": 10, "step_seconds": 0.1},
+                         inputs={"points": points})
+    tick_until(lambda: _item(record.request_id).job_id, 30, "the job accepted")
+    blend = tmp_path / "scene.blend"
+    bpy.ops.wm.save_as_mainfile(filepath=str(blend))
+    session.disconnect()  # "Blender closes" before the job finishes
+
+    out = tmp_path / "points.npy"
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    result = subprocess.run([sys.executable, "-c", REOPEN_SCRIPT, str(blend), server.endpoint, str(out)],
+                            capture_output=True, text=True, cwd=REPO, env=env, timeout=180)
+    lines = [line for line in result.stdout.splitlines() if line.startswith("RESULT ")]
+    assert result.returncode == 0 and lines, result.stdout[-2000:] + result.stderr[-4000:]
+    report = json.loads(lines[-1][len("RESULT "):])
+    assert report == {"applied": True, "state": "done", "job": record.id, "message": "done"}
+    assert np.array_equal(np.load(out), points)

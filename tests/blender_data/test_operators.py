@@ -1,0 +1,153 @@
+"""Import/export operators via bpy.ops on temp files, and camera paths as animated cameras."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from addon.formats import camera_path, ply
+from addon.importers import camera_path as cam_io
+from addon.importers import gaussians as gi
+from tests.formats.conftest import make_gaussians
+
+bpy = pytest.importorskip("bpy")
+
+
+def test_ply_import_export_round_trip(operators, tmp_path):
+    g = make_gaussians(40, 8, seed=9)
+    src, dst = tmp_path / "in.ply", tmp_path / "out.ply"
+    ply.write_ply(src, g)
+    assert bpy.ops.nstudio.import_ply(filepath=str(src), color_space="linear") == {"FINISHED"}
+    obj = bpy.context.view_layer.objects.active
+    assert obj.name == "in" and len(obj.data.vertices) == 40 and obj[gi.PROP_COLOR_SPACE] == "linear"
+    assert bpy.ops.nstudio.export_ply(filepath=str(dst)) == {"FINISHED"}
+    assert dst.read_bytes() == src.read_bytes()
+
+
+def test_ply_import_axis_conversion(operators, tmp_path):
+    g = make_gaussians(3, 0)
+    g["means"][:] = [[1, 2, 3], [0, 1, 0], [0, 0, 1]]
+    src = tmp_path / "yup.ply"
+    ply.write_ply(src, g)
+    bpy.ops.nstudio.import_ply(filepath=str(src), axis_conversion="y_up_to_z_up")
+    back = gi.read_gaussians(bpy.context.view_layer.objects.active)
+    np.testing.assert_allclose(back["means"], [[1, -3, 2], [0, 0, 1], [0, -1, 0]], atol=1e-6)
+
+
+def test_splat_import(operators, tmp_path):
+    rec = np.zeros(2, [("p", "<f4", 3), ("s", "<f4", 3), ("c", "u1", 4), ("r", "u1", 4)])
+    rec["p"] = [[1, 2, 3], [4, 5, 6]]
+    rec["s"] = 0.1
+    rec["c"] = [255, 128, 0, 200]
+    rec["r"] = [255, 128, 128, 128]
+    path = tmp_path / "two.splat"
+    path.write_bytes(rec.tobytes())
+    assert bpy.ops.nstudio.import_ply(filepath=str(path)) == {"FINISHED"}
+    back = gi.read_gaussians(bpy.context.view_layer.objects.active)
+    assert back["means"].tolist() == [[1, 2, 3], [4, 5, 6]] and back["shN"].shape == (2, 0, 3)
+
+
+def test_import_error_is_reported(operators, tmp_path):
+    path = tmp_path / "broken.ply"
+    path.write_bytes(b"not a ply at all")
+    with pytest.raises(RuntimeError, match="broken.ply: not a PLY file"):
+        bpy.ops.nstudio.import_ply(filepath=str(path))
+    assert not any(o.type == "MESH" and gi.is_gaussian_object(o) for o in bpy.data.objects)
+
+
+def test_export_needs_gaussian_object(operators, tmp_path):
+    assert not bpy.ops.nstudio.export_ply.poll()
+
+
+def orbit(t):
+    mats = np.zeros((t, 4, 4), np.float32)
+    for i in range(t):
+        a = 2 * math.pi * i / t
+        eye = np.array([4 * math.cos(a), 4 * math.sin(a), 1.5])
+        back = eye / np.linalg.norm(eye)
+        right = np.cross([0, 0, 1.0], back)
+        right /= np.linalg.norm(right)
+        mats[i, :3, 0], mats[i, :3, 1], mats[i, :3, 2], mats[i, :3, 3] = right, np.cross(back, right), back, eye
+        mats[i, 3, 3] = 1
+    return mats
+
+
+def test_camera_path_import_creates_keyframes(operators, tmp_path):
+    t = 48
+    fy = np.linspace(500, 700, t).astype(np.float32)
+    path_map = {"world_from_camera": orbit(t), "fx": fy, "fy": fy, "cx": 320.0, "cy": 180.0,
+                "width": 640, "height": 360, "fps": 30.0}
+    src = tmp_path / "camera_path.json"
+    camera_path.write_camera_path(src, path_map)
+    assert bpy.ops.nstudio.import_camera_path(filepath=str(src)) == {"FINISHED"}
+    scene = bpy.context.scene
+    cam = scene.camera
+    assert cam.name == "camera_path" and cam.animation_data.action is not None
+    assert (scene.frame_end - scene.frame_start + 1, scene.render.resolution_x, scene.render.fps) == (t, 640, 30)
+    from bpy_extras import anim_utils
+    bag = anim_utils.animdata_get_channelbag_for_assigned_slot(cam.animation_data)
+    assert sorted((fc.data_path, fc.array_index) for fc in bag.fcurves) == (
+        [("location", i) for i in range(3)] + [("rotation_quaternion", i) for i in range(4)])
+    assert all(len(fc.keyframe_points) == t for fc in bag.fcurves)
+    # evaluate a few frames: the camera's world matrix and focal length match the path
+    for i in (0, 17, t - 1):
+        scene.frame_set(scene.frame_start + i)
+        np.testing.assert_allclose(np.array(cam.matrix_world), path_map["world_from_camera"][i], atol=1e-5)
+        fx, fy_b, cx, cy = cam_io.blender_intrinsics(cam.data.lens, cam.data.sensor_width, cam.data.sensor_height,
+                                                     cam.data.sensor_fit, cam.data.shift_x, cam.data.shift_y, 640, 360)
+        np.testing.assert_allclose([fy_b, cx, cy], [fy[i], 320, 180], rtol=1e-4)
+
+    # and back out through the export operator
+    dst = tmp_path / "out.json"
+    assert bpy.ops.nstudio.export_camera_path(filepath=str(dst)) == {"FINISHED"}
+    back = camera_path.read_camera_path(dst)
+    np.testing.assert_allclose(back["world_from_camera"], path_map["world_from_camera"], atol=1e-5)
+    np.testing.assert_allclose(back["fy"], fy, rtol=1e-4)
+    assert back["fps"] == 30.0 and json.loads(dst.read_text())["render_width"] == 640
+
+
+def test_export_camera_path_from_scene_camera(operators, tmp_path):
+    scene = bpy.context.scene
+    cam = scene.camera  # the default scene's camera, animated here by keyframes inserted by hand
+    scene.frame_start, scene.frame_end = 1, 3
+    scene.render.resolution_x, scene.render.resolution_y, scene.render.resolution_percentage = 200, 100, 100
+    for f, x in ((1, 0.0), (3, 2.0)):
+        cam.location.x = x
+        cam.keyframe_insert("location", index=0, frame=f)
+    cam.data.lens, cam.data.sensor_width, cam.data.sensor_fit = 50.0, 36.0, "AUTO"
+    dst = tmp_path / "scene.json"
+    assert bpy.ops.nstudio.export_camera_path(filepath=str(dst)) == {"FINISHED"}
+    back = camera_path.read_camera_path(dst)
+    assert back["world_from_camera"].shape == (3, 4, 4)
+    np.testing.assert_allclose(back["world_from_camera"][:, 0, 3], [0.0, 1.0, 2.0], atol=1e-5)
+    np.testing.assert_allclose(back["fy"], 50.0 / 36.0 * 200, rtol=1e-5)  # AUTO fit: the wider side
+    assert scene.frame_current == 1
+
+
+def test_export_camera_path_shift_is_an_error(operators, tmp_path):
+    bpy.context.scene.camera.data.shift_x = 0.1
+    with pytest.raises(RuntimeError, match="centred principal point"):
+        bpy.ops.nstudio.export_camera_path(filepath=str(tmp_path / "x.json"))
+
+
+def test_blender_intrinsics_shift_convention():
+    # Vertical fit: shift in units of the height; positive shift_x moves the principal point left.
+    fx, fy, cx, cy = cam_io.blender_intrinsics(24.0, 36.0, 24.0, "VERTICAL", 0.1, -0.2, 400, 300)
+    assert (fx, fy) == (300.0, 300.0)
+    assert cx == pytest.approx(200 - 0.1 * 300) and cy == pytest.approx(150 - 0.2 * 300)
+
+
+@pytest.mark.parametrize("fit, width, height", [("AUTO", 400, 300), ("AUTO", 300, 400), ("HORIZONTAL", 300, 400),
+                                                 ("VERTICAL", 640, 360)])
+def test_blender_intrinsics_match_blender_projection(fit, width, height):
+    """Our formula against Blender's own projection matrix (OpenGL: x_ndc = P00 x/-z - P02)."""
+    scene = bpy.context.scene
+    scene.render.resolution_x, scene.render.resolution_y, scene.render.resolution_percentage = width, height, 100
+    cam = scene.camera
+    cam.data.lens, cam.data.sensor_width, cam.data.sensor_height, cam.data.sensor_fit = 35.0, 36.0, 20.0, fit
+    cam.data.shift_x, cam.data.shift_y = 0.07, -0.12
+    p = np.array(cam.calc_matrix_camera(bpy.context.evaluated_depsgraph_get(), x=width, y=height))
+    expected = (width / 2 * p[0, 0], height / 2 * p[1, 1], width / 2 * (1 - p[0, 2]), height / 2 * (1 + p[1, 2]))
+    got = cam_io.blender_intrinsics(35.0, 36.0, 20.0, fit, 0.07, -0.12, width, height)
+    np.testing.assert_allclose(got, expected, rtol=1e-5)

@@ -1,0 +1,97 @@
+"""The NSTUDIO_SPLATS engine through bpy.ops.render.render against kernels.rasterize called directly."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+bpy = pytest.importorskip("bpy")
+torch = pytest.importorskip("torch")
+
+import final_shot_helpers as h  # noqa: E402
+
+
+def _tiny_gaussians(n=40, seed=3):
+    rng = np.random.default_rng(seed)
+    return {
+        "means": rng.uniform(-1.0, 1.0, size=(n, 3)).astype(np.float32),
+        "quats": rng.normal(size=(n, 4)).astype(np.float32),
+        "scales": rng.uniform(-2.5, -1.5, size=(n, 3)).astype(np.float32),
+        "opacities": rng.uniform(0.0, 3.0, size=n).astype(np.float32),
+        "sh0": h.sh0_for(rng.uniform(0.1, 0.9, size=(n, 3))),
+        "shN": np.zeros((n, 0, 3), np.float32),
+    }
+
+
+def _expected(local, obj, cam_obj, scene):
+    """Render with kernels directly: world Gaussians built here with mathutils, camera via kernels.camera."""
+    from mathutils import Quaternion, Vector
+
+    from addon import camera_model
+    from kernels.camera import Cameras
+    from kernels.rasterize import rasterize
+
+    mw = obj.matrix_world.copy()
+    loc, rot, scale = mw.decompose()
+    assert max(scale) - min(scale) < 1e-6  # the test uses a uniform scale
+    means = np.array([mw @ Vector(p) for p in local["means"]], np.float32)
+    quats = np.array([list(rot @ Quaternion(q)) for q in local["quats"]], np.float32)
+    scales = local["scales"] + np.float32(math.log(scale[0]))
+    cam = cam_obj.data
+    fx, fy, cx, cy = camera_model.intrinsics_from_blender(cam.lens, cam.sensor_width, cam.sensor_height,
+                                                          cam.sensor_fit, cam.shift_x, cam.shift_y, h.WIDTH, h.HEIGHT)
+    cams = Cameras(world_from_camera=torch.tensor(np.array(cam_obj.matrix_world), dtype=torch.float32)[None],
+                   fx=torch.tensor([fx]), fy=torch.tensor([fy]), cx=torch.tensor([cx]), cy=torch.tensor([cy]),
+                   width=h.WIDTH, height=h.HEIGHT, near=cam.clip_start, far=cam.clip_end)
+    t = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in dict(local, means=means, quats=quats, scales=scales).items()}
+    out = rasterize(t["means"], t["quats"], t["scales"], t["opacities"], t["sh0"], t["shN"], cams, backend="torch")
+    return out.rgb[0].numpy(), out.alpha[0].numpy(), out.depth[0].numpy()
+
+
+def test_engine_render_matches_direct_rasterize(registered, server, tmp_path):
+    from addon.importers.gaussians import create_gaussian_object
+
+    scene = bpy.context.scene
+    h.set_resolution(scene)
+    cam_obj = h.add_camera(scene)
+    local = _tiny_gaussians()
+    obj = create_gaussian_object("Splats", local, collection=scene.collection)
+    obj.location = (0.2, 0.5, -0.1)
+    obj.rotation_euler = (0.3, -0.4, 0.9)
+    obj.scale = (1.3, 1.3, 1.3)
+    bpy.context.view_layer.update()
+
+    scene.render.engine = "NSTUDIO_SPLATS"
+    scene.nstudio_final_shot.endpoint = server
+    scene.render.use_compositing = False
+    scene.render.film_transparent = True
+    h.render_exr(scene, tmp_path / "splats.exr")
+    got = h.read_exr(tmp_path / "splats.exr")
+
+    rgb, alpha, _ = _expected(local, obj, cam_obj, scene)
+    assert alpha.max() > 0.5  # the set is in view
+    np.testing.assert_allclose(got[..., 3], alpha, atol=1e-4)
+    # The EXR holds the render result as it is: premultiplied linear colour.
+    np.testing.assert_allclose(got[..., :3], rgb, atol=1e-4)
+
+
+def test_unreachable_server_is_reported(registered, tmp_path):
+    from addon import render_engine
+    from addon.importers.gaussians import create_gaussian_object
+
+    scene = bpy.context.scene
+    h.set_resolution(scene)
+    h.add_camera(scene)
+    create_gaussian_object("Splats", _tiny_gaussians(), collection=scene.collection)
+    scene.render.engine = "NSTUDIO_SPLATS"
+    scene.nstudio_final_shot.endpoint = "tcp://127.0.0.1:9"  # nothing listens on the discard port
+    settings = render_engine.render_settings(scene)
+    assert settings.endpoint == "tcp://127.0.0.1:9"
+    from addon import render_client
+
+    with pytest.raises(render_client.RenderError, match="no answer from the Neural Studio server"):
+        render_client.render(_tiny_gaussians(), render_engine.camera_for_frame(scene, scene.camera, 8, 6),
+                             settings=render_client.RenderSettings(endpoint=settings.endpoint, connect_timeout_s=0.5))
+

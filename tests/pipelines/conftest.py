@@ -1,0 +1,88 @@
+"""Fixtures for the splat pipeline tests: a real in-process Job and a tiny synthetic scene.
+
+The scene's ground truth comes from elsewhere: random Gaussians rendered by `kernels.rasterize`
+from cameras made by `addon.capture_math`, so the pipelines are checked against the kernels.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from pipelines.base import Cancelled
+
+
+class RecordingJob:
+    """A Job (pipelines.base.Job) that keeps everything a pipeline reports.
+
+    Args:
+        cancel_after: check_cancel raises Cancelled on call number cancel_after + 1 (None: never).
+    """
+
+    id = "test-job"
+    device = "cpu"
+
+    def __init__(self, cancel_after: int | None = None):
+        self.cancel_after = cancel_after
+        self.checks = 0
+        self.progress_log: list[tuple] = []
+        self.partials: list[dict] = []
+        self.cancelled_at: float | None = None
+
+    def progress(self, stage, step, total, message="", preview=None):
+        self.progress_log.append((stage, step, total, message, preview))
+
+    def partial(self, outputs):
+        # The server copies writable arrays; do the same so later in-place updates cannot leak in.
+        self.partials.append({k: ({kk: np.array(vv) for kk, vv in v.items()} if isinstance(v, dict)
+                                  else np.array(v) if isinstance(v, np.ndarray) else v)
+                              for k, v in outputs.items()})
+
+    def check_cancel(self):
+        self.checks += 1
+        if self.cancel_after is not None and self.checks > self.cancel_after:
+            if self.cancelled_at is None:
+                self.cancelled_at = time.monotonic()
+            raise Cancelled()
+
+
+@pytest.fixture
+def make_job():
+    return RecordingJob
+
+
+def _scene(seed: int = 3, n: int = 250, count: int = 10, size: int = 32):
+    import torch
+
+    from addon import capture_math
+    from kernels.camera import Cameras
+    from kernels.rasterize import rasterize
+
+    g = torch.Generator().manual_seed(seed)
+    gaussians = {
+        "means": torch.rand(n, 3, generator=g) * 1.2 - 0.6,
+        "quats": torch.randn(n, 4, generator=g),
+        "scales": torch.log(torch.rand(n, 3, generator=g) * 0.08 + 0.04),
+        "opacities": torch.randn(n, generator=g) + 1.5,
+        "sh0": torch.randn(n, 3, generator=g) * 0.8,
+        "shN": torch.randn(n, 3, 3, generator=g) * 0.1,
+    }
+    cams = capture_math.capture_cameras([-0.7] * 3, [0.7] * 3, layout="sphere", count=count,
+                                        width=size, height=size, lens_mm=40.0)
+    with torch.no_grad():
+        out = rasterize(*(gaussians[k] for k in ("means", "quats", "scales", "opacities", "sh0", "shN")),
+                        Cameras.from_wire(cams))
+    rgb, alpha = out.rgb.numpy(), out.alpha.numpy()
+    # Rendered frames are premultiplied; images on the wire carry straight alpha.
+    straight = np.where(alpha[..., None] > 1e-6, rgb / np.maximum(alpha[..., None], 1e-6), 0.0)
+    images = np.concatenate([straight, alpha[..., None]], axis=-1).astype(np.float32)
+    wire_g = {k: v.numpy().astype(np.float32) for k, v in gaussians.items()}
+    return {"gaussians": wire_g, "cameras": cams, "images": images}
+
+
+@pytest.fixture(scope="session")
+def tiny_scene():
+    """Random Gaussians (250) seen by 10 cameras at 32x32: {"gaussians", "cameras", "images" RGBA}."""
+    return _scene()

@@ -1,0 +1,41 @@
+"""``test.shapes``: a pipeline with a strict schema, for the server's input-validation tests.
+
+Loaded into test servers with ``--pipelines tests.server.shapes_pipeline``. It uses the shared
+contracts (Gaussians, cameras) so the server checks real schemas end to end.
+"""
+
+from dataclasses import dataclass, field, replace
+
+from pipelines.base import Array, Pipeline, PipelineError, Value
+from pipelines.contracts import CAMERAS, GAUSSIANS
+
+
+@dataclass
+class Params:
+    scale: float = field(default=1.0, metadata={"doc": "multiplier", "min": 0.0})
+    mode: str = field(default="sum", metadata={"doc": "reduction", "choices": ("sum", "max")})
+    background: list[float] | None = field(default=None, metadata={"doc": "rgb", "length": 3})
+    fail: str = field(default="", metadata={"doc": "make run() fail: a PipelineError or a bug",
+                                            "choices": ("", "pipeline", "bug")})
+
+
+INPUTS = {
+    "points": Array(("<f4",), ("N", 3), "points. [N, 3]"),
+    "colors": Array(("<f4", "|u1"), ("N", 3), "colours. [N, 3]", optional=True),
+    "gaussians": replace(GAUSSIANS, optional=True),
+    "cameras": replace(CAMERAS, optional=True),
+}
+OUTPUTS = {"count": Value("int", "number of points")}
+
+
+def run(inputs, params, job):
+    job.progress("count", 1, 1)
+    if params.fail == "pipeline":
+        raise PipelineError("invalid_input", "inputs.points: too few points", "inputs.points")
+    if params.fail == "bug":
+        raise RuntimeError("deliberate bug")
+    return {"count": int(inputs["points"].shape[0])}
+
+
+PIPELINE = Pipeline(name="test.shapes", summary="count points (schema tests)", params=Params,
+                    inputs=INPUTS, outputs=OUTPUTS, run=run, probe=lambda: (True, ""))
