@@ -333,7 +333,7 @@ def _run(args, out: Path, endpoint: str, server: ServerProcess, stages: Stages) 
     import bpy
 
     from . import capture as capture_mod
-    from . import final_shot, ops_splat, sample_scene
+    from . import capture_math, final_shot, ops_splat, sample_scene
 
     with stages.stage("start server"):
         say(f"   {' '.join(server.argv)}")
@@ -357,7 +357,7 @@ def _run(args, out: Path, endpoint: str, server: ServerProcess, stages: Stages) 
         record, splats, captured = ops_splat.start_reconstruction(
             bpy.context, built.subjects, options, steps=args.steps, sh_degree=args.sh_degree,
             test_every=args.test_every, max_gaussians=args.max_gaussians, name="Demo Splats")
-        held_out = len(range(0, args.views, args.test_every)) if args.test_every else 0
+        held_out = len(capture_math.holdout_split(args.views, args.test_every)[1])
         say(f"   {args.views} views ({held_out} held out) at {args.resolution}x{args.resolution}, "
             f"{len(captured['points'])} initial points, rendered in {captured['seconds']:.1f} s")
 

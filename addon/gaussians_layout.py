@@ -53,18 +53,35 @@ _EXTRA_TYPES: dict[tuple[str, tuple[int, ...]], tuple[str, str]] = {
 _RGB_ITEM = np.dtype((np.void, 12))
 
 
+# Transpose in blocks of Gaussians so each block's source and destination stay in cache
+# (about twice as fast as one whole-array transposed copy for 1M Gaussians).
+_BLOCK = 8192
+
+
+def _transpose_items(items: np.ndarray) -> np.ndarray:
+    """C-contiguous transpose of a 2-D array of 12-byte items, block by block. [A, B] -> [B, A]"""
+    a, b = items.shape
+    out = np.empty((b, a), items.dtype)
+    for start in range(0, a, _BLOCK):
+        out[:, start:start + _BLOCK] = items[start:start + _BLOCK].T
+    return out
+
+
 def _sh_planes(shn: np.ndarray) -> np.ndarray:
     """[N, K, 3] -> C-contiguous float32 [K, N * 3]: row k is attribute gs_sh_rest_k's buffer."""
     n, k, _ = shn.shape
     items = np.ascontiguousarray(shn, dtype=np.float32).view(_RGB_ITEM).reshape(n, k)
-    return np.ascontiguousarray(items.T).view(np.float32).reshape(k, n * 3)
+    return _transpose_items(items).view(np.float32).reshape(k, n * 3)
 
 
 def _sh_from_planes(planes: np.ndarray) -> np.ndarray:
     """Inverse of _sh_planes: C-contiguous float32 [K, N * 3] -> [N, K, 3]."""
     k, n3 = planes.shape
     items = planes.view(_RGB_ITEM).reshape(k, n3 // 3)
-    return np.ascontiguousarray(items.T).view(np.float32).reshape(n3 // 3, k, 3)
+    out = np.empty((n3 // 3, k), _RGB_ITEM)
+    for start in range(0, n3 // 3, _BLOCK):
+        out[start:start + _BLOCK] = items[:, start:start + _BLOCK].T
+    return out.view(np.float32).reshape(n3 // 3, k, 3)
 
 
 def sh_rest_name(k: int) -> str:

@@ -13,6 +13,8 @@ partial, stops a running partial application, and is always applied.
 from __future__ import annotations
 
 import logging
+import queue
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Optional
@@ -89,11 +91,48 @@ class JobRecord:
 
 @dataclass
 class _Application:
-    """One handler call being stepped: `kind` is "partial" or "result"."""
+    """One handler call being stepped: `kind` is "partial" or "result".
+
+    `outputs` is held here (not only by the handler's generator) so that when the application
+    ends, the manager decides where the received buffers are freed.
+    """
 
     kind: str
     steps: Optional[Iterator[Any]]
+    outputs: Any = None
     count: int = 0
+
+
+class BackgroundReleaser:
+    """Drops references on a daemon thread.
+
+    Freeing a received 236 MB message is a munmap that takes tens of milliseconds; pyzmq
+    releases the GIL while it frees a frame, so doing it here keeps Blender's main thread free.
+    The thread only ever drops numpy arrays and ZeroMQ frames; it never touches bpy. It starts
+    on first use (importing this module starts nothing).
+    """
+
+    def __init__(self):
+        self._queue: "queue.SimpleQueue[Any]" = queue.SimpleQueue()
+        self._thread: Optional[threading.Thread] = None
+        self._lock = threading.Lock()
+
+    def __call__(self, obj: Any) -> None:
+        if obj is None:
+            return
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="nstudio-release", daemon=True)
+                self._thread.start()
+        self._queue.put(obj)
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            del item  # the last reference: the buffers are freed on this thread
+
+
+release_in_background = BackgroundReleaser()
 
 
 @dataclass
@@ -112,6 +151,7 @@ class ApplyStats:
     calls: int = 0
     steps: int = 0
     longest_step_s: float = 0.0
+    longest_step: str = ""  # which step it was: "<pipeline> <kind>: <what the handler yielded>"
 
 
 class JobManager:
@@ -120,11 +160,15 @@ class JobManager:
     Args:
         client: An `addon.client.Client` (anything with submit/cancel/fetch/status/watch/unwatch).
         lookup: Maps a pipeline name to its `HandlerEntry` (default: the handler registry).
+        release: Called with outputs the manager no longer needs (default: freed on a
+            background thread).
     """
 
-    def __init__(self, client, lookup: Callable[[str], Optional[handlers_mod.HandlerEntry]] = handlers_mod.get_handler):
+    def __init__(self, client, lookup: Callable[[str], Optional[handlers_mod.HandlerEntry]] = handlers_mod.get_handler,
+                 release: Callable[[Any], None] = release_in_background):
         self.client = client
         self._lookup = lookup
+        self._release = release
         self.jobs: dict[str, JobRecord] = {}
         self._requests: dict[str, tuple[str, str]] = {}  # request id -> (type, job key)
         self._work: dict[str, _Work] = {}
@@ -270,6 +314,7 @@ class JobManager:
         work = self._work.setdefault(record.key, _Work())
         if work.partial is not None:
             record.partials_dropped += 1
+            self._release(work.partial)
         work.partial = msg.get("outputs", {})
         self._touch(record)
 
@@ -296,6 +341,7 @@ class JobManager:
         work = self._work.setdefault(record.key, _Work())
         if work.partial is not None:
             record.partials_dropped += 1
+            self._release(work.partial)
             work.partial = None
         if work.running is not None and work.running.kind == "partial":
             self._close(work.running)
@@ -405,10 +451,11 @@ class JobManager:
                 return False
             first = False
             step_start = clock()
-            self._step(key)
+            label = self._step(key)
             elapsed = clock() - step_start
             self.stats.steps += 1
-            self.stats.longest_step_s = max(self.stats.longest_step_s, elapsed)
+            if elapsed > self.stats.longest_step_s:
+                self.stats.longest_step_s, self.stats.longest_step = elapsed, label
             # A step is not started unless the typical one fits in what is left of the budget,
             # so a callback lasts about max(budget, one step), not budget + one step.
             self._step_estimate = 0.5 * self._step_estimate + 0.5 * elapsed
@@ -424,42 +471,53 @@ class JobManager:
             del self._work[key]
         return None
 
-    def _step(self, key: str) -> None:
+    def _step(self, key: str) -> str:
+        """One bounded piece of work for job `key`; returns a label saying what it was."""
         work = self._work[key]
         record = self.jobs.get(key)
         if record is None:
             self._drop_work(key)
-            return
+            return "dropped"
         if work.running is None:
             if work.result is not None:
                 kind, outputs, work.result = "result", work.result, None
-                work.partial = None
+                if work.partial is not None:
+                    self._release(work.partial)
+                    work.partial = None
             else:
                 kind, outputs, work.partial = "partial", work.partial, None
             entry = self._lookup(record.pipeline)
             handler = None if entry is None else (entry.on_result if kind == "result" else entry.on_partial)
+            label = f"{record.pipeline} {kind}: start"
             if handler is None:
-                return
+                self._release(outputs)
+                return label
             try:
                 steps = handler(record, outputs)
             except Exception as exc:  # a handler bug must not kill the timer; the job says why
+                self._release(outputs)
                 self._fail_apply(record, kind, exc)
-                return
+                return label
             if steps is None:
+                self._release(outputs)
                 self._finish(record, kind)
-                return
-            work.running = _Application(kind, iter(steps))
-            return
+                return label
+            work.running = _Application(kind, iter(steps), outputs)
+            return label
         application = work.running
+        label = f"{record.pipeline} {application.kind}: end"
         try:
-            next(application.steps)
+            label = f"{record.pipeline} {application.kind}: {next(application.steps)}"
             application.count += 1
         except StopIteration:
             work.running = None
+            self._release(application.outputs)
             self._finish(record, application.kind)
         except Exception as exc:  # see above
             work.running = None
+            self._release(application.outputs)
             self._fail_apply(record, application.kind, exc)
+        return label
 
     def _finish(self, record: JobRecord, kind: str) -> None:
         if kind == "result":
@@ -476,14 +534,18 @@ class JobManager:
 
     def _drop_work(self, key: str) -> None:
         work = self._work.pop(key, None)
-        if work is not None and work.running is not None:
+        if work is None:
+            return
+        if work.running is not None:
             self._close(work.running)
+        self._release(work.partial)
+        self._release(work.result)
 
-    @staticmethod
-    def _close(application: _Application) -> None:
+    def _close(self, application: _Application) -> None:
         close = getattr(application.steps, "close", None)
         if close is not None:
             close()
+        self._release(application.outputs)
 
     @staticmethod
     def _touch(record: JobRecord, message: Optional[str] = None) -> None:

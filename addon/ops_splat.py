@@ -17,9 +17,10 @@ on the main thread, inside the session timer's time budget.
   ``splat.render``; the result becomes PNG files and a Blender image (an image sequence for
   more than one frame).
 
-Capture is a bounded one-off on the main thread (Blender's render operator is not re-entrant
-from a timer): it shows progress with ``window_manager.progress_begin/update`` and reports its
-wall time; only the training runs in the background.
+Capture is a bounded one-off on the main thread (`addon.capture.capture` renders all views in
+one call): the operator shows the window manager's progress cursor meanwhile and reports the
+capture's wall time (about 0.03 s per 48 px view at 8 Cycles samples on 2 cores, 0.1-0.2 s at
+96 px / 16 samples); only the training runs in the background.
 """
 
 from __future__ import annotations
@@ -326,7 +327,7 @@ def capture_objects(context, source: str) -> list:
 
 def start_reconstruction(context, objects, options, steps: int = 3000, sh_degree: int = 3, test_every: int = 8,
                          max_gaussians: int = 300_000, name: str = "", partial_every: int | None = None,
-                         preview_every: int | None = None, extra_params: dict | None = None, progress=None):
+                         preview_every: int | None = None, extra_params: dict | None = None):
     """Capture ``objects``, create the target Gaussian object and submit ``splat.reconstruct``.
 
     This is what the operator runs; the demo and tests call it directly.
@@ -340,7 +341,6 @@ def start_reconstruction(context, objects, options, steps: int = 3000, sh_degree
         name: name of the Gaussian object (default "<first object> Splats").
         extra_params: further ``splat.reconstruct`` params (learning rates, densification; the
             pipeline's schema documents them), validated by the server.
-        progress: optional callable(fraction in [0, 1]) for capture progress.
 
     Returns:
         (job record, target object, capture dict).
@@ -355,11 +355,7 @@ def start_reconstruction(context, objects, options, steps: int = 3000, sh_degree
 
     live = _live_session()
     _check_available(live, RECONSTRUCT)
-    if progress is not None:
-        progress(0.0)
     captured = capture_mod.capture(objects, options, scene=context.scene)
-    if progress is not None:
-        progress(1.0)
     params = reconstruct_params(steps, sh_degree, test_every, max_gaussians, partial_every, preview_every)
     params.update(extra_params or {})
     name = name or (f"{objects[0].name} Splats" if objects else "Scene Splats")
@@ -485,11 +481,13 @@ class NSTUDIO_OT_capture_and_train(bpy.types.Operator):
             objects = capture_objects(context, self.source)
             options = capture_mod.CaptureOptions(layout=self.layout, count=self.views, width=self.resolution,
                                                  height=self.resolution, engine=self.engine, samples=self.samples)
+            # capture() renders every view in one call (no per-view callback): the busy cursor
+            # is what the window manager's progress shows meanwhile.
             wm.progress_begin(0.0, 1.0)
             try:
                 record, obj, captured = start_reconstruction(
                     context, objects, options, steps=self.steps, sh_degree=self.sh_degree,
-                    test_every=self.test_every, max_gaussians=self.max_gaussians, progress=wm.progress_update)
+                    test_every=self.test_every, max_gaussians=self.max_gaussians)
             finally:
                 wm.progress_end()
         except (RuntimeError, ValueError, client_mod.ClientError) as exc:

@@ -204,15 +204,18 @@ class Session:
         """Poll, route, apply within `budget_s`, mirror into the scenes. Returns True if busy."""
         start = time.monotonic()
         messages = self.client.poll(0)
-        for msg in messages:
-            self.manager.handle(msg)
+        received = bool(messages)
+        # Pop, so that no reference to a message outlives its handling here: the manager
+        # decides where big received buffers are freed.
+        while messages:
+            self.manager.handle(messages.pop(0))
         remaining = budget_s - (time.monotonic() - start)
         busy = self.manager.apply(budget_s=max(remaining, 0.0))
         changed = self.sync()
         if changed or self.client.state != self._shown_state:
             self._shown_state = self.client.state
             _tag_redraw()
-        return busy or bool(messages)
+        return busy or received
 
     def sync(self) -> bool:
         """Copy changed job records into their scene items. Returns True if anything changed."""

@@ -15,7 +15,9 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import subprocess
 import sys
+import tempfile
 import time
 
 import torch
@@ -132,11 +134,12 @@ def main() -> None:
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, backends: {backend_status()}")
 
-    # First call: includes numba compile (or cache load).
+    # First call in a fresh process: numba compile into an empty cache, then a cache load.
+    with tempfile.TemporaryDirectory() as cache:
+        for label in ("compile (empty numba cache)", "load from numba cache"):
+            print(f"first fwd+bwd call in a new process, {label}: {_first_call_seconds(cache):.2f} s")
     scene, cam = make_scene(2000), make_camera(64)
-    t0 = time.perf_counter()
     fwd_bwd(rasterize, scene, cam)
-    print(f"first call (numba compile or cache load + render 2k @ 64 px): {time.perf_counter() - t0:.2f} s")
 
     counts = [20_000] if args.quick else [5_000, 20_000, 100_000]
     sizes = [128] if args.quick else [128, 256, 512]
@@ -166,6 +169,19 @@ def main() -> None:
         prof = profile_stages(make_scene(n), make_camera(size), args.repeats)
         print(f"  N={n} {size}px: " + ", ".join(
             f"{k} {v:.0f}" if k.startswith("(") else f"{k} {v * 1e3:.1f} ms" for k, v in prof.items()))
+
+
+def _first_call_seconds(numba_cache_dir: str) -> float:
+    code = (
+        "import time, bench_rasterizer as b\n"
+        "scene, cam = b.make_scene(2000), b.make_camera(64)\n"
+        "t0 = time.perf_counter(); b.fwd_bwd(b.rasterize, scene, cam)\n"
+        "print(time.perf_counter() - t0)\n"
+    )
+    env = {**os.environ, "NUMBA_CACHE_DIR": numba_cache_dir}
+    here = os.path.dirname(os.path.abspath(__file__))
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=here, check=True, capture_output=True, text=True)
+    return float(out.stdout.strip().splitlines()[-1])
 
 
 def _row(r) -> str:

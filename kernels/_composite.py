@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import threading
 import time
 
 import numpy as np
@@ -75,6 +76,10 @@ def _np(t: Tensor) -> np.ndarray:
 
 
 _compiled = False
+# numba's default "workqueue" threading layer aborts the process when two threads launch
+# parallel kernels at once (e.g. two server jobs); the kernels already use every core, so
+# running them one at a time costs nothing.
+_kernel_lock = threading.Lock()
 
 
 def _log_compile(t0: float) -> None:
@@ -104,10 +109,11 @@ class _NumbaComposite(torch.autograd.Function):
         final_T = np.empty((C, height, width), np.float64)
         last = np.empty((C, height, width), np.int32)
         t0 = time.monotonic()
-        _tile_numba.forward(
-            *flat, ids, offsets, bins.tiles_x, bins.tiles_y, bins.tile_size, width, height,
-            rgb, alpha, depth_sum, final_T, last,
-        )
+        with _kernel_lock:
+            _tile_numba.forward(
+                *flat, ids, offsets, bins.tiles_x, bins.tiles_y, bins.tile_size, width, height,
+                rgb, alpha, depth_sum, final_T, last,
+            )
         _log_compile(t0)
         ctx.flat = flat
         ctx.bins = bins
@@ -124,11 +130,12 @@ class _NumbaComposite(torch.autograd.Function):
         bins = ctx.bins
         ids = bins.gaussian_ids
         v_isect = np.empty((ids.numel(), _tile_numba.N_FIELDS), np.float32)
-        _tile_numba.backward(
-            *ctx.flat, _np(ids), _np(bins.tile_offsets), bins.tiles_x, bins.tiles_y,
-            bins.tile_size, width, height, *ctx.state,
-            _np(v_rgb.float()), _np(v_alpha.float()), _np(v_depth_sum.float()), v_isect,
-        )
+        with _kernel_lock:
+            _tile_numba.backward(
+                *ctx.flat, _np(ids), _np(bins.tile_offsets), bins.tiles_x, bins.tiles_y,
+                bins.tile_size, width, height, *ctx.state,
+                _np(v_rgb.float()), _np(v_alpha.float()), _np(v_depth_sum.float()), v_isect,
+            )
         v = torch.zeros(C * N, _tile_numba.N_FIELDS, dtype=torch.float32)
         v.index_add_(0, ids.long(), torch.from_numpy(v_isect))
         dt = ctx.dtypes

@@ -64,3 +64,16 @@ def test_first_layer_imports_without_bpy():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+@pytest.mark.parametrize("n", [8191, 8192, 20001])
+def test_sh_rest_buffers_across_blocks(n):
+    """The blockwise SH reorder against plain slicing, for counts around the block size."""
+    g = make_gaussians(n, 8, seed=n)
+    table = layout.gaussian_attributes(g)
+    for i in range(8):
+        assert np.array_equal(table[layout.sh_rest_name(i)][2], g["shN"][:, i, :].reshape(-1))
+    specs = layout.attribute_specs(n, {name: btype for name, (btype, _, _) in table.items()})
+    for name, (_, buf, _) in specs.items():
+        buf[...] = table[name][2]
+    assert np.array_equal(layout.gaussians_from_attributes(layout.position_buffer(g), specs)["shN"], g["shN"])

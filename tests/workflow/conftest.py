@@ -24,11 +24,33 @@ def server(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def registered():
-    """The add-on and the workflow's feature modules, registered for the module's tests."""
-    extra = demo.ensure_registered()
+    """The add-on's feature modules plus the workflow's, registered for this module's tests.
+
+    Other test folders register some of the same modules for their whole session; a module
+    whose classes are already registered is used as it is and left for its owner to unregister.
+    """
+    import importlib
+
+    import addon
+
+    names = list(dict.fromkeys((*addon.FEATURE_MODULES, *demo.NEEDED_MODULES)))
+    mine = []
+    for name in names:
+        module = importlib.import_module(f"addon.{name}")
+        if module.CLASSES and module.CLASSES[0].is_registered:
+            continue
+        for cls in module.CLASSES:
+            bpy.utils.register_class(cls)
+        if hasattr(module, "register"):
+            module.register()
+        mine.append(module)
     yield
     session.disconnect()
-    demo.unregister_all(extra)
+    for module in reversed(mine):
+        if hasattr(module, "unregister"):
+            module.unregister()
+        for cls in reversed(module.CLASSES):
+            bpy.utils.unregister_class(cls)
 
 
 @pytest.fixture(autouse=True)
