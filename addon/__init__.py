@@ -18,9 +18,12 @@ import importlib
 FEATURE_MODULES = (
     "preferences",
     "session",
+    "render_engine",
+    "final_shot",
     "operators",
     "ui",
     "ops_gaussians",
+    "ops_splat",
 )
 
 _registered: list = []

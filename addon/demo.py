@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import signal
 import socket
 import subprocess
@@ -35,10 +34,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 log = logging.getLogger(__name__)
-
-#: Add-on feature modules the demo needs registered.
-NEEDED_MODULES = ("session", "render_engine", "final_shot", "ops_splat")
-
 
 # ---------------------------------------------------------------------------------------------
 # Command line
@@ -51,14 +46,14 @@ def parse_args(argv) -> argparse.Namespace:
         description="Build a sample scene, train Gaussians on it through a local server and render "
                     "a composited final shot. Defaults finish in a few minutes on a 2-core CPU.")
     parser.add_argument("--out", type=Path, default=Path("out/demo"), help="output folder (default %(default)s)")
-    parser.add_argument("--views", type=int, default=40, help="captured views, held-out ones included (default %(default)s)")
-    parser.add_argument("--resolution", type=int, default=96, help="capture size in pixels, square (default %(default)s)")
+    parser.add_argument("--views", type=int, default=32, help="captured views, held-out ones included (default %(default)s)")
+    parser.add_argument("--resolution", type=int, default=80, help="capture size in pixels, square (default %(default)s)")
     parser.add_argument("--samples", type=int, default=16, help="Cycles samples per captured view (default %(default)s)")
-    parser.add_argument("--steps", type=int, default=1500, help="training steps (default %(default)s)")
+    parser.add_argument("--steps", type=int, default=800, help="training steps (default %(default)s)")
     parser.add_argument("--test-every", type=int, default=8, help="hold out every k-th view (default %(default)s)")
     parser.add_argument("--sh-degree", type=int, default=1, help="SH degree of the Gaussians (default %(default)s)")
-    parser.add_argument("--max-gaussians", type=int, default=60_000, help="cap on the Gaussian count (default %(default)s)")
-    parser.add_argument("--points", type=int, default=8000, help="initial surface points (default %(default)s)")
+    parser.add_argument("--max-gaussians", type=int, default=30_000, help="cap on the Gaussian count (default %(default)s)")
+    parser.add_argument("--points", type=int, default=6000, help="initial surface points (default %(default)s)")
     parser.add_argument("--shot-width", type=int, default=320, help="final shot width (default %(default)s)")
     parser.add_argument("--shot-height", type=int, default=240, help="final shot height (default %(default)s)")
     parser.add_argument("--shot-samples", type=int, default=32, help="Cycles samples of the final shot (default %(default)s)")
@@ -183,50 +178,11 @@ class ServerProcess:
 # ---------------------------------------------------------------------------------------------
 
 
-def ensure_registered() -> list:
-    """Register the add-on (from this source tree) and every feature module the demo needs.
-
-    ``addon.register()`` registers the modules the package lists; a needed module the package
-    does not list is registered here the same way (its CLASSES, then its register()).
-
-    Returns:
-        The modules registered here beyond the package's list (for :func:`unregister_all`).
-    """
-    import importlib
-
-    import bpy
-
-    from . import FEATURE_MODULES
+def ensure_registered() -> None:
+    """Register the add-on from this source tree (every feature module it lists)."""
     from . import register as register_addon
 
     register_addon()
-    extra = []
-    for name in NEEDED_MODULES:
-        if name in FEATURE_MODULES:
-            continue
-        module = importlib.import_module(f".{name}", __package__)
-        for cls in module.CLASSES:
-            bpy.utils.register_class(cls)
-        hook = getattr(module, "register", None)
-        if hook is not None:
-            hook()
-        extra.append(module)
-    return extra
-
-
-def unregister_all(extra: list) -> None:
-    """Undo :func:`ensure_registered` in reverse order."""
-    import bpy
-
-    from . import unregister as unregister_addon
-
-    for module in reversed(extra):
-        hook = getattr(module, "unregister", None)
-        if hook is not None:
-            hook()
-        for cls in reversed(module.CLASSES):
-            bpy.utils.unregister_class(cls)
-    unregister_addon()
 
 
 def connect(endpoint: str, server: ServerProcess, timeout_s: float):
@@ -296,6 +252,10 @@ def _png_has_content(path: Path) -> bool:
 # ---------------------------------------------------------------------------------------------
 
 
+def _interrupt(signum, _frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv=None) -> int:
     """Run the demo; returns the process exit status (0 success, 1 failure, 130 Ctrl-C)."""
     args = parse_args(argv)
@@ -307,6 +267,8 @@ def main(argv=None) -> int:
     endpoint = f"tcp://127.0.0.1:{free_loopback_port()}"
     server = ServerProcess(endpoint, out / "store", args.device, out / "server.log")
     t0 = time.monotonic()
+    # SIGTERM (e.g. a CI timeout) unwinds like Ctrl-C, so the server is stopped either way.
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         with server:
             summary = _run(args, out, endpoint, server, stages)
@@ -318,6 +280,8 @@ def main(argv=None) -> int:
         say(f"demo failed: {exc}")
         say(f"logs: {out / 'demo.log'}, {out / 'server.log'}")
         return 1
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     total = time.monotonic() - t0
     say("")
     say("== summary")

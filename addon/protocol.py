@@ -242,7 +242,10 @@ def _buffer(frame) -> memoryview:
     except TypeError:
         raise ProtocolError("bad_message", f"frame of type {type(frame).__name__} is not a buffer")
     if view.ndim != 1 or view.itemsize != 1:
-        view = view.cast("B")
+        try:
+            view = view.cast("B")
+        except TypeError:
+            raise ProtocolError("bad_message", "frame buffer is not contiguous") from None
     return view
 
 

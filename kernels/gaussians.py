@@ -30,6 +30,19 @@ def quat_to_rotmat(quats: Tensor) -> Tensor:
     ).reshape(quats.shape[:-1] + (3, 3))
 
 
+def scaled_rotations(quats: Tensor, scales: Tensor) -> Tensor:
+    """R S with S = diag(exp(scales)): the covariance's square root (Sigma = (R S)(R S)^T).
+
+    Args:
+        quats: rotations (w, x, y, z), unnormalised. [N, 4]
+        scales: log standard deviations along the local axes, log metres. [N, 3]
+
+    Returns:
+        R S (column j is local axis j times its standard deviation), metres. [N, 3, 3]
+    """
+    return quat_to_rotmat(quats) * torch.exp(scales)[..., None, :]
+
+
 def covariances(quats: Tensor, scales: Tensor) -> Tensor:
     """3D covariances R S S^T R^T with S = diag(exp(scales)).
 
@@ -40,5 +53,5 @@ def covariances(quats: Tensor, scales: Tensor) -> Tensor:
     Returns:
         Covariances, world frame, square metres. [N, 3, 3]
     """
-    M = quat_to_rotmat(quats) * torch.exp(scales)[..., None, :]  # R S: scale column j
+    M = scaled_rotations(quats, scales)
     return M @ M.transpose(-1, -2)

@@ -46,48 +46,59 @@ def degree_from_rest(K: int) -> int:
     raise ValueError(f"shN must have K in {{0, 3, 8, 15}} coefficients, got K = {K}")
 
 
+def sh_basis(degree: int, dirs: Tensor) -> Tensor:
+    """Real SH basis functions of the 3DGS code, in its coefficient order.
+
+    Args:
+        degree: SH degree, 0..3.
+        dirs: unit directions. [..., 3]
+
+    Returns:
+        Basis values Y_0 .. Y_{(degree+1)^2 - 1}. [..., (degree + 1)^2]
+    """
+    if degree not in REST_COEFFS:
+        raise ValueError(f"sh_degree must be 0, 1, 2 or 3, got {degree}")
+    x, y, z = dirs.unbind(-1)
+    basis = [torch.full_like(x, SH_C0)]
+    if degree >= 1:
+        basis += [-SH_C1 * y, SH_C1 * z, -SH_C1 * x]
+    if degree >= 2:
+        xx, yy, zz = x * x, y * y, z * z
+        basis += [
+            SH_C2[0] * x * y,
+            SH_C2[1] * y * z,
+            SH_C2[2] * (2.0 * zz - xx - yy),
+            SH_C2[3] * x * z,
+            SH_C2[4] * (xx - yy),
+        ]
+    if degree >= 3:
+        basis += [
+            SH_C3[0] * y * (3.0 * xx - yy),
+            SH_C3[1] * x * y * z,
+            SH_C3[2] * y * (4.0 * zz - xx - yy),
+            SH_C3[3] * z * (2.0 * zz - 3.0 * xx - 3.0 * yy),
+            SH_C3[4] * x * (4.0 * zz - xx - yy),
+            SH_C3[5] * z * (xx - yy),
+            SH_C3[6] * x * (xx - 3.0 * yy),
+        ]
+    return torch.stack(basis, dim=-1)
+
+
 def eval_sh(degree: int, coeffs: Tensor, dirs: Tensor) -> Tensor:
     """Evaluate the real SH expansion (no +0.5 offset, no clamp).
 
     Args:
         degree: SH degree, 0..3.
         coeffs: SH coefficients, coefficient 0 first, at least (degree + 1)^2 of them. [..., K, 3]
-        dirs: unit view directions (ignored for degree 0). [..., 3]
+        dirs: unit view directions (not used for degree 0). [..., 3]
 
     Returns:
         The expansion per colour channel. [..., 3]
     """
-    if degree not in REST_COEFFS:
-        raise ValueError(f"sh_degree must be 0, 1, 2 or 3, got {degree}")
-    result = SH_C0 * coeffs[..., 0, :]
     if degree == 0:
-        return result
-    x, y, z = (dirs[..., i : i + 1] for i in range(3))
-    result = result - SH_C1 * y * coeffs[..., 1, :] + SH_C1 * z * coeffs[..., 2, :] - SH_C1 * x * coeffs[..., 3, :]
-    if degree == 1:
-        return result
-    xx, yy, zz = x * x, y * y, z * z
-    xy, yz, xz = x * y, y * z, x * z
-    result = (
-        result
-        + SH_C2[0] * xy * coeffs[..., 4, :]
-        + SH_C2[1] * yz * coeffs[..., 5, :]
-        + SH_C2[2] * (2.0 * zz - xx - yy) * coeffs[..., 6, :]
-        + SH_C2[3] * xz * coeffs[..., 7, :]
-        + SH_C2[4] * (xx - yy) * coeffs[..., 8, :]
-    )
-    if degree == 2:
-        return result
-    return (
-        result
-        + SH_C3[0] * y * (3.0 * xx - yy) * coeffs[..., 9, :]
-        + SH_C3[1] * xy * z * coeffs[..., 10, :]
-        + SH_C3[2] * y * (4.0 * zz - xx - yy) * coeffs[..., 11, :]
-        + SH_C3[3] * z * (2.0 * zz - 3.0 * xx - 3.0 * yy) * coeffs[..., 12, :]
-        + SH_C3[4] * x * (4.0 * zz - xx - yy) * coeffs[..., 13, :]
-        + SH_C3[5] * z * (xx - yy) * coeffs[..., 14, :]
-        + SH_C3[6] * x * (xx - 3.0 * yy) * coeffs[..., 15, :]
-    )
+        return SH_C0 * coeffs[..., 0, :]
+    n = (degree + 1) ** 2
+    return (sh_basis(degree, dirs)[..., None] * coeffs[..., :n, :]).sum(-2)
 
 
 def view_colours(
@@ -112,4 +123,7 @@ def view_colours(
     n_coeffs = (degree + 1) ** 2
     coeffs = torch.cat([sh0[:, None, :], shN[:, : n_coeffs - 1, :]], dim=1)  # [N, n_coeffs, 3]
     dirs = F.normalize(means[None, :, :] - camera_centres[:, None, :], dim=-1)  # [C, N, 3]
-    return (eval_sh(degree, coeffs[None], dirs) + 0.5).clamp_min(0.0)
+    # One contraction of the basis with the coefficients: far fewer autograd nodes than a
+    # term-by-term sum.
+    colours = torch.einsum("cnk,nkd->cnd", sh_basis(degree, dirs), coeffs)
+    return (colours + 0.5).clamp_min(0.0)

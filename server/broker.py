@@ -83,14 +83,29 @@ class Broker:
     # Set-up and the loop ----------------------------------------------------------------
 
     def serve(self) -> None:
-        """Bind, recover the store, run until SIGINT/SIGTERM, shut down cleanly."""
-        self._recover()
+        """Bind, recover the store, run until SIGINT/SIGTERM, shut down cleanly.
+
+        Raises:
+            zmq.ZMQError: the endpoint cannot be bound (in use, bad address).
+            StoreInUse: another server holds the store.
+        """
         context = zmq.Context()
         self.events = context.socket(zmq.PULL)
-        self.events.bind(EVENTS_ENDPOINT)
         self.router = context.socket(zmq.ROUTER)
-        auth = self._configure_router(context)
-        self.router.bind(self.config.bind)
+        auth = None
+        try:
+            self.events.bind(EVENTS_ENDPOINT)
+            auth = self._configure_router(context)
+            # Bind and lock before touching the store: a second server started by mistake
+            # must fail here, not mark the first one's running jobs as failed.
+            self.router.bind(self.config.bind)
+            self.store.lock()
+        except BaseException:
+            if auth is not None:
+                auth.stop()
+            context.destroy(linger=0)
+            raise
+        self._recover()
         self.worker = Worker(context, self.pipelines, self.store, self.device)
         self.worker.start()
         self.worker.ready.wait()
@@ -112,6 +127,7 @@ class Broker:
                 signal.set_wakeup_fd(-1)
                 wake.close()
             context.term()
+            self.store.unlock()
             log.info("server stopped")
 
     def _configure_router(self, context: zmq.Context):

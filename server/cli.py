@@ -26,7 +26,13 @@ EXIT_USAGE = 2
 def main(argv: list[str] | None = None) -> int:
     """Run ``nstudio``; returns the process exit status."""
     parser = _parser()
-    args = parser.parse_args(argv)
+    # The demo owns its options (addon.demo parses them), so they pass through untouched;
+    # argparse.REMAINDER cannot do that when the first of them is an option such as --out.
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "demo":
+        args.demo_args = extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE
@@ -92,8 +98,9 @@ def _parser() -> argparse.ArgumentParser:
     keys.add_argument("--out", type=Path, required=True, help="folder to write the keys to")
     keys.set_defaults(run=_keys)
 
-    demo = commands.add_parser("demo", help="run the Neural Studio demo (addon.demo)")
-    demo.add_argument("demo_args", nargs=argparse.REMAINDER, help="arguments for the demo")
+    demo = commands.add_parser(
+        "demo", add_help=False, help="run the Neural Studio demo (addon.demo; --help for its options)"
+    )
     demo.set_defaults(run=_demo)
     return parser
 
@@ -146,6 +153,7 @@ def _serve(args) -> int:
     from pipelines.registry import MODULES, discover
 
     from .broker import Broker
+    from .store import StoreInUse
 
     extra = tuple(name.strip() for name in args.pipelines.split(",") if name.strip())
     pipelines, _ = discover(MODULES + extra)
@@ -153,8 +161,9 @@ def _serve(args) -> int:
     try:
         broker.serve()
     except zmq.ZMQError as error:
-        log.error("cannot serve on %s: %s", config.bind, error)
-        return 1
+        return _fail(f"cannot serve on {config.bind}: {error}")
+    except StoreInUse as error:
+        return _fail(str(error))
     return 0
 
 

@@ -33,6 +33,10 @@ log = logging.getLogger(__name__)
 _ND = "__nd__"
 
 
+class StoreInUse(Exception):
+    """Another server process holds the store's lock."""
+
+
 class Store:
     """Job records and kept results on disk.
 
@@ -45,6 +49,31 @@ class Store:
         self.records = self.root / "records"
         self.results = self.root / "results"
         self.tmp = self.root / "tmp"
+        self._lock_file = None
+
+    def lock(self) -> None:
+        """Take the store for this process (released by :meth:`unlock` or process exit).
+
+        Raises:
+            StoreInUse: another running server uses this store.
+        """
+        self.root.mkdir(parents=True, exist_ok=True)
+        handle = open(self.root / "lock", "a+b")
+        try:
+            if os.name == "posix":
+                import fcntl
+
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.close()
+            raise StoreInUse(f"the store {self.root} is in use by another server; give this "
+                             "one its own --store") from None
+        self._lock_file = handle
+
+    def unlock(self) -> None:
+        if self._lock_file is not None:
+            self._lock_file.close()
+            self._lock_file = None
 
     def open(self) -> list[dict]:
         """Create the folders, drop half-written results, and load every job record.

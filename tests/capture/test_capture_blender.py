@@ -91,7 +91,8 @@ def test_capture_cube_on_plane(engine, samples):
     assert (on_plane | on_cube).all() and on_cube.any() and on_plane.any()
     assert np.isfinite(out["colors"]).all() and (out["colors"] >= 0).all()
     # Points hidden under the cube (on the plane, inside its footprint) are never visible.
-    hidden = on_plane & (np.abs(p[:, 0]) < 0.45) & (np.abs(p[:, 1]) < 0.45)
+    # (0.2 m inside the footprint: more than the 2 % depth tolerance at these distances.)
+    hidden = on_plane & (np.abs(p[:, 0]) < 0.3) & (np.abs(p[:, 1]) < 0.3)
     assert not hidden.any()
 
     # Everything capture changed is back; no temporary camera is left behind.

@@ -1,6 +1,5 @@
 """The torch backend (numba kernels and the pure-torch fallback) against the dense reference."""
 
-import math
 import subprocess
 import sys
 
@@ -8,7 +7,7 @@ import pytest
 import torch
 
 import kernels.reference as reference
-from kernel_scenes import look_at, make_cameras, make_gaussians
+from kernel_scenes import make_cameras, make_gaussians
 from kernels.camera import Cameras
 from kernels.rasterize import _rasterize_torch, backend_status, rasterize
 from kernels.reference import rasterize_dense

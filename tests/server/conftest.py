@@ -12,7 +12,7 @@ from server_harness import Client, ServerProcess
 def context():
     ctx = zmq.Context()
     yield ctx
-    ctx.term()
+    ctx.destroy(linger=0)
 
 
 @pytest.fixture

@@ -20,8 +20,8 @@ from addon import protocol
 
 REPO = Path(__file__).resolve().parents[2]
 TERMINAL = ("result", "error", "cancelled")
-# A pipeline with a strict schema, loaded into test servers with --pipelines.
-SHAPES_PIPELINE = "tests.server.shapes_pipeline"
+# Test pipelines (a strict schema; one never available), loaded with --pipelines.
+SHAPES_PIPELINE = "tests.server.shapes_pipeline,tests.server.unavailable_pipeline"
 
 
 def free_port() -> int:

@@ -311,3 +311,12 @@ def test_unknown_type(client):
 def test_unknown_header_keys_are_ignored(client):
     reply = client.request("ping", future_field={"x": 1})
     assert reply["type"] == "pong"
+
+
+def test_unavailable_pipeline_is_listed_with_its_reason_and_refused(client):
+    listed = client.request("hello", client="pytest", protocols=[1])["pipelines"]
+    assert listed["test.unavailable"]["available"] is False
+    assert "model.safetensors" in listed["test.unavailable"]["reason"]
+    reply = client.submit("test.unavailable")
+    assert reply["type"] == "error" and reply["code"] == "unavailable"
+    assert "model.safetensors" in reply["message"]

@@ -9,6 +9,7 @@ import sys
 import pytest
 import zmq.auth
 
+from addon import protocol
 from server_harness import REPO, Client, ServerProcess, free_port
 
 
@@ -19,7 +20,7 @@ def nstudio(*args: str, timeout: float = 60, env: dict | None = None):
                           capture_output=True, text=True, env=dict(os.environ, **(env or {})))
 
 
-def test_keys_then_curve_admits_only_allowed_clients(tmp_path, context):
+def test_keys_then_curve_admits_only_allowed_clients(tmp_path, make_server, make_client):
     keys = tmp_path / "keys"
     made = nstudio("keys", "--out", str(keys))
     assert made.returncode == 0, made.stderr
@@ -30,24 +31,24 @@ def test_keys_then_curve_admits_only_allowed_clients(tmp_path, context):
     client_public, client_secret = zmq.auth.load_certificate(keys / "client.key_secret")
     allowed = {"public": client_public, "secret": client_secret, "server": server_public}
 
-    server = ServerProcess(tmp_path, "--curve-dir", str(keys)).start(context, curve=allowed)
-    try:
-        good = Client(context, server.endpoint, allowed)
-        assert good.request("ping")["type"] == "pong"
-        stranger_public, stranger_secret = zmq.curve_keypair()
-        stranger = Client(context, server.endpoint, {"public": stranger_public,
-                                                     "secret": stranger_secret,
-                                                     "server": server_public})
-        plain = Client(context, server.endpoint)
-        for outsider in (stranger, plain):
-            outsider.send("ping")
-            # A refused handshake never produces a message; give it ample time to try.
-            assert not outsider.socket.poll(1500)
-        assert good.request("ping")["type"] == "pong"
-        for c in (good, stranger, plain):
-            c.close()
-    finally:
-        assert server.stop() == 0
+    server = make_server("--curve-dir", str(keys), curve=allowed)
+    good = make_client(server.endpoint, allowed)
+    assert good.request("ping")["type"] == "pong"
+    stranger_public, stranger_secret = zmq.curve_keypair()
+    stranger = make_client(server.endpoint, {"public": stranger_public,
+                                             "secret": stranger_secret,
+                                             "server": server_public})
+    plain = make_client(server.endpoint)
+    for outsider in (stranger, plain):
+        ping = protocol.encode(protocol.make_header("ping"))
+        try:
+            outsider.socket.send_multipart(ping, flags=zmq.NOBLOCK)
+        except zmq.Again:
+            pass  # the server already refused the handshake: no connection to queue on
+        # A refused handshake never produces a message; give it ample time to try.
+        assert not outsider.socket.poll(1500)
+    assert good.request("ping")["type"] == "pong"
+    assert "CURVE on" in server.log()
 
 
 def test_non_loopback_bind_needs_curve_or_insecure(tmp_path):
@@ -119,3 +120,13 @@ def test_demo_without_the_demo_module_says_so():
 def test_no_subcommand_prints_help():
     result = nstudio()
     assert result.returncode == 2 and "serve" in result.stdout
+
+
+def test_second_server_on_the_same_store_or_port_is_refused(make_server, tmp_path):
+    first = make_server()
+    same_store = nstudio("serve", "--bind", f"tcp://127.0.0.1:{free_port()}", "--store",
+                         str(first.store), "--device", "cpu")
+    assert same_store.returncode == 2 and "in use by another server" in same_store.stderr
+    same_port = nstudio("serve", "--bind", first.endpoint, "--store", str(tmp_path / "other"),
+                        "--device", "cpu")
+    assert same_port.returncode == 2 and "cannot serve on" in same_port.stderr

@@ -33,7 +33,7 @@ def registered():
 
     import addon
 
-    names = list(dict.fromkeys((*addon.FEATURE_MODULES, *demo.NEEDED_MODULES)))
+    names = addon.FEATURE_MODULES
     mine = []
     for name in names:
         module = importlib.import_module(f"addon.{name}")

@@ -172,7 +172,8 @@ def test_render_splats_operator_writes_an_image_sequence(live, server, tmp_path)
 
 def test_demo_runs_end_to_end(registered, tmp_path):
     out = tmp_path / "demo"
-    cmd = [sys.executable, "-m", os.environ.get("WF_DEMO_MODULE", "server"), *([] if os.environ.get("WF_DEMO_MODULE") else ["demo"]), "--out", str(out), "--views", "10", "--resolution", "32",
+    # The README's command, `nstudio demo --out ...`, from this environment.
+    cmd = [sys.executable, "-m", "server", "demo", "--out", str(out), "--views", "10", "--resolution", "32",
            "--samples", "4", "--steps", "60", "--points", "1000", "--sh-degree", "0", "--test-every", "5",
            "--shot-width", "96", "--shot-height", "72", "--shot-samples", "4"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=280)
@@ -212,3 +213,30 @@ def test_demo_runs_end_to_end(registered, tmp_path):
     assert err_with_splats < 0.8 * err_without, (err_with_splats, err_without)
     # Elsewhere (ground, cube, sky) the composite is Blender's own render.
     assert np.abs(composite - without)[~mask].mean() < 0.05
+
+
+def test_capture_and_train_operator_submits_and_reports_errors(live, server):
+    built = sample_scene.build_sample_scene(bpy.context.scene)
+    for obj in bpy.context.scene.objects:
+        obj.select_set(False)
+    # Nothing selected: a clear error at the operator boundary, nothing created or submitted.
+    with pytest.raises(RuntimeError, match="nothing to capture: select the objects"):
+        bpy.ops.neural_studio.capture_and_train(source="SELECTED")
+    assert not live.manager.jobs
+
+    sphere = next(o for o in built.subjects if o.name == "Sphere")
+    sphere.select_set(True)
+    result = bpy.ops.neural_studio.capture_and_train(source="SELECTED", layout="ring", views=4, resolution=16,
+                                                     samples=2, steps=5000, test_every=0, sh_degree=0)
+    assert result == {"FINISHED"}
+    record = next(iter(live.manager.jobs.values()))
+    target = bpy.data.objects[record.target]
+    assert record.pipeline == ops_splat.RECONSTRUCT and target.name == "Sphere Splats"
+    assert gaussian_objects.is_gaussian_object(target)
+    # The job is the server's: it is accepted and runs; cancelling it ends it there.
+    tick_until(lambda: record.state == "running", server, timeout_s=60.0)
+    live.manager.cancel(record.id)
+    tick_until(lambda: record.finished and not live.manager.busy, server, timeout_s=30.0)
+    assert record.state == "cancelled"
+    item = next(i for i in bpy.context.scene.neural_studio_jobs if i.job_id == record.id)
+    assert item.state == "cancelled" and item.target == target.name
