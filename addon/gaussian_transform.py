@@ -16,137 +16,19 @@ For an object matrix with linear part ``L`` and translation ``t``:
   view directions in a way no SH rotation can express; there the rotation part alone is applied,
   so view dependence is approximate (degree-0 colour is always exact).
 
-Opacities and sh0 never change.
+Opacities and sh0 never change. The SH and quaternion maths lives in ``addon.formats.axes``.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from .formats.gaussians import K_BY_DEGREE, check_gaussians
-
-# The real SH basis of the 3DGS code (PROTOCOL.md); kernels/sh.py evaluates the same one.
-_C1 = 0.4886025119029199
-_C2 = (1.0925484305920792, -1.0925484305920792, 0.31539156525252005, -1.0925484305920792, 0.5462742152960396)
-_C3 = (-0.5900435899266435, 2.890611442640554, -0.4570457994644658, 0.3731763325901154,
-       -0.4570457994644658, 1.445305721320277, -0.5900435899266435)
+from .formats.axes import quat_multiply, quat_to_rotmat, rotate_sh_rest, rotmat_to_quat
+from .formats.gaussians import check_gaussians
 
 # A similarity's singular values agree to this relative tolerance (float32 object matrices).
 _UNIFORM_RTOL = 1e-5
 _REQUIRED = ("means", "quats", "scales", "opacities", "sh0", "shN")
-
-
-def sh_basis(dirs: np.ndarray, degree: int) -> np.ndarray:
-    """Real SH basis functions 1..(degree+1)^2-1 (the rest coefficients, band 0 left out).
-
-    Args:
-        dirs: unit directions. [M, 3]
-        degree: SH degree 0..3.
-
-    Returns:
-        Basis values in shN's coefficient order. [M, (degree+1)^2 - 1]
-    """
-    x, y, z = dirs[:, 0], dirs[:, 1], dirs[:, 2]
-    cols = []
-    if degree >= 1:
-        cols += [-_C1 * y, _C1 * z, -_C1 * x]
-    if degree >= 2:
-        xx, yy, zz = x * x, y * y, z * z
-        cols += [_C2[0] * x * y, _C2[1] * y * z, _C2[2] * (2 * zz - xx - yy), _C2[3] * x * z, _C2[4] * (xx - yy)]
-    if degree >= 3:
-        cols += [
-            _C3[0] * y * (3 * xx - yy), _C3[1] * x * y * z, _C3[2] * y * (4 * zz - xx - yy),
-            _C3[3] * z * (2 * zz - 3 * xx - 3 * yy), _C3[4] * x * (4 * zz - xx - yy), _C3[5] * z * (xx - yy),
-            _C3[6] * x * (xx - 3 * yy),
-        ]
-    return np.stack(cols, axis=1) if cols else np.zeros((len(dirs), 0))
-
-
-def _sphere_points(m: int) -> np.ndarray:
-    """m well-spread unit vectors (Fibonacci sphere). [m, 3]"""
-    i = np.arange(m) + 0.5
-    z = 1.0 - 2.0 * i / m
-    r = np.sqrt(1.0 - z * z)
-    phi = np.pi * (3.0 - np.sqrt(5.0)) * i
-    return np.stack([r * np.cos(phi), r * np.sin(phi), z], axis=1)
-
-
-def sh_rotation(q: np.ndarray, degree: int) -> np.ndarray:
-    """Linear map of SH rest coefficients for an orthogonal change of frame.
-
-    If a colour function is ``f(d) = sum_k c_k Y_k(d)`` in an object's frame, the same function
-    seen in the world frame (``d_world = q @ d_object``) is ``sum_k c'_k Y_k(d)`` with
-    ``c' = R @ c``. Each SH band is closed under O(3), so R is block diagonal; it is found by
-    least squares on sample directions, which is exact up to rounding.
-
-    Args:
-        q: orthogonal matrix (rotation or reflection). [3, 3]
-        degree: SH degree 0..3.
-
-    Returns:
-        R. [K, K] with K = (degree+1)^2 - 1
-    """
-    dirs = _sphere_points(64)
-    k = (degree + 1) ** 2 - 1
-    rot = np.zeros((k, k))
-    start = 0
-    for band in range(1, degree + 1):
-        width = 2 * band + 1
-        sl = slice(start, start + width)
-        y_world = sh_basis(dirs, degree)[:, sl]               # Y(d)
-        y_object = sh_basis(dirs @ q, degree)[:, sl]           # Y(q^T d), rows are d^T q
-        rot[sl, sl] = np.linalg.lstsq(y_world, y_object, rcond=None)[0]
-        start += width
-    return rot
-
-
-def quat_to_rotmat(quats: np.ndarray) -> np.ndarray:
-    """Rotation matrices of (w, x, y, z) quaternions (normalised here). [N, 4] -> [N, 3, 3]"""
-    q = quats / np.linalg.norm(quats, axis=1, keepdims=True)
-    w, x, y, z = q[:, 0], q[:, 1], q[:, 2], q[:, 3]
-    return np.stack([
-        1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-        2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-        2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
-    ], axis=1).reshape(-1, 3, 3)
-
-
-def rotmat_to_quat(rot: np.ndarray) -> np.ndarray:
-    """(w, x, y, z) unit quaternions of proper rotation matrices, w >= 0. [N, 3, 3] -> [N, 4]
-
-    Picks, per matrix, the largest of 4w^2, 4x^2, 4y^2, 4z^2 to divide by (Shepperd's method),
-    so no branch loses precision.
-    """
-    m = rot
-    tr = m[:, 0, 0] + m[:, 1, 1] + m[:, 2, 2]
-    cands = np.stack([tr, m[:, 0, 0], m[:, 1, 1], m[:, 2, 2]], axis=1)
-    pick = np.argmax(cands, axis=1)
-    q = np.empty((len(m), 4))
-    # w largest
-    s = np.sqrt(np.maximum(1.0 + tr, 1e-30)) * 2
-    q_w = np.stack([0.25 * s, (m[:, 2, 1] - m[:, 1, 2]) / s, (m[:, 0, 2] - m[:, 2, 0]) / s, (m[:, 1, 0] - m[:, 0, 1]) / s], 1)
-    s = np.sqrt(np.maximum(1.0 + m[:, 0, 0] - m[:, 1, 1] - m[:, 2, 2], 1e-30)) * 2
-    q_x = np.stack([(m[:, 2, 1] - m[:, 1, 2]) / s, 0.25 * s, (m[:, 0, 1] + m[:, 1, 0]) / s, (m[:, 0, 2] + m[:, 2, 0]) / s], 1)
-    s = np.sqrt(np.maximum(1.0 + m[:, 1, 1] - m[:, 0, 0] - m[:, 2, 2], 1e-30)) * 2
-    q_y = np.stack([(m[:, 0, 2] - m[:, 2, 0]) / s, (m[:, 0, 1] + m[:, 1, 0]) / s, 0.25 * s, (m[:, 1, 2] + m[:, 2, 1]) / s], 1)
-    s = np.sqrt(np.maximum(1.0 + m[:, 2, 2] - m[:, 0, 0] - m[:, 1, 1], 1e-30)) * 2
-    q_z = np.stack([(m[:, 1, 0] - m[:, 0, 1]) / s, (m[:, 0, 2] + m[:, 2, 0]) / s, (m[:, 1, 2] + m[:, 2, 1]) / s, 0.25 * s], 1)
-    for i, cand in enumerate((q_w, q_x, q_y, q_z)):
-        q[pick == i] = cand[pick == i]
-    q *= np.where(q[:, :1] < 0, -1.0, 1.0)
-    return q
-
-
-def _quat_mul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Hamilton product a * b of (w, x, y, z) quaternions. a [4], b [N, 4] -> [N, 4]"""
-    aw, ax, ay, az = a
-    bw, bx, by, bz = b[:, 0], b[:, 1], b[:, 2], b[:, 3]
-    return np.stack([
-        aw * bw - ax * bx - ay * by - az * bz,
-        aw * bx + ax * bw + ay * bz - az * by,
-        aw * by - ax * bz + ay * bw + az * bx,
-        aw * bz + ax * by - ay * bx + az * bw,
-    ], axis=1)
 
 
 def _check_matrix(matrix) -> np.ndarray:
@@ -193,14 +75,13 @@ def transform_gaussians(gaussians: dict, matrix) -> dict:
         # as the rotation -q (3x3: det(-q) = -det(q)), and quaternions need a proper rotation.
         rot = q if np.linalg.det(q) > 0 else -q
         rq = rotmat_to_quat(rot[None])[0]
-        out["quats"] = _quat_mul(rq, gaussians["quats"].astype(np.float64)).astype(np.float32)
+        out["quats"] = quat_multiply(rq, gaussians["quats"].astype(np.float64)).astype(np.float32)
         out["scales"] = (gaussians["scales"].astype(np.float64) + np.log(svals.mean())).astype(np.float32)
     else:
         out["quats"], out["scales"] = _transform_covariances(gaussians["quats"], gaussians["scales"], lin)
 
     if k:
-        rot_sh = sh_rotation(q, {v: d for d, v in K_BY_DEGREE.items()}[k])
-        out["shN"] = np.einsum("ij,njc->nic", rot_sh, gaussians["shN"].astype(np.float64)).astype(np.float32)
+        out["shN"] = rotate_sh_rest(gaussians["shN"], q)
     return {key: np.ascontiguousarray(v) for key, v in out.items()}
 
 

@@ -7,7 +7,9 @@ main thread. Nothing here imports bpy; tests drive it against a real server.
 Stale partials: each job has at most one application running and one partial waiting. A newer
 partial replaces the waiting one (the stale one is dropped unapplied); the running one finishes
 so Blender always shows one whole partial. A final `result` always wins: it drops the waiting
-partial, stops a running partial application, and is always applied.
+partial, stops a running partial application, and is always applied. A job that ends without a
+result (cancelled, failed) drops what is waiting but lets a running application finish, so a
+cancelled job keeps a whole last partial, never half of one.
 """
 
 from __future__ import annotations
@@ -355,7 +357,7 @@ class JobManager:
             return
         self._requests.pop(msg.get("re", ""), None)
         record.state = "cancelled"
-        self._drop_work(record.key)
+        self._drop_waiting(record.key)
         self._touch(record, message="cancelled")
 
     def _on_error(self, msg: dict) -> None:
@@ -376,14 +378,14 @@ class JobManager:
             record.state = "cancelled"
             if record.id:
                 self.client.unwatch(record.id)
-            self._drop_work(record.key)
+            self._drop_waiting(record.key)
             self._touch(record, message="cancelled")
             return
         record.state = "failed"
         record.error_code = code
         if record.id:
             self.client.unwatch(record.id)
-        self._drop_work(record.key)
+        self._drop_waiting(record.key)
         detail = msg.get("detail") or {}
         field_name = detail.get("field") if isinstance(detail, dict) else None
         suffix = f" (field {field_name})" if field_name else ""
@@ -531,6 +533,15 @@ class JobManager:
         log.exception("applying the %s of job %s (%s) failed", kind, record.key, record.pipeline, exc_info=exc)
         record.error_code = "apply_failed"
         self._touch(record, message=f"applying the {kind} failed: {exc}")
+
+    def _drop_waiting(self, key: str) -> None:
+        """Drop job `key`'s waiting partial and result; a running application goes on to its end."""
+        work = self._work.get(key)
+        if work is None:
+            return
+        self._release(work.partial)
+        self._release(work.result)
+        work.partial = work.result = None
 
     def _drop_work(self, key: str) -> None:
         work = self._work.pop(key, None)

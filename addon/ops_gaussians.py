@@ -29,6 +29,13 @@ _COLOR_SPACES = (
 )
 
 
+def _cancel(operator, exc: Exception) -> set[str]:
+    """Report a format, data or file-system error at the operator boundary; the operator's result."""
+    message = f"{operator.filepath}: cannot write: {exc.strerror or exc}" if isinstance(exc, OSError) else str(exc)
+    operator.report({"ERROR"}, message)
+    return {"CANCELLED"}
+
+
 class NSTUDIO_OT_import_ply(bpy.types.Operator, ImportHelper):
     """Import 3D Gaussians from a 3DGS .ply or an antimatter15 .splat file"""
 
@@ -50,8 +57,7 @@ class NSTUDIO_OT_import_ply(bpy.types.Operator, ImportHelper):
             if self.axis_conversion != "NONE":
                 gaussians = axes.convert_axes(gaussians, self.axis_conversion)
         except FormatError as exc:
-            self.report({"ERROR"}, str(exc))
-            return {"CANCELLED"}
+            return _cancel(self, exc)
         name = os.path.splitext(os.path.basename(self.filepath))[0] or "Gaussians"
         obj = create_gaussian_object(name, gaussians, color_space=self.color_space)
         for other in context.view_layer.objects.selected:
@@ -92,12 +98,8 @@ class NSTUDIO_OT_export_ply(bpy.types.Operator, ExportHelper):
             if self.axis_conversion != "NONE":
                 gaussians = axes.convert_axes(gaussians, self.axis_conversion)
             ply.write_ply(self.filepath, gaussians)
-        except (FormatError, ValueError) as exc:
-            self.report({"ERROR"}, str(exc))
-            return {"CANCELLED"}
-        except OSError as exc:
-            self.report({"ERROR"}, f"{self.filepath}: cannot write: {exc.strerror or exc}")
-            return {"CANCELLED"}
+        except (ValueError, OSError) as exc:  # FormatError is a ValueError
+            return _cancel(self, exc)
         self.report({"INFO"}, f"Exported {gaussians['means'].shape[0]} Gaussians")
         return {"FINISHED"}
 
@@ -118,8 +120,7 @@ class NSTUDIO_OT_import_camera_path(bpy.types.Operator, ImportHelper):
         try:
             path_map = camera_path.read_camera_path(self.filepath)
         except FormatError as exc:
-            self.report({"ERROR"}, str(exc))
-            return {"CANCELLED"}
+            return _cancel(self, exc)
         name = os.path.splitext(os.path.basename(self.filepath))[0] or "CameraPath"
         create_camera_from_path(name, path_map, scene=context.scene)
         self.report({"INFO"}, f"Imported a camera path of {path_map['world_from_camera'].shape[0]} frames")
@@ -145,12 +146,8 @@ class NSTUDIO_OT_export_camera_path(bpy.types.Operator, ExportHelper):
         try:
             path_map = camera_path_from_scene(context.scene, camera=active)
             camera_path.write_camera_path(self.filepath, path_map)
-        except (FormatError, ValueError) as exc:
-            self.report({"ERROR"}, str(exc))
-            return {"CANCELLED"}
-        except OSError as exc:
-            self.report({"ERROR"}, f"{self.filepath}: cannot write: {exc.strerror or exc}")
-            return {"CANCELLED"}
+        except (ValueError, OSError) as exc:  # FormatError is a ValueError
+            return _cancel(self, exc)
         self.report({"INFO"}, f"Exported {path_map['world_from_camera'].shape[0]} frames")
         return {"FINISHED"}
 

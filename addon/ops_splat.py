@@ -10,8 +10,10 @@ on the main thread, inside the session timer's time budget.
   submits ``splat.reconstruct``. Every ``partial`` replaces the target's Gaussians (the viewport
   shows training live); the ``result`` writes the final Gaussians and stores the metrics as
   custom properties (``nstudio_psnr``, ``nstudio_ssim``, ``nstudio_count``, ``nstudio_seconds``,
-  ``nstudio_steps``). A cancelled job keeps the last partial already applied (the server also
-  sends one on cancel, with the state at the step the cancel landed).
+  ``nstudio_steps``). Both are written one attribute per timer step
+  (`addon.importers.gaussians.update_gaussian_object_steps`), so a million Gaussians never hold
+  the UI for long. A cancelled job keeps the last partial already applied, whole (the server
+  also sends one on cancel, with the state at the step the cancel landed).
 - ``neural_studio.render_splats``: renders the selected Gaussian objects (moved to the world
   frame and merged) from the scene camera over the frame range (or the current frame) through
   ``splat.render``; the result becomes PNG files and a Blender image (an image sequence for
@@ -38,6 +40,7 @@ from bpy.props import BoolProperty, EnumProperty, FloatVectorProperty, IntProper
 from . import client as client_mod
 from . import handlers
 from . import session
+from .formats.gaussians import K_BY_DEGREE
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +75,7 @@ def empty_gaussians(sh_degree: int = 0) -> dict:
     Returns:
         The PROTOCOL.md Gaussians map with N = 0.
     """
-    k = {0: 0, 1: 3, 2: 8, 3: 15}[sh_degree]
+    k = K_BY_DEGREE[sh_degree]
     return {"means": np.zeros((0, 3), np.float32), "quats": np.zeros((0, 4), np.float32),
             "scales": np.zeros((0, 3), np.float32), "opacities": np.zeros((0,), np.float32),
             "sh0": np.zeros((0, 3), np.float32), "shN": np.zeros((0, k, 3), np.float32)}
@@ -185,31 +188,52 @@ def _target_object(job):
     return obj
 
 
-def on_reconstruct_partial(job, outputs: dict) -> None:
-    """A ``splat.reconstruct`` partial: the Gaussians so far replace the target's (live viewport)."""
+def on_reconstruct_partial(job, outputs: dict):
+    """A ``splat.reconstruct`` partial: the Gaussians so far replace the target's (live viewport).
+
+    Returns a generator that writes one attribute per step (the job manager steps it within its
+    time budget), or None when there is nothing to apply.
+    """
     from .importers import gaussians as gaussian_objects
 
     obj = _target_object(job)
     gaussians = outputs.get("gaussians")
     if obj is None or not isinstance(gaussians, dict):
-        return
-    gaussian_objects.update_gaussian_object(obj, gaussians, color_space=outputs.get("color_space"))
+        return None
+    steps = gaussian_objects.update_gaussian_object_steps(obj, gaussians, color_space=outputs.get("color_space"))
+    return _apply_partial(job, steps, outputs.get("step"))
+
+
+def _apply_partial(job, steps, step):
+    obj = yield from steps
+    if obj is None:
+        return  # the target was deleted between two steps (logged by the importer)
     obj[PROP_PARTIALS] = int(obj.get(PROP_PARTIALS, 0)) + 1
-    if "step" in outputs:
-        obj[PROP_STEP] = int(outputs["step"])
+    if step is not None:
+        obj[PROP_STEP] = int(step)
     obj[PROP_JOB] = job.id
     obj[PROP_STATE] = "training"
 
 
-def on_reconstruct_result(job, outputs: dict) -> None:
-    """The ``splat.reconstruct`` result: final Gaussians, metrics as custom properties."""
+def on_reconstruct_result(job, outputs: dict):
+    """The ``splat.reconstruct`` result: final Gaussians, metrics as custom properties.
+
+    Returns a generator that writes one attribute per step, or None when the target is gone.
+    """
     from .importers import gaussians as gaussian_objects
 
     obj = _target_object(job)
     if obj is None:
-        return
-    gaussian_objects.update_gaussian_object(obj, outputs["gaussians"], color_space=outputs.get("color_space"))
-    metrics = outputs.get("metrics") or {}
+        return None
+    steps = gaussian_objects.update_gaussian_object_steps(obj, outputs["gaussians"],
+                                                          color_space=outputs.get("color_space"))
+    return _apply_result(job, steps, outputs.get("metrics") or {})
+
+
+def _apply_result(job, steps, metrics: dict):
+    obj = yield from steps
+    if obj is None:
+        return  # the target was deleted between two steps (logged by the importer)
     for key, prop in METRIC_PROPS.items():
         if key in metrics:
             obj[prop] = int(metrics[key]) if key in ("count", "steps") else float(metrics[key])

@@ -1,11 +1,11 @@
 """Benchmark the torch rasterizer backend against the dense reference.
 
-Run: `python benchmarks/bench_rasterizer.py [--quick] [--repeats R]`
+Run: `python benchmarks/bench_rasterizer.py [--quick] [--repeats R] [--threads T] [--dense-pairs P]`
 
 Scene: Gaussians spread through the frustum of one camera at 2-6 m, with scales so that each
 covers a few to tens of pixels at 128 px (as after training), the world scene fixed across
 resolutions. Prints forward and forward+backward times of the torch backend (numba kernels)
-and of the dense reference where its [H*W, N] tensors fit in memory, the ratios, and a
+and of the dense reference where H*W*N <= --dense-pairs (it is slow, not memory-bound), the ratios, and a
 per-stage profile of the torch backend. Warm-up calls (numba compile) are excluded and the
 first-call compile time is reported separately.
 """
@@ -130,7 +130,15 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--dense-pairs", type=float, default=DENSE_PAIRS_LIMIT,
                     help="largest H*W*N for which the dense reference is timed")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch and numba threads (default: theirs). On a machine whose cores are "
+                    "busy with other work, 1 avoids torch's threads waiting on each other")
     args = ap.parse_args()
+    if args.threads:
+        import numba
+
+        torch.set_num_threads(args.threads)
+        numba.set_num_threads(args.threads)
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, backends: {backend_status()}")
 

@@ -34,3 +34,17 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def blender_addon():
+    """The add-on enabled in this Blender process once for the whole run, disabled at the end.
+
+    The one registration mechanism of the Blender-side suites (tests/blender_support.py); they
+    look the preferences up with ``blender_support.preferences()`` when they need them.
+    """
+    import blender_support
+
+    blender_support.enable_addon()
+    yield
+    blender_support.disable_addon()

@@ -26,8 +26,14 @@ REQUIRED_KEYS: tuple[str, ...] = (*REQUIRED_SHAPES, "shN")
 K_BY_DEGREE: dict[int, int] = {0: 0, 1: 3, 2: 8, 3: 15}
 DEGREE_BY_K: dict[int, int] = {k: d for d, k in K_BY_DEGREE.items()}
 
-#: C0 of the real SH basis (3DGS code); degree-0 colour is C0 * sh0 + 0.5.
+#: The real SH basis constants of the 3DGS code and gsplat (PROTOCOL.md), the add-on's one copy.
+#: Degree-0 colour is ``SH_C0 * sh0 + 0.5``; SH_C1..SH_C3 are the degree 1-3 factors in
+#: coefficient order, as ``formats.axes.sh_rest_basis`` evaluates them.
 SH_C0 = 0.28209479177387814
+SH_C1 = 0.4886025119029199
+SH_C2 = (1.0925484305920792, -1.0925484305920792, 0.31539156525252005, -1.0925484305920792, 0.5462742152960396)
+SH_C3 = (-0.5900435899266435, 2.890611442640554, -0.4570457994644658, 0.3731763325901154,
+         -0.4570457994644658, 1.445305721320277, -0.5900435899266435)
 
 
 def sh_degree(k: int, source: str = "gaussians") -> int:

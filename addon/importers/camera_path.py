@@ -12,62 +12,19 @@ import logging
 
 import numpy as np
 
+from ..camera_model import blender_from_intrinsics, intrinsics_from_blender, render_size
+from ..formats.axes import rotmat_to_quat
+
 log = logging.getLogger(__name__)
 
 _LINEAR = 1  # index of 'LINEAR' in Keyframe.interpolation's enum
 
 
-def blender_intrinsics(lens: float, sensor_width: float, sensor_height: float, sensor_fit: str,
-                       shift_x: float, shift_y: float, width: int, height: int) -> tuple[float, float, float, float]:
-    """Pinhole intrinsics of a Blender camera (square pixels), in the PROTOCOL.md convention.
-
-    Blender measures focal length and shift against the "fit" dimension: the larger image side
-    for AUTO (with the sensor width), else the side sensor_fit names.
-
-    Args:
-        lens: focal length, mm.
-        sensor_width, sensor_height: sensor size, mm.
-        sensor_fit: "AUTO", "HORIZONTAL" or "VERTICAL".
-        shift_x, shift_y: lens shift, in units of the fit dimension.
-        width, height: render resolution, pixels.
-
-    Returns:
-        (fx, fy, cx, cy) in pixels; image row 0 is the top.
-    """
-    if sensor_fit == "AUTO":
-        horizontal, sensor = width >= height, sensor_width
-    elif sensor_fit == "HORIZONTAL":
-        horizontal, sensor = True, sensor_width
-    else:
-        horizontal, sensor = False, sensor_height
-    fit = width if horizontal else height
-    focal = lens / sensor * fit
-    return focal, focal, width / 2.0 - shift_x * fit, height / 2.0 + shift_y * fit
-
-
 def _quats_from_matrices(rot: np.ndarray) -> np.ndarray:
     """(w, x, y, z) unit quaternions of rotation matrices, sign-continuous along T. [T, 3, 3] -> [T, 4]"""
-    m = rot.astype(np.float64)
-    t = m.shape[0]
-    q = np.empty((t, 4))
-    # Four candidate formulas, each stable where its component is largest.
-    d = np.stack([np.trace(m, axis1=1, axis2=2), m[:, 0, 0], m[:, 1, 1], m[:, 2, 2]], axis=1)
-    best = np.argmax(d, axis=1)
-    w = best == 0
-    s = 2.0 * np.sqrt(np.maximum(1.0 + d[w, 0], 1e-12))
-    q[w] = np.stack([0.25 * s, (m[w, 2, 1] - m[w, 1, 2]) / s, (m[w, 0, 2] - m[w, 2, 0]) / s, (m[w, 1, 0] - m[w, 0, 1]) / s], 1)
-    for i in range(3):
-        sel = best == i + 1
-        j, k = (i + 1) % 3, (i + 2) % 3
-        s = 2.0 * np.sqrt(np.maximum(1.0 + m[sel, i, i] - m[sel, j, j] - m[sel, k, k], 1e-12))
-        qi = np.empty((int(sel.sum()), 4))
-        qi[:, 0] = (m[sel, k, j] - m[sel, j, k]) / s
-        qi[:, 1 + i] = 0.25 * s
-        qi[:, 1 + j] = (m[sel, j, i] + m[sel, i, j]) / s
-        qi[:, 1 + k] = (m[sel, k, i] + m[sel, i, k]) / s
-        q[sel] = qi
+    q = rotmat_to_quat(rot.astype(np.float64))
     # q and -q are the same rotation; flip so neighbours agree and interpolation takes the short way.
-    if t > 1:
+    if len(q) > 1:
         flips = np.sign(np.einsum("ij,ij->i", q[1:], q[:-1]))
         flips[flips == 0] = 1.0
         q[1:] *= np.cumprod(flips)[:, None]
@@ -122,19 +79,21 @@ def create_camera_from_path(name: str, path_map: dict, scene=None, frame_start: 
     mats = np.asarray(path_map["world_from_camera"], dtype=np.float64)
     t = mats.shape[0]
     width, height = int(path_map["width"]), int(path_map["height"])
-    fy = np.broadcast_to(np.asarray(path_map["fy"], dtype=np.float64), (t,))
-    cx = np.broadcast_to(np.asarray(path_map["cx"], dtype=np.float64), (t,))
-    cy = np.broadcast_to(np.asarray(path_map["cy"], dtype=np.float64), (t,))
+    fx, fy, cx, cy = (np.broadcast_to(np.asarray(path_map[key], dtype=np.float64), (t,))
+                      for key in ("fx", "fy", "cx", "cy"))
     start = scene.frame_start if frame_start is None else int(frame_start)
     frames = np.arange(start, start + t, dtype=np.float64)
 
-    cam_data = bpy.data.cameras.new(name)
-    # Vertical fit: lens = fy * sensor_height / height holds whatever the aspect ratio.
-    cam_data.sensor_fit = "VERTICAL"
-    cam_data.shift_x = float((width / 2.0 - cx[0]) / height)
-    cam_data.shift_y = float((cy[0] - height / 2.0) / height)
+    # Sensor fit, shift and pixel aspect from the first frame; only the lens is animated.
+    first = blender_from_intrinsics(fx[0], fy[0], cx[0], cy[0], width, height)
     if not (np.allclose(cx, cx[0]) and np.allclose(cy, cy[0])):
         log.warning("%s: principal point varies along the path; using the first frame's", name)
+    if not np.allclose(fy / fx, fy[0] / fx[0]):
+        log.warning("%s: pixel aspect (fy / fx) varies along the path; using the first frame's", name)
+    cam_data = bpy.data.cameras.new(name)
+    cam_data.sensor_fit = first.sensor_fit
+    cam_data.sensor_width, cam_data.sensor_height = first.sensor_width, first.sensor_height
+    cam_data.shift_x, cam_data.shift_y = first.shift_x, first.shift_y
     obj = bpy.data.objects.new(name, cam_data)
     scene.collection.objects.link(obj)
     obj.rotation_mode = "QUATERNION"
@@ -146,13 +105,14 @@ def create_camera_from_path(name: str, path_map: dict, scene=None, frame_start: 
         _put_fcurve(bag, "location", i, frames, mats[:, i, 3], "Object Transforms")
     for i in range(4):
         _put_fcurve(bag, "rotation_quaternion", i, frames, quats[:, i], "Object Transforms")
-    lens = fy * cam_data.sensor_height / height
+    # With the fit fixed, the lens is proportional to the focal length in pixels.
+    lens = first.lens_mm * fx / fx[0]
     _put_fcurve(_channelbag(cam_data, f"{name}CameraAction", "CAMERA"), "lens", 0, frames, lens, "Camera")
 
     scene.camera = obj
     scene.render.resolution_x, scene.render.resolution_y = width, height
     scene.render.resolution_percentage = 100
-    scene.render.pixel_aspect_x = scene.render.pixel_aspect_y = 1.0
+    scene.render.pixel_aspect_x, scene.render.pixel_aspect_y = first.pixel_aspect_x, first.pixel_aspect_y
     fps = float(path_map["fps"])
     scene.render.fps = max(1, round(fps))
     scene.render.fps_base = scene.render.fps / fps
@@ -193,8 +153,7 @@ def camera_path_from_scene(scene=None, camera=None, frame_start: int | None = No
     if render.pixel_aspect_x != render.pixel_aspect_y:
         raise ValueError(f"pixel aspect {render.pixel_aspect_x}:{render.pixel_aspect_y} is not square; "
                          "camera paths assume square pixels")
-    scale = render.resolution_percentage / 100.0
-    width, height = round(render.resolution_x * scale), round(render.resolution_y * scale)
+    width, height = render_size(render.resolution_x, render.resolution_y, render.resolution_percentage)
     t = end - start + 1
     mats = np.empty((t, 4, 4), np.float32)
     intr = np.empty((t, 4), np.float32)
@@ -205,8 +164,8 @@ def camera_path_from_scene(scene=None, camera=None, frame_start: int | None = No
             evaluated = camera.evaluated_get(bpy.context.evaluated_depsgraph_get())
             mats[i] = np.array(evaluated.matrix_world, dtype=np.float32)
             cam = evaluated.data
-            intr[i] = blender_intrinsics(cam.lens, cam.sensor_width, cam.sensor_height, cam.sensor_fit,
-                                         cam.shift_x, cam.shift_y, width, height)
+            intr[i] = intrinsics_from_blender(cam.lens, cam.sensor_width, cam.sensor_height, cam.sensor_fit,
+                                              cam.shift_x, cam.shift_y, width, height)
     finally:
         scene.frame_set(current)
     return {

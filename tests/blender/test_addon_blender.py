@@ -10,12 +10,11 @@ import textwrap
 
 import numpy as np
 import pytest
-from conftest import REPO, tick_until
+from blender_support import NSTUDIO, REPO, tick_until
 
 import bpy
 from addon import client as client_mod
-from addon import handlers, protocol, session
-from nstudio_server import NSTUDIO, ServerProcess
+from addon import demo, handlers, protocol, session
 
 def _all_classes():
     import importlib
@@ -41,7 +40,7 @@ def _connect(prefs, endpoint):
     return session.current()
 
 
-def test_register_and_unregister_leave_nothing_behind():
+def test_register_and_unregister_leave_nothing_behind(addon_disabled):
     import addon
     import addon_utils
 
@@ -64,7 +63,7 @@ def test_register_and_unregister_leave_nothing_behind():
     assert addon._registered == []
 
 
-def test_a_missing_feature_module_is_an_explicit_error(monkeypatch):
+def test_a_missing_feature_module_is_an_explicit_error(addon_disabled, monkeypatch):
     import addon
 
     real = _all_classes()
@@ -77,7 +76,7 @@ def test_a_missing_feature_module_is_an_explicit_error(monkeypatch):
 def test_local_server_connects_shows_catalogue_and_log_and_stops_with_the_addon(enabled_addon, tmp_path):
     import addon_utils
 
-    port = ServerProcess(tmp_path).port  # a free port
+    port = demo.free_loopback_port()
     prefs = enabled_addon
     prefs.start_local_server = True
     prefs.server_command = f"{NSTUDIO} serve --store {tmp_path / 'store'} --device cpu"
@@ -167,7 +166,7 @@ def test_server_killed_and_restarted_mid_session_is_reconnected(enabled_addon, s
     live = _connect(enabled_addon, server.endpoint)
     server.kill()
     tick_until(lambda: live.client.state != client_mod.CONNECTED, 15, "the dead server noticed")
-    restarted = ServerProcess(server.store, port=server.port).start()
+    restarted = server.restarted()
     try:
         tick_until(lambda: live.client.connections == 2 and live.client.connected, 60, "the reconnect")
         points = np.ones((10, 3), np.float32)

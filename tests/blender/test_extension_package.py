@@ -12,7 +12,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import REPO
+from blender_support import REPO
 
 import bpy
 from addon import build

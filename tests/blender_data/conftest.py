@@ -1,25 +1,17 @@
-"""Real bpy 5.0.1: a clean file around every test, and our operators registered once."""
+"""Real bpy 5.0.1: a clean file around every test; operators come with the add-on enabled for the run."""
 
 import pytest
 
 bpy = pytest.importorskip("bpy")
 
+import blender_support  # noqa: E402
 
-@pytest.fixture(autouse=True)
-def clean_file():
-    bpy.ops.wm.read_homefile(app_template="")
-    yield
-    bpy.ops.wm.read_homefile(app_template="")
+clean_file = pytest.fixture(autouse=True)(blender_support.clean_file)
 
 
-@pytest.fixture(scope="session")
-def operators():
+@pytest.fixture
+def operators(blender_addon):
+    """The import/export operators, registered with the add-on (``blender_addon``, tests/conftest.py)."""
     from addon import ops_gaussians
 
-    for cls in ops_gaussians.CLASSES:
-        bpy.utils.register_class(cls)
-    ops_gaussians.register()
-    yield ops_gaussians
-    ops_gaussians.unregister()
-    for cls in reversed(ops_gaussians.CLASSES):
-        bpy.utils.unregister_class(cls)
+    return ops_gaussians

@@ -1,15 +1,14 @@
 """Import/export operators via bpy.ops on temp files, and camera paths as animated cameras."""
 
 import json
-import math
 
 import numpy as np
 import pytest
 
+from addon import camera_model
 from addon.formats import camera_path, ply
-from addon.importers import camera_path as cam_io
 from addon.importers import gaussians as gi
-from tests.formats.conftest import make_gaussians
+from tests.formats.conftest import make_gaussians, orbit_path
 
 bpy = pytest.importorskip("bpy")
 
@@ -60,24 +59,10 @@ def test_export_needs_gaussian_object(operators, tmp_path):
     assert not bpy.ops.nstudio.export_ply.poll()
 
 
-def orbit(t):
-    mats = np.zeros((t, 4, 4), np.float32)
-    for i in range(t):
-        a = 2 * math.pi * i / t
-        eye = np.array([4 * math.cos(a), 4 * math.sin(a), 1.5])
-        back = eye / np.linalg.norm(eye)
-        right = np.cross([0, 0, 1.0], back)
-        right /= np.linalg.norm(right)
-        mats[i, :3, 0], mats[i, :3, 1], mats[i, :3, 2], mats[i, :3, 3] = right, np.cross(back, right), back, eye
-        mats[i, 3, 3] = 1
-    return mats
-
-
 def test_camera_path_import_creates_keyframes(operators, tmp_path):
     t = 48
     fy = np.linspace(500, 700, t).astype(np.float32)
-    path_map = {"world_from_camera": orbit(t), "fx": fy, "fy": fy, "cx": 320.0, "cy": 180.0,
-                "width": 640, "height": 360, "fps": 30.0}
+    path_map = orbit_path(fy, 640, 360, 30.0)
     src = tmp_path / "camera_path.json"
     camera_path.write_camera_path(src, path_map)
     assert bpy.ops.nstudio.import_camera_path(filepath=str(src)) == {"FINISHED"}
@@ -94,8 +79,9 @@ def test_camera_path_import_creates_keyframes(operators, tmp_path):
     for i in (0, 17, t - 1):
         scene.frame_set(scene.frame_start + i)
         np.testing.assert_allclose(np.array(cam.matrix_world), path_map["world_from_camera"][i], atol=1e-5)
-        fx, fy_b, cx, cy = cam_io.blender_intrinsics(cam.data.lens, cam.data.sensor_width, cam.data.sensor_height,
-                                                     cam.data.sensor_fit, cam.data.shift_x, cam.data.shift_y, 640, 360)
+        fx, fy_b, cx, cy = camera_model.intrinsics_from_blender(
+            cam.data.lens, cam.data.sensor_width, cam.data.sensor_height, cam.data.sensor_fit, cam.data.shift_x,
+            cam.data.shift_y, 640, 360, scene.render.pixel_aspect_x, scene.render.pixel_aspect_y)
         np.testing.assert_allclose([fy_b, cx, cy], [fy[i], 320, 180], rtol=1e-4)
 
     # and back out through the export operator
@@ -129,25 +115,3 @@ def test_export_camera_path_shift_is_an_error(operators, tmp_path):
     bpy.context.scene.camera.data.shift_x = 0.1
     with pytest.raises(RuntimeError, match="centred principal point"):
         bpy.ops.nstudio.export_camera_path(filepath=str(tmp_path / "x.json"))
-
-
-def test_blender_intrinsics_shift_convention():
-    # Vertical fit: shift in units of the height; positive shift_x moves the principal point left.
-    fx, fy, cx, cy = cam_io.blender_intrinsics(24.0, 36.0, 24.0, "VERTICAL", 0.1, -0.2, 400, 300)
-    assert (fx, fy) == (300.0, 300.0)
-    assert cx == pytest.approx(200 - 0.1 * 300) and cy == pytest.approx(150 - 0.2 * 300)
-
-
-@pytest.mark.parametrize("fit, width, height", [("AUTO", 400, 300), ("AUTO", 300, 400), ("HORIZONTAL", 300, 400),
-                                                 ("VERTICAL", 640, 360)])
-def test_blender_intrinsics_match_blender_projection(fit, width, height):
-    """Our formula against Blender's own projection matrix (OpenGL: x_ndc = P00 x/-z - P02)."""
-    scene = bpy.context.scene
-    scene.render.resolution_x, scene.render.resolution_y, scene.render.resolution_percentage = width, height, 100
-    cam = scene.camera
-    cam.data.lens, cam.data.sensor_width, cam.data.sensor_height, cam.data.sensor_fit = 35.0, 36.0, 20.0, fit
-    cam.data.shift_x, cam.data.shift_y = 0.07, -0.12
-    p = np.array(cam.calc_matrix_camera(bpy.context.evaluated_depsgraph_get(), x=width, y=height))
-    expected = (width / 2 * p[0, 0], height / 2 * p[1, 1], width / 2 * (1 - p[0, 2]), height / 2 * (1 + p[1, 2]))
-    got = cam_io.blender_intrinsics(35.0, 36.0, 20.0, fit, 0.07, -0.12, width, height)
-    np.testing.assert_allclose(got, expected, rtol=1e-5)

@@ -75,8 +75,7 @@ def add_emissive_box(scene, name, location, size, colour):
     obj = bpy.context.active_object
     obj.name = name
     obj.scale = size
-    mat = bpy.data.materials.new(name)
-    mat.use_nodes = True
+    mat = bpy.data.materials.new(name)  # Blender 5.0: always has a node tree (use_nodes is deprecated)
     nodes = mat.node_tree.nodes
     nodes.clear()
     emit = nodes.new("ShaderNodeEmission")
@@ -89,8 +88,7 @@ def add_emissive_box(scene, name, location, size, colour):
 
 
 def black_world(scene):
-    world = bpy.data.worlds.new("Black")
-    world.use_nodes = True
+    world = bpy.data.worlds.new("Black")  # Blender 5.0: always has a node tree
     world.node_tree.nodes["Background"].inputs["Color"].default_value = (0, 0, 0, 1)
     scene.world = world
 

@@ -59,6 +59,28 @@ def test_intrinsics_match_blender_projection(case):
         assert z == pytest.approx(ndc.z, rel=1e-5)
 
 
+def test_shift_convention():
+    # Vertical fit: shift in units of the height; positive shift_x moves the principal point left.
+    fx, fy, cx, cy = camera_model.intrinsics_from_blender(24.0, 36.0, 24.0, "VERTICAL", 0.1, -0.2, 400, 300)
+    assert (fx, fy) == (300.0, 300.0)
+    assert cx == pytest.approx(200 - 0.1 * 300) and cy == pytest.approx(150 - 0.2 * 300)
+
+
+@pytest.mark.parametrize("fit, width, height", [("AUTO", 400, 300), ("AUTO", 300, 400), ("HORIZONTAL", 300, 400),
+                                                 ("VERTICAL", 640, 360)])
+def test_intrinsics_match_blender_projection_matrix(fit, width, height):
+    """Our formula against Blender's own projection matrix (OpenGL: x_ndc = P00 x/-z - P02)."""
+    scene = bpy.context.scene
+    scene.render.resolution_x, scene.render.resolution_y, scene.render.resolution_percentage = width, height, 100
+    cam = scene.camera
+    cam.data.lens, cam.data.sensor_width, cam.data.sensor_height, cam.data.sensor_fit = 35.0, 36.0, 20.0, fit
+    cam.data.shift_x, cam.data.shift_y = 0.07, -0.12
+    p = np.array(cam.calc_matrix_camera(bpy.context.evaluated_depsgraph_get(), x=width, y=height))
+    expected = (width / 2 * p[0, 0], height / 2 * p[1, 1], width / 2 * (1 - p[0, 2]), height / 2 * (1 + p[1, 2]))
+    got = camera_model.intrinsics_from_blender(35.0, 36.0, 20.0, fit, 0.07, -0.12, width, height)
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+
+
 @pytest.mark.parametrize("case", CASES)
 def test_inverse_round_trip_through_blender(case):
     lens, sw, sh, fit, sx, sy, rx, ry, pct, pax, pay = case

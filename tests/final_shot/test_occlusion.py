@@ -52,7 +52,7 @@ def _build(server):
     bar = h.add_emissive_box(scene, "Bar", location=(0.0, 0.0, 0.0), size=(3.6, 0.1, 0.3), colour=RED)
     splats = create_gaussian_object("Wall", _wall(), collection=scene.collection)
     companion = final_shot.setup_final_shot(scene)
-    companion.nstudio_final_shot.endpoint = server
+    companion.nstudio_final_shot.endpoint = server.endpoint
     return scene, companion, cam, bar, splats
 
 
@@ -72,7 +72,7 @@ def _check_frame(img, scene, cam):
     np.testing.assert_allclose(at((0.0, 0.0, 1.6)), (0, 0, 0), atol=0.03)
 
 
-def test_mesh_and_splats_occlude_each_other(registered, server, tmp_path):
+def test_mesh_and_splats_occlude_each_other(blender_addon, server, tmp_path):
     scene, companion, cam, bar, splats = _build(server)
     # The main renderer must not draw the display proxy; the companion scene sees the Gaussians.
     assert scene.compositing_node_group is not None and scene.render.use_compositing
@@ -82,7 +82,7 @@ def test_mesh_and_splats_occlude_each_other(registered, server, tmp_path):
     _check_frame(h.read_exr(tmp_path / "shot.exr"), scene, cam)
 
 
-def test_setup_is_idempotent(registered, server):
+def test_setup_is_idempotent(blender_addon, server):
     from addon import final_shot
 
     scene, companion, *_ = _build(server)
@@ -91,7 +91,7 @@ def test_setup_is_idempotent(registered, server):
     assert (len(bpy.data.node_groups), len(bpy.data.scenes)) == (groups, scenes)
 
 
-def test_animated_camera(registered, server, tmp_path):
+def test_animated_camera(blender_addon, server, tmp_path):
     scene, companion, cam, *_ = _build(server)
     scene.frame_start, scene.frame_end = 1, 2
     cam.location = (0.0, -6.0, 0.0)
@@ -109,7 +109,7 @@ def test_animated_camera(registered, server, tmp_path):
     assert np.abs(frames[0] - frames[1]).max() > 0.5
 
 
-def test_operator_reports_a_scene_without_gaussians(registered):
+def test_operator_reports_a_scene_without_gaussians(blender_addon):
     with pytest.raises(RuntimeError, match="no Gaussian objects"):
         bpy.ops.nstudio.setup_final_shot()
     assert bpy.context.scene.compositing_node_group is None

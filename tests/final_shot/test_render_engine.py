@@ -50,7 +50,7 @@ def _expected(local, obj, cam_obj, scene):
     return out.rgb[0].numpy(), out.alpha[0].numpy(), out.depth[0].numpy()
 
 
-def test_engine_render_matches_direct_rasterize(registered, server, tmp_path):
+def test_engine_render_matches_direct_rasterize(blender_addon, server, tmp_path):
     from addon.importers.gaussians import create_gaussian_object
 
     scene = bpy.context.scene
@@ -64,7 +64,7 @@ def test_engine_render_matches_direct_rasterize(registered, server, tmp_path):
     bpy.context.view_layer.update()
 
     scene.render.engine = "NSTUDIO_SPLATS"
-    scene.nstudio_final_shot.endpoint = server
+    scene.nstudio_final_shot.endpoint = server.endpoint
     scene.render.use_compositing = False
     scene.render.film_transparent = True
     h.render_exr(scene, tmp_path / "splats.exr")
@@ -77,7 +77,7 @@ def test_engine_render_matches_direct_rasterize(registered, server, tmp_path):
     np.testing.assert_allclose(got[..., :3], rgb, atol=1e-4)
 
 
-def test_unreachable_server_is_reported(registered, tmp_path):
+def test_unreachable_server_is_reported(blender_addon, tmp_path):
     from addon import render_engine
     from addon.importers.gaussians import create_gaussian_object
 

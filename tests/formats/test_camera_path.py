@@ -7,28 +7,12 @@ import numpy as np
 import pytest
 
 from addon.formats import FormatError, camera_path
-
-
-def orbit(t: int) -> np.ndarray:
-    """world_from_camera [T, 4, 4] circling the origin and looking at it (camera -Z toward origin)."""
-    mats = np.zeros((t, 4, 4), np.float32)
-    for i in range(t):
-        a = 2 * math.pi * i / t
-        eye = np.array([4 * math.cos(a), 4 * math.sin(a), 1.5])
-        back = eye / np.linalg.norm(eye)  # camera +Z points away from the target
-        right = np.cross([0, 0, 1.0], back)
-        right /= np.linalg.norm(right)
-        up = np.cross(back, right)
-        mats[i, :3, 0], mats[i, :3, 1], mats[i, :3, 2], mats[i, :3, 3] = right, up, back, eye
-        mats[i, 3, 3] = 1
-    return mats
+from tests.formats.conftest import orbit_path
 
 
 def test_round_trip(tmp_path):
-    t = 12
-    fy = np.linspace(400, 600, t).astype(np.float32)
-    path_map = {"world_from_camera": orbit(t), "fx": fy, "fy": fy, "cx": 320.0, "cy": 240.0,
-                "width": 640, "height": 480, "fps": 24.0}
+    fy = np.linspace(400, 600, 12).astype(np.float32)
+    path_map = orbit_path(fy, 640, 480, 24.0)
     path = tmp_path / "camera_path.json"
     camera_path.write_camera_path(path, path_map)
     back = camera_path.read_camera_path(path)
@@ -91,8 +75,7 @@ def test_not_json(tmp_path):
 
 
 def test_unrepresentable_intrinsics():
-    base = {"world_from_camera": orbit(2), "fx": 500.0, "fy": 500.0, "cx": 320.0, "cy": 240.0,
-            "width": 640, "height": 480, "fps": 24}
+    base = orbit_path(np.full(2, 500.0), 640, 480, 24)
     with pytest.raises(FormatError, match="centred principal point"):
         camera_path.camera_path_to_json({**base, "cx": 300.0})
     with pytest.raises(FormatError, match="square pixels"):

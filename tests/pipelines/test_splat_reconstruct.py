@@ -143,5 +143,5 @@ def test_invalid_params_name_the_field(tiny_scene, make_job):
 def test_schedule_scales_with_steps():
     paper = reconstruct.schedule(reconstruct.Params(steps=30_000, densify_from=500 / 30_000))
     assert (paper.densify_from, paper.densify_until, paper.reset_every, paper.sh_every) == (500, 15_000, 3000, 1000)
-    short = reconstruct.schedule(reconstruct.Params(steps=3000))
+    short = reconstruct.schedule(reconstruct.Params(steps=3000))  # the paper shape, 10x shorter
     assert short.densify_until == 1500 and short.sh_every == 100

@@ -14,11 +14,12 @@ import sys
 
 import numpy as np
 import pytest
+from blender_support import tick_until
 
 from addon import capture, capture_math, ops_splat, render_client, sample_scene
 from addon.importers import gaussians as gaussian_objects
 
-from .helpers import bpy, png_pixels, tick_until
+from .helpers import bpy, png_pixels
 
 pytestmark = pytest.mark.blender
 
@@ -55,7 +56,8 @@ def test_capture_train_import_matches_held_out_views(live, server):
         if partials and partials not in snapshots:
             snapshots[partials] = gaussian_objects.read_gaussians(obj)["means"].copy()
 
-    tick_until(lambda: record.finished and not live.manager.busy, server, timeout_s=240.0, on_tick=watch)
+    tick_until(lambda: record.finished and not live.manager.busy, 240.0, "the reconstruction result applied",
+               server=server, on_tick=watch)
     assert record.state == "done", record.message
 
     # 1. Live updates: partials applied while the job was still running, the count went from 0
@@ -114,9 +116,9 @@ def test_cancel_keeps_the_last_gaussians(live, server):
         if partials and partials not in applied:
             applied[partials] = gaussian_objects.read_gaussians(obj)
 
-    tick_until(lambda: len(applied) >= 2, server, timeout_s=120.0, on_tick=watch)
+    tick_until(lambda: len(applied) >= 2, 120.0, "two live partials applied", server=server, on_tick=watch)
     live.manager.cancel(record.id)
-    tick_until(lambda: record.finished and not live.manager.busy, server, timeout_s=30.0, on_tick=watch)
+    tick_until(lambda: record.finished and not live.manager.busy, 30.0, "the cancel", server=server, on_tick=watch)
 
     assert record.state == "cancelled"
     assert record.step < 5000
@@ -150,7 +152,7 @@ def test_render_splats_operator_writes_an_image_sequence(live, server, tmp_path)
     record = next(r for r in live.manager.jobs.values() if r.pipeline == ops_splat.RENDER)
     image = bpy.data.images[record.target]
     tick_until(lambda: record.finished and not live.manager.busy and image.get(ops_splat.PROP_RENDER_FRAMES),
-               server, timeout_s=60.0)
+               60.0, "the rendered frames written", server=server)
     assert record.state == "done"
 
     paths = [ops_splat.frame_path(str(tmp_path), f) for f in (1, 2, 3)]
@@ -170,7 +172,7 @@ def test_render_splats_operator_writes_an_image_sequence(live, server, tmp_path)
     assert np.abs(frames[0] - frames[2]).max() > 0.1
 
 
-def test_demo_runs_end_to_end(registered, tmp_path):
+def test_demo_runs_end_to_end(blender_addon, tmp_path):
     out = tmp_path / "demo"
     # The README's command, `nstudio demo --out ...`, from this environment.
     cmd = [sys.executable, "-m", "server", "demo", "--out", str(out), "--views", "10", "--resolution", "32",
@@ -234,9 +236,9 @@ def test_capture_and_train_operator_submits_and_reports_errors(live, server):
     assert record.pipeline == ops_splat.RECONSTRUCT and target.name == "Sphere Splats"
     assert gaussian_objects.is_gaussian_object(target)
     # The job is the server's: it is accepted and runs; cancelling it ends it there.
-    tick_until(lambda: record.state == "running", server, timeout_s=60.0)
+    tick_until(lambda: record.state == "running", 60.0, "the job running", server=server)
     live.manager.cancel(record.id)
-    tick_until(lambda: record.finished and not live.manager.busy, server, timeout_s=30.0)
+    tick_until(lambda: record.finished and not live.manager.busy, 30.0, "the cancel", server=server)
     assert record.state == "cancelled"
     item = next(i for i in bpy.context.scene.neural_studio_jobs if i.job_id == record.id)
     assert item.state == "cancelled" and item.target == target.name
