@@ -11,7 +11,8 @@ from tests.formats.conftest import orbit_path
 
 
 def test_round_trip(tmp_path):
-    fy = np.linspace(400, 600, 12).astype(np.float32)
+    t = 12
+    fy = np.linspace(400, 600, t).astype(np.float32)
     path_map = orbit_path(fy, 640, 480, 24.0)
     path = tmp_path / "camera_path.json"
     camera_path.write_camera_path(path, path_map)
