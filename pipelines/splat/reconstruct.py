@@ -24,8 +24,9 @@ Schedule for short runs: the paper trains 30 000 steps and densifies from step 5
 resets opacities every 3000 and raises the SH degree every 1000 steps. Here those points are
 fractions of `steps` (densify_from 0.0167 = 500/30000, densify_until 0.5, opacity_reset_every
 0.1, sh_degree_every 0.0333), so `steps` 30 000 gives the paper's schedule and a 3000-step run
-the same shape compressed (1500, the default, fits the 5-minute budget on a shared 2-core CPU); `densify_every` stays in steps (paper 100) because it is how many
-views the gradient statistics average over. The defaults below are the fast preset tuned on a
+the same shape compressed (1000, the default, keeps the 5-minute budget on a shared 2-core
+CPU); `densify_every` stays in steps (paper 100) because it is how many views the gradient
+statistics average over. The defaults below are the fast preset tuned on a
 2-core CPU (benchmarks/bench_reconstruct.py); where they differ from the paper the paper's value
 is given.
 """
@@ -88,7 +89,7 @@ class Params:
         seed: seed of every random choice (views, backgrounds, initialisation, splits).
     """
 
-    steps: int = field(default=1500, metadata={"doc": "optimisation steps (paper 30000)", "min": 1, "max": 1_000_000})
+    steps: int = field(default=1000, metadata={"doc": "optimisation steps (paper 30000)", "min": 1, "max": 1_000_000})
     sh_degree: int = field(default=3, metadata={"doc": "SH degree of the result (paper 3)", "min": 0, "max": 3})
     test_every: int = field(default=8, metadata={"doc": "hold out every k-th view; 0 = none", "min": 0})
     max_gaussians: int = field(default=300_000, metadata={"doc": "cap on the number of Gaussians", "min": 1})
