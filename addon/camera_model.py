@@ -34,7 +34,8 @@ class BlenderLens:
         lens_mm: focal length, millimetres (``Camera.lens``).
         sensor_width: sensor width, millimetres (``Camera.sensor_width``).
         sensor_height: sensor height, millimetres (``Camera.sensor_height``).
-        sensor_fit: "HORIZONTAL" or "VERTICAL" (``Camera.sensor_fit``).
+        sensor_fit: ``Camera.sensor_fit``: "AUTO", "HORIZONTAL" or "VERTICAL" (:func:`blender_from_intrinsics`
+            always writes an explicit "HORIZONTAL" or "VERTICAL").
         shift_x: horizontal lens shift, in units of the fitted dimension (``Camera.shift_x``).
         shift_y: vertical lens shift, in units of the fitted dimension (``Camera.shift_y``).
         pixel_aspect_x: ``RenderSettings.pixel_aspect_x``.

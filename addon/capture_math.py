@@ -5,8 +5,10 @@ What `addon/capture.py` needs and what can be tested without Blender:
 - training camera layouts around a bounding box (ring, Fibonacci hemisphere, Fibonacci sphere),
   as look-at matrices in Blender's camera convention (`world_from_camera`: the camera looks down
   its -Z axis, +Y is up in the image; Z-up world, metres);
-- pinhole intrinsics from a resolution and a lens in millimetres (Blender's `AUTO` sensor fit:
-  the sensor width applies to the larger image side);
+- the Blender lens of generated cameras and the wire cameras map of a set of views, whose
+  intrinsics always come from `camera_model.intrinsics_from_blender` (the one home of the
+  Blender lens -> pinhole formula), so the camera Blender renders with and the cameras sent to
+  the server cannot disagree;
 - the held-out split used by `splat.reconstruct` (`test_every`);
 - area-weighted surface sampling of triangle meshes with a seeded RNG;
 - colouring of sampled points from the captured images, with visibility decided by the captured
@@ -14,7 +16,7 @@ What `addon/capture.py` needs and what can be tested without Blender:
 - a reader for the uncompressed (multi-part) OpenEXR files that Blender writes for a capture.
 
 Cameras are returned as the PROTOCOL.md cameras map:
-`{"world_from_camera": (T,4,4) <f4, "fx","fy","cx","cy": float, "width","height": int,
+`{"world_from_camera": (T,4,4) <f4, "fx","fy","cx","cy": float or (T,) <f8, "width","height": int,
 "near","far": float}`.
 """
 
@@ -24,6 +26,8 @@ import math
 import struct
 
 import numpy as np
+
+from .camera_model import BlenderLens, intrinsics_from_blender
 
 LAYOUTS = ("ring", "hemisphere", "sphere")
 
@@ -112,18 +116,74 @@ def ring_directions(count: int, elevation_deg: float = 25.0) -> np.ndarray:
     )
 
 
-def intrinsics(width: int, height: int, lens_mm: float, sensor_mm: float = SENSOR_WIDTH_MM):
-    """Pinhole intrinsics of a Blender camera with sensor fit AUTO and no shift.
+def layout_lens(lens_mm: float) -> BlenderLens:
+    """The Blender lens of generated capture cameras: `lens_mm` on a 36 mm sensor, AUTO fit, no shift.
+
+    `addon/capture.py` gives its temporary camera exactly these settings, and
+    :func:`lens_intrinsics` turns the same settings into the wire intrinsics.
+
+    Raises:
+        ValueError: lens_mm is not positive.
+    """
+    if not lens_mm > 0:  # also rejects NaN
+        raise ValueError(f"lens_mm must be > 0, got {lens_mm!r}")
+    return BlenderLens(lens_mm=float(lens_mm), sensor_width=SENSOR_WIDTH_MM, sensor_height=SENSOR_WIDTH_MM,
+                       sensor_fit="AUTO", shift_x=0.0, shift_y=0.0)
+
+
+def lens_intrinsics(lens: BlenderLens, width: int, height: int) -> tuple[float, float, float, float]:
+    """Pinhole intrinsics (fx, fy, cx, cy), pixels, of a Blender lens rendered at `width` x `height`.
+
+    A thin call of `camera_model.intrinsics_from_blender` (see there for the conventions).
+    """
+    return intrinsics_from_blender(lens.lens_mm, lens.sensor_width, lens.sensor_height, lens.sensor_fit,
+                                   lens.shift_x, lens.shift_y, width, height,
+                                   lens.pixel_aspect_x, lens.pixel_aspect_y)
+
+
+def cameras_map(world_from_camera: np.ndarray, lenses, width: int, height: int, near: float, far: float) -> dict:
+    """The PROTOCOL.md cameras map of views that each have their own Blender lens.
+
+    Args:
+        world_from_camera: camera to world, Blender camera convention, metres; any scale in the
+            rotation columns is removed, as Blender's renderer does. [T, 4, 4]
+        lenses: one `camera_model.BlenderLens` per view (T of them).
+        width: image width in pixels (every view).
+        height: image height in pixels (every view).
+        near: near clipping distance, metres.
+        far: far clipping distance, metres.
 
     Returns:
-        (fx, fy, cx, cy) in pixels; square pixels, centred principal point.
+        The cameras map; fx, fy, cx, cy are per-view arrays. [T] <f8
+
+    Raises:
+        ValueError: the counts disagree, a matrix is not finite or degenerate, or a lens is bad.
     """
-    if width < 1 or height < 1:
-        raise ValueError(f"resolution must be positive, got {width}x{height}")
-    if lens_mm <= 0:
-        raise ValueError(f"lens_mm must be positive, got {lens_mm}")
-    f = lens_mm / sensor_mm * max(width, height)
-    return float(f), float(f), width / 2.0, height / 2.0
+    m = np.array(world_from_camera, dtype=np.float64)
+    if m.ndim != 3 or m.shape[1:] != (4, 4):
+        raise ValueError(f"world_from_camera must be [T, 4, 4], got {list(m.shape)}")
+    if len(lenses) != len(m):
+        raise ValueError(f"{len(lenses)} lenses for {len(m)} camera matrices")
+    if len(m) == 0:
+        raise ValueError("no cameras")
+    if not np.isfinite(m).all():
+        raise ValueError("world_from_camera has non-finite values")
+    scale = np.linalg.norm(m[:, :3, :3], axis=1)  # length of each axis column [T, 3]
+    if (scale < 1e-12).any():
+        raise ValueError(f"camera {int(np.argwhere(scale < 1e-12)[0, 0])}: matrix has a zero-length axis")
+    m[:, :3, :3] /= scale[:, None, :]
+    intr = np.array([lens_intrinsics(lens, width, height) for lens in lenses], dtype=np.float64)  # [T, 4]
+    return {
+        "world_from_camera": m.astype(np.float32),
+        "fx": np.ascontiguousarray(intr[:, 0]),
+        "fy": np.ascontiguousarray(intr[:, 1]),
+        "cx": np.ascontiguousarray(intr[:, 2]),
+        "cy": np.ascontiguousarray(intr[:, 3]),
+        "width": int(width),
+        "height": int(height),
+        "near": float(near),
+        "far": float(far),
+    }
 
 
 def capture_cameras(
@@ -148,7 +208,7 @@ def capture_cameras(
         layout: "ring" (one elevation), "hemisphere" (Fibonacci, above 10 degrees) or "sphere".
         count: number of cameras T.
         width, height: image size in pixels.
-        lens_mm: focal length in millimetres on a 36 mm sensor (AUTO fit).
+        lens_mm: focal length in millimetres on a 36 mm sensor (AUTO fit; :func:`layout_lens`).
         margin: scale of the bounding sphere that must fit in view (> 1 leaves a border).
         elevation_deg: elevation of the ring layout, degrees.
 
@@ -163,7 +223,7 @@ def capture_cameras(
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
     if margin <= 0:
         raise ValueError(f"margin must be positive, got {margin}")
-    fx, fy, cx, cy = intrinsics(width, height, lens_mm)
+    fx, fy, cx, cy = lens_intrinsics(layout_lens(lens_mm), width, height)
     centre = (lo + hi) / 2.0
     radius = max(float(np.linalg.norm(hi - lo)) / 2.0, 1e-3) * margin
     half_fov = min(math.atan(cx / fx), math.atan(cy / fy))

@@ -9,6 +9,9 @@ within a fraction of a second.
 
 Errors come out as :class:`RenderError` with a message a person can act on; a cancelled render
 as :class:`RenderCancelled`.
+
+:class:`Connection` is the same socket kept open for many renders (the viewport's worker thread
+in :mod:`viewport`): :meth:`Connection.handshake` once, then :meth:`Connection.render` per frame.
 """
 
 from __future__ import annotations
@@ -105,10 +108,37 @@ def cameras_map(world_from_camera: np.ndarray, fx, fy, cx, cy, width: int, heigh
     return cams
 
 
-class _Connection:
-    """One DEALER socket to the server, with deadline-based receive."""
+def srgb_to_linear_premultiplied(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """Premultiplied sRGB-encoded colour -> premultiplied linear (Gaussians whose colours are sRGB).
 
-    def __init__(self, settings: RenderSettings, should_cancel: Callable[[], bool]):
+    Args:
+        rgb: premultiplied colour, sRGB-encoded. [H, W, 3]
+        alpha: [H, W]
+
+    Returns:
+        Premultiplied linear colour, float32. [H, W, 3]
+    """
+    a = alpha[..., None]
+    straight = np.where(a > 0, rgb / np.maximum(a, 1e-12), 0.0).clip(0.0, None)
+    lin = np.where(straight <= 0.04045, straight / 12.92, ((straight + 0.055) / 1.055) ** 2.4)
+    return (lin * a).astype(np.float32)
+
+
+class Connection:
+    """One DEALER socket to the server, with deadline-based receive.
+
+    Use it from one thread only (the one that made it). ``render()`` below opens one per call;
+    a long-lived user calls :meth:`handshake` once and :meth:`render` for each frame.
+
+    Args:
+        settings: endpoint, CURVE keys and timeouts.
+        should_cancel: polled at least every ``settings.poll_s`` while waiting.
+
+    Raises:
+        RenderError: ("unreachable") the endpoint cannot be connected to (malformed address).
+    """
+
+    def __init__(self, settings: RenderSettings, should_cancel: Callable[[], bool] = lambda: False):
         self.settings = settings
         self.should_cancel = should_cancel
         self.socket = zmq.Context.instance().socket(zmq.DEALER)
@@ -136,6 +166,30 @@ class _Connection:
             return protocol.decode(frames, self.settings.limits)
         except protocol.ProtocolError as exc:
             raise RenderError(exc.code, f"undecodable reply from the server: {exc.message}") from exc
+
+    def handshake(self) -> dict:
+        """Say ``hello`` and wait for ``welcome``; check that ``splat.render`` can run there.
+
+        Returns:
+            The welcome message.
+
+        Raises:
+            RenderError: no welcome within ``settings.connect_timeout_s`` ("unreachable"), the
+                server refused, or it lacks a runnable ``splat.render``.
+            RenderCancelled: ``should_cancel`` returned True.
+        """
+        return _handshake(self)
+
+    def render(self, gaussians: dict, cameras: dict, params: Optional[dict] = None,
+               on_frame: Optional[Callable[[int, np.ndarray, np.ndarray, np.ndarray], None]] = None,
+               on_progress: Optional[Callable[[int, int], None]] = None,
+               on_accepted: Optional[Callable[[str], None]] = None) -> dict:
+        """Submit one ``splat.render`` job (``keep: false``) and wait for its result.
+
+        Arguments and result as :func:`render`; ``on_accepted`` is called with the job id.
+        Call :meth:`handshake` first (at least once per connection).
+        """
+        return _run(self, gaussians, cameras, params or {}, on_frame, on_progress, on_accepted)
 
 
 def check_welcome(welcome: dict, endpoint: str) -> None:
@@ -175,16 +229,17 @@ def render(gaussians: dict, cameras: dict, params: Optional[dict] = None,
         RenderError: server unreachable or gone, pipeline missing/unavailable, or the job failed.
         RenderCancelled: ``should_cancel`` returned True.
     """
-    conn = _Connection(settings, should_cancel)
+    conn = Connection(settings, should_cancel)
     try:
-        return _render(conn, gaussians, cameras, params or {}, on_frame, on_progress)
+        conn.handshake()
+        return conn.render(gaussians, cameras, params, on_frame, on_progress)
     finally:
         conn.close()
 
 
-def _render(conn: _Connection, gaussians, cameras, params, on_frame, on_progress) -> dict:
+def _handshake(conn: Connection) -> dict:
     s = conn.settings
-    # 1. Handshake: the only way to know a server is there (ZeroMQ connects lazily).
+    # The only way to know a server is there (ZeroMQ connects lazily).
     hello = protocol.make_header("hello", client=CLIENT_NAME, protocols=[protocol.VERSION])
     conn.send(hello)
     deadline = time.monotonic() + s.connect_timeout_s
@@ -200,8 +255,12 @@ def _render(conn: _Connection, gaussians, cameras, params, on_frame, on_progress
             raise RenderError("unreachable", f"no answer from the Neural Studio server at {s.endpoint} within "
                               f"{s.connect_timeout_s:g} s; is `nstudio serve` running there?")
     check_welcome(msg, s.endpoint)
+    return msg
 
-    # 2. Submit and wait, pinging so a dead server is noticed.
+
+def _run(conn: Connection, gaussians, cameras, params, on_frame, on_progress, on_accepted) -> dict:
+    s = conn.settings
+    # Submit and wait, pinging so a dead server is noticed.
     submit = protocol.make_header("submit", pipeline=PIPELINE, params=params,
                                   inputs={"gaussians": gaussians, "cameras": cameras}, keep=False)
     conn.send(submit)
@@ -225,6 +284,8 @@ def _render(conn: _Connection, gaussians, cameras, params, on_frame, on_progress
         mtype = msg.get("type")
         if mtype == "accepted" and msg.get("re") == submit["id"]:
             job = msg["job"]
+            if on_accepted is not None:
+                on_accepted(job)
         elif mtype == "error" and (msg.get("re") == submit["id"] or (job is not None and msg.get("job") == job)):
             raise RenderError(msg.get("code", "internal"), f"{PIPELINE} failed: {msg.get('message')}",
                               msg.get("detail"))
@@ -242,7 +303,7 @@ def _render(conn: _Connection, gaussians, cameras, params, on_frame, on_progress
             raise RenderCancelled()
 
 
-def _cancel(conn: _Connection, job: Optional[str]) -> None:
+def _cancel(conn: Connection, job: Optional[str]) -> None:
     """Cancel the job and wait briefly for the server to confirm (best effort: we are leaving)."""
     if job is None:
         return

@@ -9,19 +9,30 @@ Combined pass) and depth along the camera's -Z in metres (the Depth pass; Blende
 1e10 where nothing was hit), which the main scene's compositor combines by depth with its own render.
 
 Runs in Blender's render thread; the request is synchronous there (render_client), which does not
-block the UI. Viewport "Rendered" shading is not served by this engine (bl_use_eevee_viewport).
+block the UI.
+
+Viewport "Rendered" shading with this engine shows the same server render from the 3D view's own
+camera (:mod:`viewport`): ``view_update`` gathers the Gaussians on the main thread (cached, as for
+F12), ``view_draw`` turns the view's matrices into a pinhole camera, hands it to a worker thread
+(newest view wins, one request in flight, half resolution while the view moves) and draws the last
+finished frame as a premultiplied texture; a timer asks for a redraw when a new frame or status
+arrives. Nothing on Blender's main thread waits for the server.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
+import textwrap
+import time
+import weakref
 from typing import Optional
 
 import bpy
 import numpy as np
 
-from . import camera_model, gaussian_transform, protocol, render_client
+from . import camera_model, gaussian_transform, protocol, render_client, viewport
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +47,19 @@ ENDPOINT_ENV = "NSTUDIO_ENDPOINT"
 _cache: dict[int, tuple[tuple, dict, Optional[bytes], Optional[dict]]] = {}
 # Mesh session_uid -> how many geometry updates the depsgraph reported for it.
 _stamps: dict[int, int] = {}
+# The last merged set: (key of its parts, Gaussians). Returning the same map while nothing changed
+# lets the viewport tell a real change from an unrelated depsgraph update, and spares a copy.
+_merged: list = [None, None]
+
+#: Seconds between checks for finished viewport frames (the redraw timer's interval).
+VIEWPORT_TICK_S = 0.05
+#: Viewport requests give up on a silent server sooner than F12 renders do.
+VIEWPORT_CONNECT_TIMEOUT_S = 2.0
+VIEWPORT_SILENCE_TIMEOUT_S = 10.0
+# Engines drawing a viewport (id -> engine) and their sessions, weakly: Blender owns the engines,
+# and a strong reference would outlive the RNA data behind it.
+_viewport_engines: "weakref.WeakValueDictionary[int, NSTUDIO_SplatRenderEngine]" = weakref.WeakValueDictionary()
+_viewport_sessions: "weakref.WeakSet[viewport.ViewportSession]" = weakref.WeakSet()
 
 
 # ------------------------------------------------------------------ settings
@@ -52,6 +76,12 @@ class NSTUDIO_FinalShotSettings(bpy.types.PropertyGroup):
         name="SH Degree",
         description="Spherical-harmonics degree used for view-dependent colour; -1: all the Gaussians have",
         default=-1, min=-1, max=3,
+    )
+    viewport_scale: bpy.props.FloatProperty(
+        name="Navigation Resolution",
+        description="Viewport server render: resolution factor while the view moves (full size once it is "
+                    "still); 1 always renders at full size",
+        default=0.5, min=0.1, max=1.0, subtype="FACTOR",
     )
     source_scene: bpy.props.StringProperty(
         name="Source Scene",
@@ -79,6 +109,18 @@ def render_settings(scene) -> render_client.RenderSettings:
             curve = (conn.curve.server_public, conn.curve.client_public, conn.curve.client_secret)
         return render_client.RenderSettings(endpoint=conn.endpoint, curve=curve)
     return render_client.RenderSettings(endpoint=os.environ.get(ENDPOINT_ENV) or protocol.DEFAULT_ENDPOINT)
+
+
+def render_params(scene) -> dict:
+    """``splat.render`` params from the scene's settings (F12 and the viewport use the same)."""
+    degree = scene.nstudio_final_shot.sh_degree if hasattr(scene, "nstudio_final_shot") else -1
+    return {"sh_degree": int(degree)} if degree >= 0 else {}
+
+
+def viewport_settings(scene) -> render_client.RenderSettings:
+    """:func:`render_settings` with the viewport's shorter timeouts (an absent server shows quickly)."""
+    return dataclasses.replace(render_settings(scene), connect_timeout_s=VIEWPORT_CONNECT_TIMEOUT_S,
+                               silence_timeout_s=VIEWPORT_SILENCE_TIMEOUT_S)
 
 
 # ------------------------------------------------------------------ gather
@@ -138,7 +180,7 @@ def scene_gaussians(depsgraph) -> tuple[Optional[dict], list[str]]:
     """
     from .importers import gaussians as gaussian_objects
 
-    sets, spaces, used = [], [], set()
+    sets, spaces, used, key = [], [], set(), []
     for inst in depsgraph.object_instances:
         orig = inst.object.original
         if inst.is_instance and gaussian_objects.is_gaussian_object(inst.instance_object.original):
@@ -148,19 +190,18 @@ def scene_gaussians(depsgraph) -> tuple[Optional[dict], list[str]]:
         sets.append(world_gaussians(orig, inst.matrix_world))
         spaces.append(orig.get(gaussian_objects.PROP_COLOR_SPACE, "linear"))
         used.add(orig.data.session_uid)
+        key.append((_content_key(orig), np.array(inst.matrix_world, dtype=np.float64).tobytes()))
     for uid in [u for u in _cache if u not in used]:
-        del _cache[uid]  # keep memory to what the last render needed
+        # Keep memory to what the last render needed. pop: an F12 render (render thread) and a
+        # viewport (main thread) may both be here.
+        _cache.pop(uid, None)
     if not sets:
+        _merged[:] = [None, None]
         return None, spaces
-    return gaussian_transform.merge_gaussians(sets), spaces
-
-
-def srgb_to_linear_premultiplied(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
-    """Premultiplied sRGB-encoded colour -> premultiplied linear. rgb [H, W, 3], alpha [H, W]."""
-    a = alpha[..., None]
-    straight = np.where(a > 0, rgb / np.maximum(a, 1e-12), 0.0).clip(0.0, None)
-    lin = np.where(straight <= 0.04045, straight / 12.92, ((straight + 0.055) / 1.055) ** 2.4)
-    return (lin * a).astype(np.float32)
+    key = tuple(key)
+    if _merged[0] != key:
+        _merged[:] = [key, gaussian_transform.merge_gaussians(sets)]
+    return _merged[1], spaces
 
 
 def blender_passes(rgb: np.ndarray, alpha: np.ndarray, depth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -188,8 +229,22 @@ class NSTUDIO_SplatRenderEngine(bpy.types.RenderEngine):
     bl_idname = ENGINE_ID
     bl_label = "Neural Studio Splats"
     bl_use_preview = False
-    bl_use_eevee_viewport = True
+    bl_use_eevee_viewport = False  # Rendered shading calls view_update/view_draw below
     bl_use_postprocess = True
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._view: Optional[viewport.ViewportSession] = None
+        self._texture = None
+        self._texture_seq: Optional[int] = None
+        self._stats_text: Optional[str] = None
+
+    def __del__(self):
+        # Blender frees viewport engines when the shading mode, engine or file changes: stop the
+        # worker without waiting on the main thread (it cancels its job and ends on its own).
+        view = getattr(self, "_view", None)
+        if view is not None:
+            view.close()
 
     def update_render_passes(self, scene=None, renderlayer=None):
         self.register_pass(scene, renderlayer, "Combined", 4, "RGBA", "COLOR")
@@ -234,10 +289,7 @@ class NSTUDIO_SplatRenderEngine(bpy.types.RenderEngine):
         # only in the evaluated copy.
         camera = scene.camera.original.evaluated_get(depsgraph) if scene.camera is not None else None
         cameras = camera_for_frame(scene, camera, width, height)
-        params = {}
-        degree = scene.nstudio_final_shot.sh_degree if hasattr(scene, "nstudio_final_shot") else -1
-        if degree >= 0:
-            params["sh_degree"] = int(degree)
+        params = render_params(scene)
         settings = render_settings(scene)
         n = len(gaussians["means"])
         self.update_stats("", f"Rendering {n:,} Gaussians on {settings.endpoint}")
@@ -246,16 +298,157 @@ class NSTUDIO_SplatRenderEngine(bpy.types.RenderEngine):
                                    on_progress=lambda s, t: self.update_progress(s / t if t else 0.0))
         rgb, alpha, depth = out["rgb"][0], out["alpha"][0], out["depth"][0]
         if spaces and all(s == "srgb" for s in spaces):
-            rgb = srgb_to_linear_premultiplied(rgb, alpha)
+            rgb = render_client.srgb_to_linear_premultiplied(rgb, alpha)
         elif "srgb" in spaces:
             log.warning("scene '%s' mixes linear and sRGB Gaussian objects; rendering all as linear", scene.name)
         return rgb, alpha, depth
 
+    # -------------------------------------------------------------- viewport (main thread)
+
+    def view_update(self, context, depsgraph):
+        """Scene changed (or the viewport started): gather the Gaussians, hand them to the session."""
+        scene = depsgraph.scene
+        if self._view is None:
+            self._view = new_viewport_session(viewport_settings(scene), scene.nstudio_final_shot.viewport_scale)
+            _viewport_engines[id(self)] = self
+            _ensure_viewport_timer()
+        _note_geometry_updates(depsgraph)
+        try:
+            gaussians, spaces = scene_gaussians(depsgraph)
+        except ValueError as exc:  # a Gaussian object whose attributes do not follow the contract
+            self._view.set_scene(None, note=str(exc))
+            return
+        srgb = bool(spaces) and all(sp == "srgb" for sp in spaces)
+        note = "" if gaussians is not None else "no Gaussian objects in this view layer"
+        self._view.set_scene(gaussians, render_params(scene), srgb, viewport_settings(scene), note=note)
+        self._view.plan.coarse_scale = scene.nstudio_final_shot.viewport_scale
+
+    def view_draw(self, context, depsgraph):
+        """Draw the last finished server frame; ask for the current view if it is not there yet."""
+        view = self._view
+        if view is None:
+            return
+        region, rv3d = context.region, context.region_data
+        try:
+            camera = viewport.camera_from_view(rv3d.view_matrix, rv3d.window_matrix, region.width, region.height)
+            note = ""
+        except ValueError as exc:
+            camera, note = None, str(exc)
+        view.view(camera, time.monotonic(), note)
+        frame = view.frame()
+        if frame is not None and camera is not None:
+            self._draw_frame(depsgraph.scene, frame)
+        message = view.error()
+        if message:
+            _draw_message(message, region.width, region.height)
+        text = view.status_text()
+        if text != self._stats_text:
+            self._stats_text = text
+            self.update_stats("", text)
+
+    def _draw_frame(self, scene, frame: viewport.ViewFrame) -> None:
+        import gpu
+
+        if self._texture_seq != frame.seq:
+            h, w = frame.rgba.shape[:2]
+            data = gpu.types.Buffer("FLOAT", w * h * 4, frame.rgba.reshape(-1))
+            self._texture = gpu.types.GPUTexture((w, h), format="RGBA32F", data=data)
+            self._texture_seq = frame.seq
+        # The viewport's colour buffer is scene-linear (Blender applies the view transform when
+        # it shows it); the frame is premultiplied linear, so it goes in as it is.
+        gpu.state.blend_set("ALPHA_PREMULT")
+        self.bind_display_space_shader(scene)
+        _draw_texture(self._texture)
+        self.unbind_display_space_shader()
+        gpu.state.blend_set("NONE")
+
+
+# ------------------------------------------------------------------ viewport helpers
+
+def new_viewport_session(settings: render_client.RenderSettings, coarse_scale: float = 0.5) -> viewport.ViewportSession:
+    """A viewport session whose worker is stopped by :func:`unregister` if still running."""
+    session = viewport.ViewportSession(settings, coarse_scale=coarse_scale)
+    _viewport_sessions.add(session)
+    return session
+
+
+def _ensure_viewport_timer() -> None:
+    if not bpy.app.timers.is_registered(_viewport_tick):
+        bpy.app.timers.register(_viewport_tick, first_interval=VIEWPORT_TICK_S, persistent=True)
+
+
+def _viewport_tick() -> Optional[float]:
+    """bpy.app.timers callback: ask viewports with something new to show to redraw.
+
+    Returns None (the timer ends) once no viewport uses the engine; view_update starts it again.
+    """
+    now = time.monotonic()
+    for engine in list(_viewport_engines.values()):
+        view = engine._view
+        try:
+            if view is not None and view.wants_redraw(now):
+                engine.tag_redraw()
+        except Exception:  # a bug must not unregister the timer (Blender drops timers that raise)
+            log.exception("viewport redraw check failed")
+    return VIEWPORT_TICK_S if len(_viewport_engines) else None
+
+
+def _draw_texture(texture) -> None:
+    """Draw ``texture`` over the whole region (identity matrices: the quad spans clip space)."""
+    import gpu
+    from gpu_extras.batch import batch_for_shader
+    from mathutils import Matrix
+
+    shader = gpu.shader.from_builtin("IMAGE")
+    corners = ((-1.0, -1.0), (1.0, -1.0), (1.0, 1.0), (-1.0, 1.0))
+    uvs = ((0.0, 0.0), (1.0, 0.0), (1.0, 1.0), (0.0, 1.0))
+    batch = batch_for_shader(shader, "TRIS", {"pos": corners, "texCoord": uvs}, indices=((0, 1, 2), (2, 3, 0)))
+    with gpu.matrix.push_pop(), gpu.matrix.push_pop_projection():
+        gpu.matrix.load_identity()
+        gpu.matrix.load_projection_matrix(Matrix.Identity(4))
+        shader.uniform_sampler("image", texture)
+        batch.draw(shader)
+
+
+def _draw_message(text: str, width: int, height: int) -> None:
+    """Draw ``text`` centred in the region (a problem the person should see, e.g. no server)."""
+    import blf
+    import gpu
+    from mathutils import Matrix
+
+    font = 0
+    size = 14.0 * bpy.context.preferences.system.ui_scale
+    pixels = Matrix(((2.0 / width, 0.0, 0.0, -1.0), (0.0, 2.0 / height, 0.0, -1.0),
+                     (0.0, 0.0, -1.0, 0.0), (0.0, 0.0, 0.0, 1.0)))
+    lines = textwrap.wrap(text, width=max(20, int(width / (0.55 * size)) - 4))
+    with gpu.matrix.push_pop(), gpu.matrix.push_pop_projection():
+        gpu.matrix.load_identity()
+        gpu.matrix.load_projection_matrix(pixels)
+        blf.size(font, size)
+        blf.color(font, 1.0, 0.45, 0.35, 1.0)
+        y = height / 2.0 + 0.7 * size * (len(lines) - 1)
+        for line in lines:
+            w, _ = blf.dimensions(font, line)
+            blf.position(font, max(4.0, (width - w) / 2.0), y, 0.0)
+            blf.draw(font, line)
+            y -= 1.4 * size
+
+
+def stop_viewports(timeout_s: float = 3.0) -> None:
+    """Stop every viewport worker and the redraw timer (unregister, tests)."""
+    for session in list(_viewport_sessions):
+        if not session.close(timeout_s):
+            log.warning("a viewport render thread did not stop within %g s", timeout_s)
+    _viewport_sessions.clear()
+    _viewport_engines.clear()
+    if bpy.app.timers.is_registered(_viewport_tick):
+        bpy.app.timers.unregister(_viewport_tick)
+
 
 # ------------------------------------------------------------------ cache invalidation
 
-@bpy.app.handlers.persistent
-def _on_depsgraph_update(_scene, depsgraph) -> None:
+def _note_geometry_updates(depsgraph) -> None:
+    """Bump the stamp of every mesh whose geometry the depsgraph reports as changed."""
     for update in depsgraph.updates:
         if not update.is_updated_geometry:
             continue
@@ -266,17 +459,45 @@ def _on_depsgraph_update(_scene, depsgraph) -> None:
 
 
 @bpy.app.handlers.persistent
+def _on_depsgraph_update(_scene, depsgraph) -> None:
+    _note_geometry_updates(depsgraph)
+
+
+@bpy.app.handlers.persistent
 def _on_load_post(*_args) -> None:
-    _cache.clear()
+    clear_cache()
     _stamps.clear()
 
 
 def clear_cache() -> None:
     """Forget every cached Gaussian set (the next render reads them from Blender again)."""
     _cache.clear()
+    _merged[:] = [None, None]
 
 
-CLASSES = (NSTUDIO_FinalShotSettings, NSTUDIO_SplatRenderEngine)
+class NSTUDIO_PT_splat_render(bpy.types.Panel):
+    """Render properties of a scene that uses the splat engine."""
+
+    bl_label = "Neural Studio Splats"
+    bl_space_type = "PROPERTIES"
+    bl_region_type = "WINDOW"
+    bl_context = "render"
+    COMPAT_ENGINES = {ENGINE_ID}
+
+    @classmethod
+    def poll(cls, context):
+        return context.engine in cls.COMPAT_ENGINES
+
+    def draw(self, context):
+        settings = context.scene.nstudio_final_shot
+        layout = self.layout
+        layout.use_property_split = True
+        layout.prop(settings, "endpoint")
+        layout.prop(settings, "sh_degree")
+        layout.prop(settings, "viewport_scale")
+
+
+CLASSES = (NSTUDIO_FinalShotSettings, NSTUDIO_SplatRenderEngine, NSTUDIO_PT_splat_render)
 
 
 def register() -> None:
@@ -289,5 +510,6 @@ def unregister() -> None:
     bpy.app.handlers.load_post.remove(_on_load_post)
     bpy.app.handlers.depsgraph_update_post.remove(_on_depsgraph_update)
     del bpy.types.Scene.nstudio_final_shot
-    _cache.clear()
+    stop_viewports()
+    clear_cache()
     _stamps.clear()

@@ -1,4 +1,4 @@
-"""addon.capture with real bpy 5.0.1: a cube on a plane, 4 views at 33x33, headless renders."""
+"""addon.capture with real bpy 5.0.1: generated views of a cube on a plane, the user's own cameras, steps."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 bpy = pytest.importorskip("bpy")
 
 from addon import capture_math  # noqa: E402
-from addon.capture import CaptureOptions, capture  # noqa: E402
+from addon.capture import CaptureOptions, capture, capture_steps  # noqa: E402
 
 pytestmark = pytest.mark.blender
 
@@ -111,3 +111,104 @@ def test_capture_hides_other_objects_and_checks_options():
     assert plane.hide_render is False
     with pytest.raises(ValueError, match="engine"):
         capture([cube], CaptureOptions(engine="POVRAY"))
+
+
+def _user_camera(name, location, target, **settings):
+    from mathutils import Vector
+
+    data = bpy.data.cameras.new(name)
+    for key, value in settings.items():
+        setattr(data, key, value)
+    obj = bpy.data.objects.new(name, data)
+    bpy.context.scene.collection.objects.link(obj)
+    obj.location = location
+    obj.rotation_euler = (Vector(target) - Vector(location)).to_track_quat("-Z", "Y").to_euler()
+    return obj
+
+
+def _scene_state(scene):
+    return (scene.render.engine, scene.render.resolution_x, scene.render.resolution_y, scene.render.filepath,
+            scene.camera, len(bpy.data.objects), len(bpy.data.cameras), scene.render.film_transparent,
+            [m.camera for m in scene.timeline_markers])
+
+
+def test_capture_from_user_cameras_matches_blender_projection():
+    from bpy_extras.object_utils import world_to_camera_view
+
+    from addon import camera_model
+
+    for obj in list(bpy.data.objects):
+        if obj.type == "MESH":
+            bpy.data.objects.remove(obj)
+    centre = (0.3, -0.2, 0.4)
+    bpy.ops.mesh.primitive_uv_sphere_add(radius=0.25, location=centre)
+    ball = bpy.context.active_object
+    scene = bpy.context.scene
+    # Different lenses, sensor fits and shifts; one camera object scaled (Blender renders it unscaled).
+    a = _user_camera("A", (4.0, -3.0, 2.0), (0.0, 0.0, 0.3), lens=35.0, shift_x=0.1, shift_y=-0.05)
+    a.scale = (2.0, 2.0, 2.0)
+    b = _user_camera("B", (-3.0, -4.0, 3.0), (0.5, 0.0, 0.5), lens=60.0, sensor_fit="VERTICAL",
+                     sensor_height=20.0, shift_y=0.08)
+    # A marker bound to the scene camera would make the renderer switch to it: capture must not.
+    scene.timeline_markers.new("bound", frame=scene.frame_current).camera = scene.camera
+    bpy.context.view_layer.update()
+    before = _scene_state(scene)
+
+    calls = []
+    width, height = 48, 36
+    out = capture([ball], CaptureOptions(width=width, height=height, engine="WORKBENCH", points=300),
+                  cameras=[a, b], on_view=lambda i, total: calls.append((i, total)))
+    assert calls == [(1, 2), (2, 2)]
+    assert _scene_state(scene) == before
+
+    cams = out["cameras"]
+    assert out["images"].shape == (2, height, width, 4) and (cams["width"], cams["height"]) == (width, height)
+    for i, cam in enumerate((a, b)):
+        d = cam.data
+        want = camera_model.intrinsics_from_blender(d.lens, d.sensor_width, d.sensor_height, d.sensor_fit,
+                                                    d.shift_x, d.shift_y, width, height)
+        np.testing.assert_allclose([cams[k][i] for k in ("fx", "fy", "cx", "cy")], want, rtol=1e-12)
+        np.testing.assert_allclose(cams["world_from_camera"][i],
+                                   np.array(cam.matrix_world.normalized(), dtype=np.float64), atol=1e-6)
+    assert cams["fx"][0] != cams["fx"][1]
+    assert cams["near"] == pytest.approx(min(a.data.clip_start, b.data.clip_start))
+
+    # Blender's own projection of the ball's centre, at the capture resolution.
+    scene.render.resolution_x, scene.render.resolution_y, scene.render.resolution_percentage = width, height, 100
+    pixels, _ = capture_math.project(np.array([centre]), cams)
+    ys, xs = np.mgrid[0:height, 0:width] + 0.5  # pixel centres
+    for i, cam in enumerate((a, b)):
+        ndc = world_to_camera_view(scene, cam, ball.location)
+        expected = np.array([ndc.x * width, (1.0 - ndc.y) * height])  # rows grow downwards
+        # The wire cameras project exactly as Blender does.
+        np.testing.assert_allclose(pixels[i, 0], expected, atol=1e-3)
+        # The render was made from that camera: the ball's silhouette is centred on that pixel.
+        # (Perspective shifts a small sphere's silhouette centroid by (r/d)^2 of its offset from
+        # the principal point, well under 0.05 px here; antialiasing adds about 0.15 px.)
+        alpha = out["images"][i, ..., 3]
+        assert alpha[0].max() == alpha[-1].max() == alpha[:, 0].max() == alpha[:, -1].max() == 0.0
+        centroid = np.array([(alpha * xs).sum(), (alpha * ys).sum()]) / alpha.sum()
+        np.testing.assert_allclose(centroid, expected, atol=0.4)
+    # Points were coloured from these views: they sit on the ball.
+    assert len(out["points"]) > 100
+    np.testing.assert_allclose(np.linalg.norm(out["points"] - np.array(centre), axis=1), 0.25, atol=0.01)
+
+    ortho = _user_camera("O", (0.0, -5.0, 1.0), centre, type="ORTHO")
+    with pytest.raises(ValueError, match="'O' is ORTHO; only perspective"):
+        capture([ball], CaptureOptions(width=8, height=8, engine="WORKBENCH"), cameras=[a, ortho])
+    with pytest.raises(ValueError, match="is not a camera object"):
+        capture([ball], CaptureOptions(width=8, height=8, engine="WORKBENCH"), cameras=[ball])
+
+
+def test_capture_steps_render_one_view_per_step_and_close_restores():
+    cube, plane = _build_scene()
+    scene = bpy.context.scene
+    before = _scene_state(scene)
+    with pytest.raises(ValueError, match="engine"):
+        capture_steps([cube], CaptureOptions(engine="POVRAY"))  # checked by the call, before any step
+    steps = capture_steps([cube], CaptureOptions(count=3, width=16, height=16, engine="WORKBENCH", points=0))
+    assert _scene_state(scene) == before  # nothing changes until the first step
+    assert next(steps) == (1, 3)
+    assert scene.render.resolution_x == 16 and len(bpy.data.cameras) == before[6] + 1 and plane.hide_render
+    steps.close()  # cancel: the scene is as before, the temporary camera gone
+    assert _scene_state(scene) == before and not plane.hide_render

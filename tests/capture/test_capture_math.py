@@ -8,6 +8,7 @@ import struct
 import numpy as np
 import pytest
 
+from addon import camera_model
 from addon import capture_math as cm
 
 BOX = (np.array([-1.0, -0.5, 0.0]), np.array([1.0, 1.5, 1.2]))
@@ -68,13 +69,49 @@ def test_kernels_camera_agrees():
     np.testing.assert_allclose(pix, uv.numpy(), atol=1e-3)
 
 
-def test_intrinsics_follow_blender_auto_sensor_fit():
-    fx, fy, cx, cy = cm.intrinsics(200, 100, 50.0)
-    assert (fx, fy, cx, cy) == (50.0 / 36.0 * 200, 50.0 / 36.0 * 200, 100.0, 50.0)
-    fx, *_ = cm.intrinsics(100, 200, 36.0)
-    assert fx == 200.0  # AUTO fit: the sensor spans the larger side, here the height
-    with pytest.raises(ValueError):
-        cm.intrinsics(0, 10, 50.0)
+def test_generated_intrinsics_follow_blender_auto_sensor_fit():
+    cams = cm.capture_cameras(*BOX, count=2, width=200, height=100, lens_mm=50.0)
+    # AUTO fit, written out: the 36 mm sensor spans the larger side, here the width.
+    f = 50.0 / 36.0 * 200
+    assert (cams["fx"], cams["fy"], cams["cx"], cams["cy"]) == pytest.approx((f, f, 100.0, 50.0), rel=1e-12)
+    cams = cm.capture_cameras(*BOX, count=2, width=100, height=200, lens_mm=36.0)
+    assert cams["fx"] == pytest.approx(200.0)  # portrait: the sensor spans the height
+    # The lens the temporary Blender camera gets gives the same intrinsics through camera_model.
+    lens = cm.layout_lens(36.0)
+    assert (lens.sensor_fit, lens.shift_x, lens.shift_y) == ("AUTO", 0.0, 0.0)
+    assert camera_model.intrinsics_from_blender(lens.lens_mm, lens.sensor_width, lens.sensor_height, "AUTO",
+                                                0.0, 0.0, 100, 200) == (cams["fx"], cams["fy"], cams["cx"], cams["cy"])
+    with pytest.raises(ValueError, match="width"):
+        cm.capture_cameras(*BOX, count=2, width=0, height=10)
+    with pytest.raises(ValueError, match="lens_mm"):
+        cm.layout_lens(0.0)
+
+
+def test_cameras_map_has_per_view_intrinsics_and_strips_scale():
+    lenses = [camera_model.BlenderLens(35.0, 36.0, 24.0, "AUTO", 0.1, -0.05),
+              camera_model.BlenderLens(60.0, 36.0, 20.0, "VERTICAL", 0.0, 0.2)]
+    m = cm.look_at(np.array([[4.0, -3.0, 2.0], [-3.0, -4.0, 3.0]]), np.zeros(3))
+    scaled = m.copy()
+    scaled[0, :3, :3] *= 2.5  # a scaled camera object: Blender renders it unscaled
+    cams = cm.cameras_map(scaled, lenses, 48, 36, near=0.1, far=100.0)
+    np.testing.assert_allclose(cams["world_from_camera"], m, atol=1e-6)
+    assert cams["world_from_camera"].dtype == np.float32
+    for key in ("fx", "fy", "cx", "cy"):
+        assert cams[key].shape == (2,)
+    for i, lens in enumerate(lenses):
+        want = camera_model.intrinsics_from_blender(lens.lens_mm, lens.sensor_width, lens.sensor_height,
+                                                    lens.sensor_fit, lens.shift_x, lens.shift_y, 48, 36)
+        assert tuple(cams[k][i] for k in ("fx", "fy", "cx", "cy")) == want
+    assert (cams["width"], cams["height"], cams["near"], cams["far"]) == (48, 36, 0.1, 100.0)
+    # Per-view arrays work where the maths reads cameras: the look-at target lands on each principal point.
+    pix, _ = cm.project(np.zeros((1, 3)), cams)
+    np.testing.assert_allclose(pix[:, 0], np.stack([cams["cx"], cams["cy"]], -1), atol=1e-4)
+    with pytest.raises(ValueError, match="1 lenses for 2"):
+        cm.cameras_map(m, lenses[:1], 48, 36, 0.1, 100.0)
+    bad = m.copy()
+    bad[1, :3, 0] = 0.0
+    with pytest.raises(ValueError, match="camera 1: matrix has a zero-length axis"):
+        cm.cameras_map(bad, lenses, 48, 36, 0.1, 100.0)
 
 
 def test_look_at_straight_down_is_defined():

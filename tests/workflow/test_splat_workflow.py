@@ -242,3 +242,36 @@ def test_capture_and_train_operator_submits_and_reports_errors(live, server):
     assert record.state == "cancelled"
     item = next(i for i in bpy.context.scene.neural_studio_jobs if i.job_id == record.id)
     assert item.state == "cancelled" and item.target == target.name
+
+
+def test_capture_and_train_from_selected_cameras(live, server):
+    built = sample_scene.build_sample_scene(bpy.context.scene)
+    scene = bpy.context.scene
+    for obj in scene.objects:
+        obj.select_set(False)
+    objects_before = len(bpy.data.objects)
+    # "Selected Cameras" with no camera selected: a clear error, nothing created or submitted.
+    with pytest.raises(RuntimeError, match="Selected Cameras layout: no camera object is selected"):
+        bpy.ops.neural_studio.capture_and_train(source="SCENE", layout="cameras")
+    assert not live.manager.jobs and len(bpy.data.objects) == objects_before
+
+    # The scene camera and a second one with another lens and a shift, both aimed at the subjects.
+    second = built.camera.copy()
+    second.data = built.camera.data.copy()
+    second.data.lens = built.camera.data.lens * 1.4
+    second.data.shift_x = 0.05
+    second.location.x += 0.5
+    scene.collection.objects.link(second)
+    sphere = next(o for o in built.subjects if o.name == "Sphere")
+    for obj in (sphere, built.camera, second):
+        obj.select_set(True)
+    result = bpy.ops.neural_studio.capture_and_train(source="SELECTED", layout="cameras", resolution=16, samples=2,
+                                                     steps=5000, test_every=0, sh_degree=0)
+    assert result == {"FINISHED"}
+    record = next(iter(live.manager.jobs.values()))
+    assert record.pipeline == ops_splat.RECONSTRUCT and record.target == "Sphere Splats"
+    # The server accepts the two views with their own intrinsics and trains; then cancel it.
+    tick_until(lambda: record.state == "running", 60.0, "the job running", server=server)
+    live.manager.cancel(record.id)
+    tick_until(lambda: record.finished and not live.manager.busy, 30.0, "the cancel", server=server)
+    assert record.state == "cancelled", record.message
