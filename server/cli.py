@@ -62,6 +62,10 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-level", default=_env("LOG_LEVEL", "info"),
                        choices=("debug", "info", "warning", "error"),
                        help="(NSTUDIO_LOG_LEVEL; default %(default)s)")
+    serve.add_argument("--threads", type=int, default=_env("THREADS", "0"),
+                       help="CPU threads for torch's operators; 0 = torch's default (one per "
+                            "core). Fewer avoid spinning threads fighting Blender or other jobs "
+                            "for shared cores (NSTUDIO_THREADS; default %(default)s)")
     serve.add_argument("--max-message-bytes", type=int,
                        default=_env("MAX_MESSAGE_BYTES", str(ServeConfig.max_message_bytes)),
                        help="largest message accepted (NSTUDIO_MAX_MESSAGE_BYTES; default "
@@ -143,6 +147,12 @@ def _serve(args) -> int:
         device, device_info = devices.resolve(config.device)
     except devices.DeviceError as error:
         return _fail(str(error))
+    if args.threads < 0:
+        return _fail(f"--threads must be 0 (torch's default) or more, not {args.threads}")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     try:
         Path(config.store).mkdir(parents=True, exist_ok=True)
     except OSError as error:

@@ -98,6 +98,8 @@ def test_bad_settings_are_refused():
     assert nstudio("serve", "--keep-results", "5").returncode == 2
     bad_device = nstudio("serve", "--device", "tpu")
     assert bad_device.returncode == 2 and "tpu" in bad_device.stderr
+    bad_threads = nstudio("serve", "--threads", "-1")
+    assert bad_threads.returncode == 2 and "--threads" in bad_threads.stderr
 
 
 def test_doctor_reports_every_part():

@@ -4,7 +4,7 @@ Prints, for one scene and view size: the main thread's cost of asking for a fram
 reading the last one (latest), next to what a synchronous render would block it for; and the
 frame time through the worker's persistent connection vs a new connection per frame (F12's path).
 
-Run: .venv/bin/python tests/final_shot/bench_viewport.py [--n 20000] [--size 320x240] [--frames 10]
+Run: .venv/bin/python benchmarks/bench_viewport.py [--n 20000] [--size 320x240] [--frames 10]
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from blender_support import LoopbackServer  # noqa: E402
 
