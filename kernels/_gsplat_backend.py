@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from .camera import Cameras
-from .projection import EPS2D
+from .conventions import EPS2D
 
 
 def rasterize_gsplat(

@@ -22,9 +22,8 @@ import math
 import numba
 import numpy as np
 
-ALPHA_MIN = 1.0 / 255.0
-ALPHA_MAX = 0.99
-T_MIN = 1e-4
+from .conventions import ALPHA_MAX, ALPHA_MIN, T_MIN
+
 # sigma > ln(255 opacity) means alpha < 1/255; testing it first skips the exp() for most
 # pairs. The slack keeps the exact alpha test the decider near the boundary.
 _SIGMA_SLACK = 1e-6

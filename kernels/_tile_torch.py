@@ -11,10 +11,8 @@ import torch
 from torch import Tensor
 
 from ._binning import TileBins
+from .conventions import ALPHA_MAX, ALPHA_MIN, T_MIN
 
-ALPHA_MIN = 1.0 / 255.0
-ALPHA_MAX = 0.99
-T_MIN = 1e-4
 
 
 def composite_torch(

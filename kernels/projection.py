@@ -13,12 +13,9 @@ import torch
 from torch import Tensor
 
 from .camera import Cameras
+from .conventions import ALPHA_MIN, EPS2D
 from .gaussians import scaled_rotations
 
-#: Contributions with alpha below this are skipped (PROTOCOL.md).
-ALPHA_MIN = 1.0 / 255.0
-#: Low-pass dilation added to the 2D covariance diagonal, pixels^2.
-EPS2D = 0.3
 #: Upper bound of the opacity-aware extent in standard deviations. sqrt(2 ln 255) = 3.3290 < 3.33,
 #: so the bound never cuts a contribution with alpha >= 1/255 (opacities are < 1).
 MAX_EXTENT_SIGMA = 3.33

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from .camera import Cameras
-from .projection import ALPHA_MIN
+from .conventions import ALPHA_MIN
 from .sh import REST_COEFFS, degree_from_rest
 
 BACKENDS = ("auto", "torch", "gsplat")

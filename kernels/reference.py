@@ -23,14 +23,11 @@ from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
 from .camera import Cameras
+from .conventions import ALPHA_MAX, ALPHA_MIN, EPS2D, T_MIN
 from .gaussians import covariances
 from .rasterize import RenderOutput
 from .sh import degree_from_rest, view_colours
 
-ALPHA_MIN = 1.0 / 255.0
-ALPHA_MAX = 0.99
-T_MIN = 1e-4
-EPS2D = 0.3
 # Pixel x Gaussian pairs per chunk beyond which the pixels are processed in chunks.
 _PAIRS_PER_CHUNK = 1 << 24
 

@@ -1,0 +1,16 @@
+"""The compositing constants of PROTOCOL.md's Gaussian rendering conventions, in one place.
+
+Every backend (numba tiles, pure-torch tiles, the dense reference, the gsplat wrapper) reads
+them from here, so the backends cannot drift apart.
+"""
+
+#: Contributions with alpha_i = opacity_i * G_i below this are skipped.
+ALPHA_MIN = 1.0 / 255.0
+#: alpha_i is capped here, so no single Gaussian makes a pixel fully opaque.
+ALPHA_MAX = 0.99
+#: A pixel stops once T_i * (1 - alpha_i) would fall to this transmittance or below; that
+#: contribution and everything behind it are left out (gsplat's `next_T <= 1e-4`).
+T_MIN = 1e-4
+#: Low-pass dilation added to the 2D covariance diagonal, pixels^2 ("every Gaussian at least
+#: one pixel wide").
+EPS2D = 0.3
