@@ -49,17 +49,36 @@ def _load(name: str):
 
 
 def register() -> None:
-    """Register every feature module's classes, then call its register()."""
+    """Register every feature module's classes, then call its register().
+
+    All or nothing: if a module fails, what was registered before it is unregistered again (newest
+    first) and the error propagates, so Blender is never left with half a feature set.
+    """
+    modules = [_load(name) for name in FEATURE_MODULES]  # every module found before touching bpy
+    try:
+        for module in modules:
+            _register_module(module)
+    except BaseException:
+        unregister()
+        raise
+
+
+def _register_module(module) -> None:
     import bpy
 
-    modules = [_load(name) for name in FEATURE_MODULES]  # all or nothing, before touching bpy
-    for module in modules:
+    classes = []
+    try:
         for cls in module.CLASSES:
             bpy.utils.register_class(cls)
+            classes.append(cls)
         hook = getattr(module, "register", None)
         if hook is not None:
             hook()
-        _registered.append(module)
+    except BaseException:
+        for cls in reversed(classes):
+            bpy.utils.unregister_class(cls)
+        raise
+    _registered.append(module)
 
 
 def unregister() -> None:

@@ -34,6 +34,8 @@ from . import camera_model, capture_math
 log = logging.getLogger(__name__)
 
 ENGINES = {"CYCLES": "CYCLES", "EEVEE": "BLENDER_EEVEE", "WORKBENCH": "BLENDER_WORKBENCH"}
+#: Object types whose evaluated geometry is a surface: what capture renders and samples points on.
+MESH_LIKE_TYPES = frozenset({"MESH", "CURVE", "SURFACE", "META", "FONT"})
 
 
 @dataclass
@@ -73,7 +75,7 @@ class CaptureOptions:
 def _mesh_objects(scene, objects):
     if objects is None:
         objects = [o for o in scene.objects if o.visible_get()]
-    return [o for o in objects if o.type in {"MESH", "CURVE", "SURFACE", "META", "FONT"}]
+    return [o for o in objects if o.type in MESH_LIKE_TYPES]
 
 
 def gather_triangles(objects, depsgraph):
@@ -308,7 +310,7 @@ def _render_views(scene, targets, vertices, faces, cams, lenses, clips, opts: Ca
             _configure_render(saved, scene, opts, path)
             keep = set(targets)
             for obj in scene.objects:
-                if obj.type in {"MESH", "CURVE", "SURFACE", "META", "FONT"} and obj not in keep:
+                if obj.type in MESH_LIKE_TYPES and obj not in keep:
                     saved.set(obj, "hide_render", True)
             # A marker bound to a camera makes the renderer switch to that camera.
             for marker in scene.timeline_markers:

@@ -1,8 +1,8 @@
 """The one table from Gaussian arrays to Blender generic attributes (numpy only, no bpy).
 
 A Gaussian object is a mesh with one vertex per Gaussian: the mean goes into the vertex
-position (``co``) and every other array into a POINT-domain attribute, stored losslessly as
-the raw optimisation parameters:
+position (the ``position`` attribute) and every other array into a POINT-domain attribute,
+stored losslessly as the raw optimisation parameters:
 
 | array | attribute | Blender type | foreach key | floats |
 |---|---|---|---|---|
@@ -25,7 +25,8 @@ import numpy as np
 
 from .formats.gaussians import DEGREE_BY_K, check_gaussians, extras
 
-POSITION_KEY = "co"
+#: The vertex positions (the means), written through the generic attribute API (FLOAT_VECTOR, "vector").
+POSITION = "position"
 ROTATION = "gs_rotation"
 SCALE = "gs_scale"
 OPACITY = "gs_opacity"
@@ -90,7 +91,7 @@ def sh_rest_name(k: int) -> str:
 
 
 def position_buffer(gaussians: dict[str, np.ndarray]) -> np.ndarray:
-    """Vertex positions for ``mesh.vertices.foreach_set("co", ...)``: float32 [N * 3]."""
+    """Vertex positions for ``mesh.attributes[POSITION].data.foreach_set("vector", ...)``: float32 [N * 3]."""
     return np.ascontiguousarray(gaussians["means"], dtype=np.float32).reshape(-1)
 
 
@@ -171,7 +172,7 @@ def gaussians_from_attributes(
     """Inverse of :func:`gaussian_attributes`: rebuild the Gaussians map from filled buffers.
 
     Args:
-        positions: vertex positions as read with foreach_get("co"), float32. [N * 3]
+        positions: vertex positions as read from the POSITION attribute, float32. [N * 3]
         specs: :func:`attribute_specs` output whose buffers have been filled.
 
     Returns:

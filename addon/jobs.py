@@ -18,7 +18,7 @@ import logging
 import queue
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Optional
 
 from . import handlers as handlers_mod
@@ -80,15 +80,6 @@ class JobRecord:
     @property
     def finished(self) -> bool:
         return self.state in TERMINAL_STATES
-
-    @property
-    def progress_factor(self) -> float:
-        """step / total clamped to [0, 1]; 1 when done, 0 when nothing is known."""
-        if self.state == "done":
-            return 1.0
-        if self.total <= 0:
-            return 0.0
-        return min(max(self.step / self.total, 0.0), 1.0)
 
 
 @dataclass
@@ -177,6 +168,12 @@ class JobManager:
         self._fetched_at: dict[str, float] = {}
         self._step_estimate = 0.0  # running estimate of one step's duration, seconds
         self.stats = ApplyStats()
+        # Job events by message type; welcome and pong are connection-level (client and session).
+        self._event_handlers: dict[str, Callable[[dict], None]] = {
+            "accepted": self._on_accepted, "progress": self._on_progress, "partial": self._on_partial,
+            "result": self._on_result, "cancelled": self._on_cancelled, "error": self._on_error,
+            "status": self._on_status,
+        }
 
     # -- requests ------------------------------------------------------------------------------
 
@@ -262,11 +259,9 @@ class JobManager:
 
     def handle(self, msg: dict) -> None:
         """Route one decoded message from the server to the job it concerns."""
-        kind = msg.get("type")
-        method = getattr(self, f"_on_{kind}", None)
-        if method is None:
-            return  # welcome, pong: connection-level, the client and session use them
-        method(msg)
+        method = self._event_handlers.get(msg.get("type"))
+        if method is not None:
+            method(msg)
 
     def _record_for(self, msg: dict) -> Optional[JobRecord]:
         job_id = msg.get("job")

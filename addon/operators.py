@@ -1,7 +1,8 @@
 """Operators: connect/disconnect, server log, cancel/remove jobs, and an echo round-trip test.
 
 Thin by design: each gathers what it needs, calls the session, and turns errors into
-`self.report({'ERROR'}, ...)` here, at the UI boundary.
+`self.report({'ERROR'}, ...)` here, at the UI boundary. `register()` routes the echo test's
+`system.echo` results to the built-in point-mesh handler (`addon.handlers.echo_to_mesh`).
 """
 
 from __future__ import annotations
@@ -69,13 +70,6 @@ class NSTUDIO_OT_show_server_log(bpy.types.Operator):
                 break
         self.report({"INFO"}, f"server log ({len(content)} characters) in text block '{text.name}'")
         return {"FINISHED"}
-
-
-def _find_job(context, job_id: str):
-    for item in context.scene.neural_studio_jobs:
-        if item.job_id == job_id or item.request_id == job_id:
-            return item
-    return None
 
 
 class NSTUDIO_OT_cancel_job(bpy.types.Operator):
@@ -161,3 +155,11 @@ CLASSES = (
     NSTUDIO_OT_remove_job,
     NSTUDIO_OT_echo_test,
 )
+
+
+def register() -> None:
+    handlers.register_result_handler(handlers.ECHO_PIPELINE, handlers.echo_to_mesh, on_partial=handlers.echo_to_mesh)
+
+
+def unregister() -> None:
+    handlers.unregister_result_handler(handlers.ECHO_PIPELINE)

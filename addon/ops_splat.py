@@ -63,8 +63,6 @@ PROP_RENDER_DIR = "nstudio_render_dir"
 PROP_RENDER_FRAME_START = "nstudio_frame_start"
 PROP_RENDER_FRAMES = "nstudio_frames"
 
-_MESH_LIKE = {"MESH", "CURVE", "SURFACE", "META", "FONT"}
-
 
 # =============================================================================================
 # Pure helpers (numpy only)
@@ -261,8 +259,7 @@ def _show_frame(image, rgba8: np.ndarray) -> None:
     h, w = rgba8.shape[:2]
     if tuple(image.size) != (w, h):
         image.scale(w, h)
-    pixels = np.ascontiguousarray(rgba8[::-1], dtype=np.float32).reshape(-1) / 255.0
-    image.pixels.foreach_set(pixels)
+    image.pixels.foreach_set(session.preview_pixels(rgba8))
     image.update()
 
 
@@ -340,13 +337,14 @@ def capture_objects(context, source: str) -> list:
     Raises:
         ValueError: nothing to capture, naming what to select.
     """
+    from .capture import MESH_LIKE_TYPES
     from .importers import gaussians as gaussian_objects
 
     if source == "SELECTED":
         pool = context.selected_objects
     else:
         pool = [o for o in context.scene.objects if o.visible_get()]
-    objects = [o for o in pool if o.type in _MESH_LIKE and not gaussian_objects.is_gaussian_object(o)]
+    objects = [o for o in pool if o.type in MESH_LIKE_TYPES and not gaussian_objects.is_gaussian_object(o)]
     if not objects:
         what = "select the objects to capture (or choose Whole Scene)" if source == "SELECTED" else \
             "the scene has no visible mesh objects"

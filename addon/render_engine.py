@@ -92,18 +92,25 @@ class NSTUDIO_FinalShotSettings(bpy.types.PropertyGroup):
 
 def render_settings(scene) -> render_client.RenderSettings:
     """Endpoint (and CURVE keys) for a scene: its own setting, else the add-on preferences, else
-    ``$NSTUDIO_ENDPOINT``, else the protocol default."""
+    ``$NSTUDIO_ENDPOINT``, else the protocol default.
+
+    Raises:
+        ValueError: the preferences' endpoint or CURVE key files cannot be used (the message says which).
+    """
     own = scene.nstudio_final_shot.endpoint.strip() if hasattr(scene, "nstudio_final_shot") else ""
     if own:
         return render_client.RenderSettings(endpoint=own)
-    from . import preferences, session
+    from . import client, preferences, session
 
     try:
         prefs = preferences.get()
     except RuntimeError:
         prefs = None
     if prefs is not None:
-        conn = session.SessionConfig.from_preferences(prefs).connection()
+        try:
+            conn = session.SessionConfig.from_preferences(prefs).connection()
+        except client.ClientError as exc:
+            raise ValueError(f"add-on preferences: {exc}") from exc
         curve = None
         if conn.curve is not None:
             curve = (conn.curve.server_public, conn.curve.client_public, conn.curve.client_secret)
@@ -309,18 +316,20 @@ class NSTUDIO_SplatRenderEngine(bpy.types.RenderEngine):
         """Scene changed (or the viewport started): gather the Gaussians, hand them to the session."""
         scene = depsgraph.scene
         if self._view is None:
-            self._view = new_viewport_session(viewport_settings(scene), scene.nstudio_final_shot.viewport_scale)
+            # Its server settings come with set_scene below, before any request is sent.
+            self._view = new_viewport_session(render_client.RenderSettings(), scene.nstudio_final_shot.viewport_scale)
             _viewport_engines[id(self)] = self
             _ensure_viewport_timer()
         _note_geometry_updates(depsgraph)
         try:
+            settings = viewport_settings(scene)
             gaussians, spaces = scene_gaussians(depsgraph)
-        except ValueError as exc:  # a Gaussian object whose attributes do not follow the contract
+        except ValueError as exc:  # unusable server settings, or Gaussian attributes that break the contract
             self._view.set_scene(None, note=str(exc))
             return
         srgb = bool(spaces) and all(sp == "srgb" for sp in spaces)
         note = "" if gaussians is not None else "no Gaussian objects in this view layer"
-        self._view.set_scene(gaussians, render_params(scene), srgb, viewport_settings(scene), note=note)
+        self._view.set_scene(gaussians, render_params(scene), srgb, settings, note=note)
         self._view.plan.coarse_scale = scene.nstudio_final_shot.viewport_scale
 
     def view_draw(self, context, depsgraph):

@@ -227,6 +227,8 @@ def build_sample_scene(scene=None, seed: int = 0, clear: bool = True) -> SampleS
     import bmesh
     import bpy
 
+    from .importers.camera_path import new_channelbag, put_fcurve
+
     scene = scene if scene is not None else bpy.context.scene
     rng = np.random.default_rng(seed)
     if clear:
@@ -308,10 +310,10 @@ def build_sample_scene(scene=None, seed: int = 0, clear: bool = True) -> SampleS
     camera.rotation_euler = (math.atan2(distance, height), 0.0, 0.0)
     collection.objects.link(camera)
     scene.camera = camera
-    for frame, angle in zip((1, 9, 17, 24), (0.0, 20.0, 40.0, 60.0)):
-        rig.rotation_euler = (0.0, 0.0, math.radians(angle))
-        rig.keyframe_insert("rotation_euler", index=2, frame=frame)
-    rig.rotation_euler = (0.0, 0.0, 0.0)
+    # The whole fcurve at once, Bezier keys as keyframe_insert would make them.
+    put_fcurve(new_channelbag(rig, f"{rig.name}Action", "OBJECT"), "rotation_euler", 2,
+               np.array([1.0, 9.0, 17.0, 24.0]), np.radians([0.0, 20.0, 40.0, 60.0]), "Object Transforms",
+               interpolation="BEZIER")
     scene.frame_start, scene.frame_end = FRAME_START, FRAME_END
     scene.render.fps = 24
     scene.frame_set(FRAME_START)

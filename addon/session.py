@@ -25,7 +25,6 @@ from bpy.app.handlers import persistent
 from bpy.props import BoolProperty, CollectionProperty, IntProperty, StringProperty
 
 from . import client as client_mod
-from . import handlers
 from . import jobs as jobs_mod
 
 log = logging.getLogger(__name__)
@@ -83,10 +82,18 @@ class LocalServer:
         self.process: Optional[subprocess.Popen] = None
 
     def start(self) -> None:
-        """Start the process. Raises RuntimeError naming the command if it cannot start."""
-        os.makedirs(os.path.dirname(self.log_path), exist_ok=True)
+        """Start the process.
+
+        Raises:
+            RuntimeError: The log file cannot be written or the command cannot start (named).
+        """
+        try:
+            os.makedirs(os.path.dirname(self.log_path), exist_ok=True)
+            log_file = open(self.log_path, "ab")
+        except OSError as exc:
+            raise RuntimeError(f"cannot write the local server log {self.log_path}: {exc.strerror or exc}") from exc
         env = dict(os.environ, NSTUDIO_BIND=self.endpoint)
-        with open(self.log_path, "ab") as log_file:
+        with log_file:
             try:
                 self.process = subprocess.Popen(
                     self.argv, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT, env=env,
@@ -170,12 +177,16 @@ class Session:
             self.server = LocalServer(config.server_command, config.endpoint, config.log_path or default_log_path())
         self._synced: dict[str, tuple[int, int]] = {}  # record key -> (revision, preview serial)
         self._shown_state = ""
-        self.longest_tick_s = 0.0
 
     def start(self) -> None:
+        """Start the local server (if any), then connect; a failed connect stops that server again."""
         if self.server is not None:
             self.server.start()
-        self.client.connect()
+        try:
+            self.client.connect()
+        except BaseException:
+            self.stop()
+            raise
 
     def stop(self) -> None:
         self.client.close()
@@ -366,7 +377,7 @@ def connect(config: SessionConfig) -> Session:
 
     Raises:
         client.ClientError: Bad endpoint or CURVE key files.
-        RuntimeError: The local server command cannot start.
+        RuntimeError: The local server cannot start (its command or its log file).
         ValueError: The local server command is empty.
     """
     global _session, _last_log_path
@@ -394,13 +405,11 @@ def timer_tick() -> float:
     session = _session
     if session is None:
         return IDLE_INTERVAL_S
-    start = time.monotonic()
     try:
         busy = session.tick()
     except Exception:  # a bug must not unregister the timer (Blender drops timers that raise)
         log.exception("Neural Studio timer failed")
         return IDLE_INTERVAL_S
-    session.longest_tick_s = max(session.longest_tick_s, time.monotonic() - start)
     if busy:
         return 0.0
     return ACTIVE_INTERVAL_S if session.active_jobs else IDLE_INTERVAL_S
@@ -421,7 +430,6 @@ def _on_exit() -> None:
 
 def register() -> None:
     bpy.types.Scene.neural_studio_jobs = CollectionProperty(type=NSTUDIO_JobItem)
-    handlers.register_result_handler(handlers.ECHO_PIPELINE, handlers.echo_to_mesh, on_partial=handlers.echo_to_mesh)
     bpy.app.handlers.load_post.append(on_load_post)
     bpy.app.timers.register(timer_tick, first_interval=IDLE_INTERVAL_S, persistent=True)
     atexit.register(_on_exit)
@@ -433,5 +441,4 @@ def unregister() -> None:
     if bpy.app.timers.is_registered(timer_tick):
         bpy.app.timers.unregister(timer_tick)
     bpy.app.handlers.load_post.remove(on_load_post)
-    handlers.unregister_result_handler(handlers.ECHO_PIPELINE)
     del bpy.types.Scene.neural_studio_jobs

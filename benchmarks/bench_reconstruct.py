@@ -41,8 +41,7 @@ def build_scene():
         bpy.data.objects.remove(obj)
 
     def material(name, kind, colors, scale, **extra):
-        mat = bpy.data.materials.new(name)
-        mat.use_nodes = True
+        mat = bpy.data.materials.new(name)  # Blender 5: born with a Principled BSDF node tree
         nodes, links = mat.node_tree.nodes, mat.node_tree.links
         bsdf = nodes.get("Principled BSDF")
         tex = nodes.new(kind)
@@ -97,8 +96,8 @@ def build_scene():
     sun_obj = bpy.data.objects.new("sun", sun)
     sun_obj.rotation_euler = (math.radians(40), math.radians(15), math.radians(30))
     bpy.context.scene.collection.objects.link(sun_obj)
+    # Blender 5: worlds, like materials, always have a node tree with a Background node.
     world = bpy.data.worlds.new("grey") if bpy.context.scene.world is None else bpy.context.scene.world
-    world.use_nodes = True
     world.node_tree.nodes["Background"].inputs["Color"].default_value = (0.3, 0.3, 0.32, 1.0)
     bpy.context.scene.world = world
     return objects

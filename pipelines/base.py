@@ -226,6 +226,13 @@ class Pipeline:
         run: ``run(inputs, params, job) -> outputs``; inputs are read-only numpy arrays and
             plain values, already checked against ``inputs``.
         probe: ``() -> (available, reason)``; imports nothing heavy.
+        check: optional ``check(inputs, params)`` for what the schema cannot express (values
+            that must be finite, a param bounded by the inputs, e.g. ``sh_degree`` by the
+            Gaussians' degree). The server calls it on submit, after the schema checks and
+            before the job is queued, so such a request gets its ``invalid_params`` /
+            ``invalid_input`` at once and no job (PROTOCOL.md ``submit``); it raises
+            :class:`PipelineError` and returns nothing useful. It runs on the server's socket
+            thread: keep it cheap (no device work), and ``run()`` may still check again.
     """
 
     name: str
@@ -235,6 +242,7 @@ class Pipeline:
     outputs: dict
     run: Callable[[dict, Any, Job], dict]
     probe: Callable[[], tuple]
+    check: Callable[[dict, Any], Any] | None = None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -256,6 +256,9 @@ class Broker:
         params = parse_params(pipeline.params, header.get("params", {}))
         inputs = header.get("inputs", {})
         check_inputs(pipeline.inputs, inputs)
+        if pipeline.check is not None:
+            # What the schema cannot say; an error here means no job (PROTOCOL.md submit).
+            pipeline.check(inputs, params)
         keep = header.get("keep", True)
         if not isinstance(keep, bool):
             raise PipelineError("invalid_params", f"'keep' must be a bool, not {keep!r}", "keep")

@@ -17,7 +17,8 @@ from ..formats.axes import rotmat_to_quat
 
 log = logging.getLogger(__name__)
 
-_LINEAR = 1  # index of 'LINEAR' in Keyframe.interpolation's enum
+# Indices in Keyframe.interpolation's enum (foreach_set takes the index).
+_INTERPOLATION = {"CONSTANT": 0, "LINEAR": 1, "BEZIER": 2}
 
 
 def _quats_from_matrices(rot: np.ndarray) -> np.ndarray:
@@ -31,8 +32,19 @@ def _quats_from_matrices(rot: np.ndarray) -> np.ndarray:
     return q
 
 
-def _put_fcurve(channelbag, data_path: str, index: int, frames: np.ndarray, values: np.ndarray, group: str) -> None:
-    """One whole fcurve in bulk: T keyframes at ``frames`` with ``values``, linear interpolation."""
+def put_fcurve(channelbag, data_path: str, index: int, frames: np.ndarray, values: np.ndarray, group: str,
+               interpolation: str = "LINEAR") -> None:
+    """One whole fcurve in bulk: keyframes at ``frames`` with ``values``, no per-key Python calls.
+
+    Args:
+        channelbag: from :func:`new_channelbag`.
+        data_path: animated property, e.g. "location".
+        index: array index of the property.
+        frames: keyframe times. [T]
+        values: keyframe values. [T]
+        group: channel group name.
+        interpolation: "CONSTANT", "LINEAR" or "BEZIER" (auto-clamped handles, as keyframe_insert makes).
+    """
     fcurve = channelbag.fcurves.new(data_path, index=index, group_name=group)
     t = frames.shape[0]
     fcurve.keyframe_points.add(t)
@@ -40,11 +52,12 @@ def _put_fcurve(channelbag, data_path: str, index: int, frames: np.ndarray, valu
     co[:, 0] = frames
     co[:, 1] = values
     fcurve.keyframe_points.foreach_set("co", co.reshape(-1))
-    fcurve.keyframe_points.foreach_set("interpolation", np.full(t, _LINEAR, np.int32))
-    fcurve.update()
+    fcurve.keyframe_points.foreach_set("interpolation", np.full(t, _INTERPOLATION[interpolation], np.int32))
+    fcurve.update()  # sorts the keys and computes the handles
 
 
-def _channelbag(id_data, name: str, id_type: str):
+def new_channelbag(id_data, name: str, id_type: str):
+    """A new action ``name`` assigned to ``id_data``; its channelbag for the assigned slot."""
     from bpy_extras import anim_utils
     import bpy
 
@@ -100,14 +113,14 @@ def create_camera_from_path(name: str, path_map: dict, scene=None, frame_start: 
 
     rot = mats[:, :3, :3] / np.linalg.norm(mats[:, :3, :3], axis=1, keepdims=True)  # drop any scale
     quats = _quats_from_matrices(rot)
-    bag = _channelbag(obj, f"{name}Action", "OBJECT")
+    bag = new_channelbag(obj, f"{name}Action", "OBJECT")
     for i in range(3):
-        _put_fcurve(bag, "location", i, frames, mats[:, i, 3], "Object Transforms")
+        put_fcurve(bag, "location", i, frames, mats[:, i, 3], "Object Transforms")
     for i in range(4):
-        _put_fcurve(bag, "rotation_quaternion", i, frames, quats[:, i], "Object Transforms")
+        put_fcurve(bag, "rotation_quaternion", i, frames, quats[:, i], "Object Transforms")
     # With the fit fixed, the lens is proportional to the focal length in pixels.
     lens = first.lens_mm * fx / fx[0]
-    _put_fcurve(_channelbag(cam_data, f"{name}CameraAction", "CAMERA"), "lens", 0, frames, lens, "Camera")
+    put_fcurve(new_channelbag(cam_data, f"{name}CameraAction", "CAMERA"), "lens", 0, frames, lens, "Camera")
 
     scene.camera = obj
     scene.render.resolution_x, scene.render.resolution_y = width, height

@@ -35,8 +35,12 @@ class CappedStrategy(DefaultStrategy):
     prune_big_after: int = 0
 
     def step_post_backward(self, params, optimizers, state, step, info, packed=False):
-        """Update gradient statistics; grow, prune and reset on schedule (step counts from 1)."""
-        if step > self.refine_stop_iter:
+        """Update gradient statistics; grow, prune and reset on schedule (step counts from 1).
+
+        As the paper's training loop: everything happens only while `step < refine_stop_iter`
+        (`if iteration < opt.densify_until_iter`).
+        """
+        if step >= self.refine_stop_iter:
             return
         self._update_state(params, state, info, packed=packed)
         if step > self.refine_start_iter and step % self.refine_every == 0:
@@ -44,7 +48,7 @@ class CappedStrategy(DefaultStrategy):
             self._prune_gs(params, optimizers, state, step)
             state["grad2d"].zero_()
             state["count"].zero_()
-        if self.reset_every > 0 and step % self.reset_every == 0 and step < self.refine_stop_iter:
+        if self.reset_every > 0 and step % self.reset_every == 0:
             reset_opa(params=params, optimizers=optimizers, state=state, value=self.prune_opa * 2.0)
 
     @torch.no_grad()

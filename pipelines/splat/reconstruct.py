@@ -350,7 +350,9 @@ def run(inputs: dict, params: Params, job: Job) -> dict:
             # The state after step - 1 steps is what the client keeps.
             send_partial(step - 1)
             raise
-        degree = min(params.sh_degree, (step - 1) // sched.sh_every)
+        # The paper raises the degree at the start of every 1000th iteration (`if iteration %
+        # 1000 == 0: oneupSHdegree()` before rendering), so iteration 1000 renders degree 1.
+        degree = min(params.sh_degree, step // sched.sh_every)
         if not order:
             order = list(rng.permutation(train_views))
         view = int(order.pop())

@@ -29,6 +29,33 @@ def _our_types():
     return [cls.__name__ for cls in _all_classes() if cls.is_registered]
 
 
+def _footprint() -> dict:
+    """Everything the add-on adds to Blender outside its classes: by kind, sorted names."""
+    from addon import render_engine
+
+    def ours(functions):
+        return sorted(f"{f.__module__}.{f.__name__}" for f in functions
+                      if getattr(f, "__module__", "").split(".")[0] == "addon")
+
+    handler_lists = {name: getattr(bpy.app.handlers, name) for name in dir(bpy.app.handlers)
+                     if isinstance(getattr(bpy.app.handlers, name), list)}
+    return {
+        "types": sorted(name for name in dir(bpy.types) if name.startswith("NSTUDIO")),
+        "scene_properties": sorted(p.identifier for p in bpy.types.Scene.bl_rna.properties
+                                   if p.identifier.startswith(("neural_studio", "nstudio"))),
+        "app_handlers": {name: ours(funcs) for name, funcs in handler_lists.items() if ours(funcs)},
+        "menus": {menu: ours(getattr(bpy.types, menu)._dyn_ui_initialize())
+                  for menu in ("TOPBAR_MT_file_import", "TOPBAR_MT_file_export")
+                  if ours(getattr(bpy.types, menu)._dyn_ui_initialize())},
+        "timers": [f.__name__ for f in (session.timer_tick, render_engine._viewport_tick)
+                   if bpy.app.timers.is_registered(f)],
+        "result_handlers": list(handlers.registered_pipelines()),
+    }
+
+
+NOTHING = {"types": [], "scene_properties": [], "app_handlers": {}, "menus": {}, "timers": [], "result_handlers": []}
+
+
 def _item(job_key):
     return next(i for i in bpy.context.scene.neural_studio_jobs if job_key in (i.job_id, i.request_id))
 
@@ -45,6 +72,7 @@ def test_register_and_unregister_leave_nothing_behind(addon_disabled):
     import addon_utils
 
     assert _our_types() == []
+    assert _footprint() == NOTHING
     addon_utils.enable("addon", default_set=True, handle_error=None)
     try:
         assert _our_types() == [cls.__name__ for cls in _all_classes()]
@@ -53,13 +81,35 @@ def test_register_and_unregister_leave_nothing_behind(addon_disabled):
         assert bpy.app.timers.is_registered(session.timer_tick)
         assert session.on_load_post in bpy.app.handlers.load_post
         assert handlers.get_handler("system.echo") is not None
+        footprint = _footprint()
+        assert footprint["scene_properties"] == ["neural_studio_jobs", "nstudio_final_shot"]
+        assert footprint["app_handlers"] == {
+            "depsgraph_update_post": ["addon.final_shot._sync_companions", "addon.render_engine._on_depsgraph_update"],
+            "load_post": ["addon.render_engine._on_load_post", "addon.session.on_load_post"],
+        }
+        assert footprint["menus"] == {"TOPBAR_MT_file_export": ["addon.ops_gaussians.menu_export"],
+                                      "TOPBAR_MT_file_import": ["addon.ops_gaussians.menu_import"]}
+        assert footprint["timers"] == ["timer_tick"]  # the viewport's starts with a viewport
+        assert footprint["result_handlers"] == ["splat.reconstruct", "splat.render", "system.echo"]
     finally:
         addon_utils.disable("addon", default_set=True, handle_error=None)
     assert _our_types() == []
-    assert not hasattr(bpy.types.Scene, "neural_studio_jobs")
-    assert not bpy.app.timers.is_registered(session.timer_tick)
-    assert session.on_load_post not in bpy.app.handlers.load_post
-    assert handlers.get_handler("system.echo") is None
+    assert _footprint() == NOTHING  # no class, property, handler, menu entry or timer left behind
+    assert addon._registered == []
+
+
+def test_a_feature_module_that_fails_to_register_leaves_nothing_behind(addon_disabled, monkeypatch):
+    import addon
+    from addon import ops_splat
+
+    def broken():
+        raise RuntimeError("broken feature")
+
+    monkeypatch.setattr(ops_splat, "register", broken)  # the last module: everything else is registered
+    with pytest.raises(RuntimeError, match="broken feature"):
+        addon.register()
+    assert _our_types() == []
+    assert _footprint() == NOTHING
     assert addon._registered == []
 
 

@@ -29,7 +29,9 @@ def test_rendered_colour_and_alpha(tmp_path, as_points):
     scene.render.image_settings.file_format = "OPEN_EXR"
     scene.render.filepath = str(tmp_path / "r.exr")
     bpy.ops.render.render(write_still=True)
-    px = np.array(bpy.data.images.load(str(tmp_path / "r.exr")).pixels[:]).reshape(16, 16, 4)[8, 8]
+    px = np.empty(16 * 16 * 4, np.float32)
+    bpy.data.images.load(str(tmp_path / "r.exr")).pixels.foreach_get(px)
+    px = px.reshape(16, 16, 4)[8, 8]
     # Each surface crossing has alpha sigmoid(0) = 0.5. The ray crosses the ico-sphere twice (in
     # and out): alpha = 1 - 0.5^2 = 0.75, premultiplied colour 0.5 c + 0.5 * 0.5 c = 0.75 c.
     # Cycles intersects a point-cloud point once: alpha 0.5, colour 0.5 c.

@@ -95,3 +95,22 @@ def test_unreachable_server_is_reported(blender_addon, tmp_path):
         render_client.render(_tiny_gaussians(), render_engine.camera_for_frame(scene, scene.camera, 8, 6),
                              settings=render_client.RenderSettings(endpoint=settings.endpoint, connect_timeout_s=0.5))
 
+
+
+def test_unusable_preferences_endpoint_is_a_clear_render_error(blender_addon):
+    import blender_support
+    from addon.importers.gaussians import create_gaussian_object
+
+    scene = bpy.context.scene
+    h.set_resolution(scene)
+    h.add_camera(scene)
+    create_gaussian_object("Splats", _tiny_gaussians(), collection=scene.collection)
+    scene.render.engine = "NSTUDIO_SPLATS"
+    blender_support.preferences().endpoint = "localhost:5557"  # no scheme: the scene's own endpoint is empty
+    try:
+        # In background mode an engine's error_set() comes out of the operator as a RuntimeError.
+        with pytest.raises(RuntimeError, match="Neural Studio splat render: add-on preferences: endpoint must look "
+                                               "like 'tcp://host:port'"):
+            bpy.ops.render.render(scene=scene.name)
+    finally:
+        blender_support.reset_preferences()

@@ -1,4 +1,7 @@
-"""The torch backend (numba kernels and the pure-torch fallback) against the dense reference."""
+"""The torch backend (numba kernels and the pure-torch fallback) against the dense reference.
+
+The gsplat backend has its own file, test_gsplat_backend.py.
+"""
 
 import subprocess
 import sys
@@ -7,55 +10,12 @@ import pytest
 import torch
 
 import kernels.reference as reference
-from kernel_scenes import make_cameras, make_gaussians
+from kernel_scenes import (
+    ATOL_IMAGE, PARAMS, compare, cotangents, edge_scene, loss_of, make_cameras, make_gaussians,
+)
 from kernels.camera import Cameras
 from kernels.rasterize import _rasterize_torch, backend_status, rasterize
 from kernels.reference import rasterize_dense
-
-PARAMS = ("means", "quats", "scales", "opacities", "sh0", "shN")
-
-# Tolerances. Outputs are float32 sums of at most a few hundred terms c_i alpha_i T_i with
-# |c_i| <~ 3: rounding differences between a float64 sequential walk (numba), float32
-# cumulative products (dense, fallback) and two formulations of the projection are ~1e-6, so
-# 2e-5 absolute leaves 10x headroom while a wrong rule (a missed Gaussian, a different order,
-# an off-by-half pixel centre) changes pixels by >= 1/255 * 0.01.
-ATOL_IMAGE = 2e-5
-# Depth is sum(z w) / alpha with z ~ 3-5 m: same relative error as the images, times z.
-ATOL_DEPTH = 1e-4
-# Gradients are sums over pixels of products of such terms; compared relative to the largest
-# gradient of the same parameter. float32 cumprod backward (dense) divides by the running
-# product, which costs up to ~1e-5 relative where T reaches 1e-4, hence 2e-4 (the fallback's
-# cumprod twice that).
-RTOL_GRAD = 2e-4
-
-
-def _cotangents(out, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    return [torch.randn(out.rgb.shape, generator=g), torch.randn(out.alpha.shape, generator=g),
-            torch.randn(out.depth.shape, generator=g)]
-
-
-def _loss(out, v):
-    depth = torch.where(torch.isfinite(out.depth), out.depth, torch.zeros_like(out.depth))
-    return (out.rgb * v[0]).sum() + (out.alpha * v[1]).sum() + (depth * v[2]).sum()
-
-
-def _compare(out, ref, params, rtol_grad=RTOL_GRAD):
-    assert torch.allclose(out.rgb, ref.rgb, atol=ATOL_IMAGE, rtol=0), (out.rgb - ref.rgb).abs().max()
-    assert torch.allclose(out.alpha, ref.alpha, atol=ATOL_IMAGE, rtol=0), (out.alpha - ref.alpha).abs().max()
-    finite = torch.isfinite(ref.depth)
-    assert torch.equal(finite, torch.isfinite(out.depth))
-    assert torch.allclose(out.depth[finite], ref.depth[finite], atol=ATOL_DEPTH, rtol=0)
-    v = _cotangents(ref)
-    grads = torch.autograd.grad(_loss(out, v), [params[k] for k in PARAMS], allow_unused=True, retain_graph=True)
-    ref_grads = torch.autograd.grad(_loss(ref, v), [params[k] for k in PARAMS], allow_unused=True, retain_graph=True)
-    for name, a, b in zip(PARAMS, grads, ref_grads):
-        if b is None or not b.abs().max() > 0:
-            assert a is None or not a.abs().max() > 0, name
-            continue
-        scale = float(b.abs().max())
-        err = float((a - b).abs().max())
-        assert err <= rtol_grad * scale, f"d/d{name}: max error {err:.3g} vs max |grad| {scale:.3g}"
 
 
 def _render(params, cams, impl, **kw):
@@ -87,7 +47,7 @@ def test_matches_dense_reference(name, impl):
     out = _render(params, cams, impl, background=background)
     ref = rasterize_dense(**{k: params[k] for k in PARAMS}, cameras=cams, background=background)
     assert float(ref.alpha.detach().max()) > 0.5 and float(ref.alpha.detach().min()) < 0.1  # a real, partly empty image
-    _compare(out, ref, params)
+    compare(out, ref, params)
 
 
 def test_lower_sh_degree_than_stored():
@@ -95,51 +55,17 @@ def test_lower_sh_degree_than_stored():
     cams = make_cameras(1, 32, 24, seed=7)
     out = rasterize(**params, cameras=cams, sh_degree=1, backend="torch")
     ref = rasterize_dense(**params, cameras=cams, sh_degree=1)
-    _compare(out, ref, params)
+    compare(out, ref, params)
     # Degree-2/3 coefficients must not matter at degree 1.
     assert torch.autograd.grad(out.rgb.sum(), params["shN"])[0][:, 3:].abs().max() == 0
 
 
-def _edge_scene():
-    """Gaussians at the edges of what the rasterizer handles, seen by one camera at the origin
-    looking down -Z (Blender), 48 x 32 px, non-centred principal point."""
-    g = torch.Generator().manual_seed(3)
-    rows = []
-
-    def add(mean, log_scale, logit):
-        rows.append((mean, log_scale, logit))
-
-    for i in range(30):  # ordinary ones in view
-        add((float(torch.rand(1, generator=g)) - 0.5, float(torch.rand(1, generator=g)) - 0.5,
-             -3.0 - float(torch.rand(1, generator=g))), (-3.0, -2.5, -2.8), 1.0)
-    add((0.0, 0.0, 2.0), (-2.0, -2.0, -2.0), 3.0)  # behind the camera
-    add((0.0, 0.0, -0.005), (-2.0, -2.0, -2.0), 3.0)  # inside the near plane
-    add((5.0, 0.0, -3.0), (-3.0, -3.0, -3.0), 3.0)  # far outside the image, small
-    add((2.5, 0.0, -3.0), (-0.5, -0.5, -0.5), 3.0)  # centre outside, reaches in (clamped J)
-    add((0.1, 0.1, -3.0), (-12.0, -12.0, -12.0), 2.0)  # tiny: only the 0.3 px^2 dilation
-    add((0.0, 0.0, -6.0), (1.5, 1.5, 1.5), -1.0)  # huge: covers every tile
-    add((-0.2, 0.2, -3.5), (-2.0, -2.0, -2.0), -30.0)  # zero opacity
-    add((0.2, -0.1, -3.2), (-2.0, -4.0, -1.0), 0.0)  # elongated
-    means = torch.tensor([r[0] for r in rows])
-    scales = torch.tensor([r[1] for r in rows])
-    logits = torch.tensor([r[2] for r in rows])
-    n = len(rows)
-    params = {"means": means, "quats": torch.randn(n, 4, generator=g), "scales": scales,
-              "opacities": logits, "sh0": torch.randn(n, 3, generator=g),
-              "shN": 0.3 * torch.randn(n, 8, 3, generator=g)}
-    for t in params.values():
-        t.requires_grad_(True)
-    cams = Cameras(world_from_camera=torch.eye(4)[None], fx=torch.tensor([40.0]), fy=torch.tensor([42.0]),
-                   cx=torch.tensor([20.0]), cy=torch.tensor([18.5]), width=48, height=32, near=0.01, far=100.0)
-    return params, cams
-
-
 @pytest.mark.parametrize("impl", ["numba", "torch"])
 def test_edge_cases_match_dense(impl):
-    params, cams = _edge_scene()
+    params, cams = edge_scene()
     out = _render(params, cams, impl)
     ref = rasterize_dense(**params, cameras=cams)
-    _compare(out, ref, params)
+    compare(out, ref, params)
     visible = out.meta["visible"][0]
     assert not visible[30] and not visible[31] and not visible[32] and not visible[36]
     assert visible[33] and visible[34] and visible[35]
@@ -165,7 +91,7 @@ def test_early_termination_matches_dense_and_cuts_the_back():
                    cx=torch.tensor([16.0]), cy=torch.tensor([16.0]), width=32, height=32)
     out = rasterize(**params, cameras=cams, backend="torch")
     ref = rasterize_dense(**params, cameras=cams)
-    _compare(out, ref, params)
+    compare(out, ref, params)
     assert 0.999 < float(out.alpha.detach().max()) <= 1 - 1e-4 + 1e-6
     # At the centre pixel the stack saturates: only the front Gaussians reach it.
     g_sh0 = torch.autograd.grad(out.rgb[0, 16, 16].sum(), params["sh0"])[0].abs().sum(-1)
@@ -181,9 +107,9 @@ def test_dense_reference_chunking_changes_nothing(monkeypatch):
     monkeypatch.setattr(reference, "_PAIRS_PER_CHUNK", 80 * 37)  # 37 pixels per chunk
     chunked = rasterize_dense(**params, cameras=cams)
     assert torch.allclose(whole.rgb, chunked.rgb, atol=1e-6) and torch.allclose(whole.alpha, chunked.alpha, atol=1e-6)
-    v = _cotangents(whole)
-    a = torch.autograd.grad(_loss(whole, v), params["means"])[0]
-    b = torch.autograd.grad(_loss(chunked, v), params["means"])[0]
+    v = cotangents(whole)
+    a = torch.autograd.grad(loss_of(whole, v), params["means"])[0]
+    b = torch.autograd.grad(loss_of(chunked, v), params["means"])[0]
     assert torch.allclose(a, b, atol=1e-5 * float(a.abs().max()))
 
 
@@ -283,41 +209,3 @@ def test_backend_status_and_no_import_time_work():
         "assert out.alpha.max() > 0.3 and 'numba' not in str(sys.modules.get('numba'))\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("degree", [0, 3])
-def test_gsplat_backend_matches_torch_backend(degree):
-    params = make_gaussians(300, sh_degree=degree, seed=21, opacity_logit=(-1.0, 3.5))  # sigmoid < 0.99
-    cams = make_cameras(2, 64, 48, seed=21, off_centre=True)
-    bg = torch.tensor([0.1, 0.2, 0.3])
-    cpu = rasterize(**params, cameras=cams, background=bg, backend="torch")
-    cuda_params = {k: v.detach().cuda().requires_grad_(True) for k, v in params.items()}
-    gpu = rasterize(**cuda_params, cameras=cams.to("cuda"), background=bg.cuda(), backend="gsplat")
-    # gsplat clamps alpha at 0.999 (ours 0.99; opacities here stay below 0.99) and uses
-    # float32 fast-math CUDA: 1e-3 on images, 1e-2 m on depth.
-    assert torch.allclose(gpu.rgb.cpu(), cpu.rgb, atol=1e-3)
-    assert torch.allclose(gpu.alpha.cpu(), cpu.alpha, atol=1e-3)
-    finite = torch.isfinite(cpu.depth) & (cpu.alpha > 0.05)
-    assert torch.allclose(gpu.depth.cpu()[finite], cpu.depth[finite], atol=1e-2)
-    assert torch.equal(gpu.meta["visible"].cpu(), cpu.meta["visible"])
-    v = torch.randn(cpu.rgb.shape, generator=torch.Generator().manual_seed(0))
-    g_cpu = torch.autograd.grad((cpu.rgb * v).sum(), params["means"])[0]
-    g_gpu = torch.autograd.grad((gpu.rgb * v.cuda()).sum(), cuda_params["means"])[0].cpu()
-    assert torch.allclose(g_gpu, g_cpu, atol=1e-2 * float(g_cpu.abs().max()))
-
-
-@pytest.mark.gpu
-def test_gsplat_backend_meta_drives_default_strategy():
-    from gsplat.strategy import DefaultStrategy
-
-    params = make_gaussians(100, sh_degree=1, seed=4, requires_grad=False)
-    params = torch.nn.ParameterDict({k: torch.nn.Parameter(v.cuda()) for k, v in params.items()})
-    optimizers = {k: torch.optim.Adam([p], lr=1e-3) for k, p in params.items()}
-    strategy = DefaultStrategy(refine_start_iter=0, refine_every=1, grow_grad2d=1e-6, prune_opa=0.0)
-    state = strategy.initialize_state()
-    out = rasterize(**params, cameras=make_cameras(2, 32, 32, seed=4).to("cuda"), backend="gsplat")
-    strategy.step_pre_backward(params, optimizers, state, 1, out.meta)
-    out.rgb.mean().backward()
-    strategy.step_post_backward(params, optimizers, state, 1, out.meta)
-    assert len(params["means"]) > 100

@@ -145,3 +145,60 @@ def test_schedule_scales_with_steps():
     assert (paper.densify_from, paper.densify_until, paper.reset_every, paper.sh_every) == (500, 15_000, 3000, 1000)
     short = reconstruct.schedule(reconstruct.Params(steps=3000))  # the paper shape, 10x shorter
     assert short.densify_until == 1500 and short.sh_every == 100
+
+
+def test_sh_degree_rises_as_the_paper(tiny_scene, make_job, monkeypatch):
+    # The paper: `if iteration % 1000 == 0: oneupSHdegree()` before rendering iteration 1000.
+    import kernels.rasterize
+
+    real = kernels.rasterize.rasterize
+    degrees = []
+
+    def recording(*args, **kwargs):
+        degrees.append(kwargs["sh_degree"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(kernels.rasterize, "rasterize", recording)
+    params = reconstruct.Params(steps=9, sh_degree=2, sh_degree_every=3 / 9, test_every=0, random_points=200,
+                                preview_every=0, partial_every=0)
+    reconstruct.run({"images": tiny_scene["images"], "cameras": tiny_scene["cameras"]}, params, make_job())
+    # Steps 1..9, then one evaluation render per view at the full degree.
+    assert degrees[:9] == [0, 0, 1, 1, 1, 2, 2, 2, 2]
+    assert set(degrees[9:]) == {2}
+
+
+def test_densification_window_and_opacity_reset():
+    # The paper densifies at iteration % 100 == 0 for densify_from < iteration < densify_until
+    # and resets opacities to min(opacity, 0.01) every 3000 iterations inside that window.
+    import torch
+
+    from pipelines.splat.densify import CappedStrategy
+
+    n = 50
+    g = torch.Generator().manual_seed(0)
+    params = torch.nn.ParameterDict({
+        "means": torch.nn.Parameter(torch.randn(n, 3, generator=g)),
+        "quats": torch.nn.Parameter(torch.randn(n, 4, generator=g)),
+        "scales": torch.nn.Parameter(torch.full((n, 3), -6.0)),  # small: clone, not split
+        "opacities": torch.nn.Parameter(torch.full((n,), 3.0)),
+    })
+    optimizers = {k: torch.optim.Adam([p], lr=1e-3) for k, p in params.items()}
+    strategy = CappedStrategy(refine_start_iter=2, refine_stop_iter=8, refine_every=4, reset_every=6,
+                              grow_grad2d=1e-9, prune_opa=0.005)
+    state = strategy.initialize_state(scene_scale=1.0)
+    counts, opacities = {}, {}
+    for step in range(1, 13):
+        means2d = (params["means"][None, :, :2] * 10.0).clone()
+        means2d.retain_grad()
+        means2d.sum().backward()
+        info = {"means2d": means2d, "radii": torch.ones(1, len(params["means"]), 2, dtype=torch.int32),
+                "gaussian_ids": None, "width": 32, "height": 32, "n_cameras": 1}
+        strategy.step_post_backward(params, optimizers, state, step, info)
+        for opt in optimizers.values():
+            opt.zero_grad(set_to_none=True)
+        counts[step] = len(params["means"])
+        opacities[step] = float(torch.sigmoid(params["opacities"].detach()).max())
+    # Growth at step 4 only: 8 is densify_until itself, so nothing happens there or after.
+    assert counts[3] == n and counts[4] == 2 * n and counts[12] == 2 * n
+    # Reset at 6 (< 8) to 2 x prune_opa = 0.01; none at 12 (outside the window).
+    assert opacities[5] > 0.9 and opacities[6] == pytest.approx(0.01, rel=1e-5)

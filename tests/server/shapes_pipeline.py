@@ -17,6 +17,8 @@ class Params:
     background: list[float] | None = field(default=None, metadata={"doc": "rgb", "length": 3})
     fail: str = field(default="", metadata={"doc": "make run() fail: a PipelineError or a bug",
                                             "choices": ("", "pipeline", "bug")})
+    at_most: int = field(default=1000, metadata={"doc": "refuse more points than this (checked "
+                                                 "on submit by check())", "min": 0})
 
 
 INPUTS = {
@@ -37,5 +39,13 @@ def run(inputs, params, job):
     return {"count": int(inputs["points"].shape[0])}
 
 
+def check(inputs, params):
+    """What the schema cannot say: a param bounded by the inputs (runs before queueing)."""
+    if inputs["points"].shape[0] > params.at_most:
+        raise PipelineError("invalid_params", f"params.at_most: {params.at_most} is below the "
+                            f"{inputs['points'].shape[0]} points given", "params.at_most")
+
+
 PIPELINE = Pipeline(name="test.shapes", summary="count points (schema tests)", params=Params,
-                    inputs=INPUTS, outputs=OUTPUTS, run=run, probe=lambda: (True, ""))
+                    inputs=INPUTS, outputs=OUTPUTS, run=run, probe=lambda: (True, ""),
+                    check=check)

@@ -295,6 +295,18 @@ def test_other_param_kinds(client):
     assert bad["detail"]["field"] == "params.background[1]"
 
 
+def test_pipeline_check_refuses_before_queueing(client):
+    """Pipeline.check: what the schema cannot say is refused at once, with no job."""
+    before = len(client.request("status")["jobs"])
+    reply = client.submit("test.shapes", {"at_most": 2}, {"points": np.zeros((4, 3), "<f4")})
+    assert reply["type"] == "error" and reply["code"] == "invalid_params", reply
+    assert reply["detail"] == {"field": "params.at_most"} and "job" not in reply
+    assert len(client.request("status")["jobs"]) == before
+    accepted = client.submit("test.shapes", {"at_most": 4}, {"points": np.zeros((4, 3), "<f4")})
+    assert accepted["type"] == "accepted"
+    assert client.events(accepted["job"])[-1]["outputs"] == {"count": 4}
+
+
 def test_version_mismatch(client):
     frames = protocol.encode({"v": 2, "type": "ping", "id": "ping-v2"})
     client.send_frames(frames)
