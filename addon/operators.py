@@ -134,7 +134,7 @@ class NSTUDIO_OT_echo_test(bpy.types.Operator):
         obj = context.active_object
         if obj is not None and obj.type == "MESH" and len(obj.data.vertices):
             points = np.empty(len(obj.data.vertices) * 3, dtype=np.float32)
-            obj.data.vertices.foreach_get("co", points)
+            obj.data.attributes["position"].data.foreach_get("vector", points)  # ~20x faster than "co"
             points = points.reshape(-1, 3)
         else:
             points = np.random.default_rng().normal(size=(self.count, 3)).astype(np.float32)

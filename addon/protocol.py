@@ -184,9 +184,11 @@ def decode(frames, limits: Limits = Limits()) -> dict:
     Checks, in order: frame count and total size, header size, msgpack well-formedness (no
     extension types, string map keys), that the header is a map, ``v`` (missing or not an int:
     ``bad_message``; not 1: ``unsupported_version``), ``type`` and ``id`` are strings, nesting
-    depth, and every array reference: allowed dtype, sane shape, frame exists, referenced once,
-    byte count equals ``prod(shape) * itemsize`` (all before ``np.frombuffer``), and no frame
-    left unreferenced.
+    depth, and every array reference: allowed dtype, sane shape, frame exists, byte count equals
+    ``prod(shape) * itemsize`` (all before ``np.frombuffer``), and no frame left unreferenced.
+    A frame may back several arrays (PROTOCOL.md does not forbid it); the arrays' total size
+    then counts against ``max_message_bytes`` too, so a small message cannot expand into a
+    huge one downstream (a stored result writes every array).
 
     Args:
         frames: the message's frames: ``bytes``, ``memoryview`` or ``zmq.Frame`` (as returned
@@ -225,7 +227,7 @@ def decode(frames, limits: Limits = Limits()) -> dict:
     try:
         _check_envelope(header)
         _check_depth(header, limits.max_depth)
-        resolver = _Resolver(buffers)
+        resolver = _Resolver(buffers, limits.max_message_bytes)
         decoded = resolver.resolve(header, "header")
         resolver.check_all_used()
     except ProtocolError as error:
@@ -316,10 +318,12 @@ def _check_depth(value: Any, max_depth: int) -> None:
 class _Resolver:
     """Replaces array references by numpy views, tracking which frames were used."""
 
-    def __init__(self, buffers: list[memoryview]):
+    def __init__(self, buffers: list[memoryview], max_array_bytes: int):
         self.buffers = buffers
         self.used = [False] * len(buffers)
         self.used[0] = True
+        self.max_array_bytes = max_array_bytes
+        self.array_bytes = 0
 
     def resolve(self, value: Any, path: str) -> Any:
         if isinstance(value, dict):
@@ -352,8 +356,6 @@ class _Resolver:
                 f"{path}: references frame {index} but the message has only "
                 f"{len(self.buffers) - 1} array frames",
             )
-        if self.used[index]:
-            raise ProtocolError("bad_message", f"{path}: frame {index} is referenced twice")
         self.used[index] = True
         buffer = self.buffers[index]
         np_dtype = np.dtype(dtype)
@@ -365,6 +367,13 @@ class _Resolver:
                 "bad_message",
                 f"{path}: shape {shape} of {dtype} needs {expected} bytes but frame {index} "
                 f"has {buffer.nbytes}",
+            )
+        self.array_bytes += expected
+        if self.array_bytes > self.max_array_bytes:
+            raise ProtocolError(
+                "too_large",
+                f"{path}: the arrays add up to more than {self.max_array_bytes} bytes "
+                "(frames referenced by several arrays count once per array)",
             )
         array = np.frombuffer(buffer, dtype=np_dtype).reshape(shape)
         if not array.flags.aligned:

@@ -422,4 +422,5 @@ PIPELINE = Pipeline(
     outputs=OUTPUTS,
     run=run,
     probe=probe,
+    check=_check,
 )

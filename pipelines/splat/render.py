@@ -130,4 +130,5 @@ PIPELINE = Pipeline(
     outputs=OUTPUTS,
     run=run,
     probe=probe,
+    check=_check,
 )

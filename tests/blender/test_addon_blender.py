@@ -165,6 +165,40 @@ def test_echo_round_trips_arrays_into_a_mesh(enabled_addon, shared_server):
     assert np.array_equal(got_weight, weight)
 
 
+def test_echo_test_operator_round_trips_the_active_mesh(enabled_addon, shared_server):
+    with pytest.raises(RuntimeError, match="not connected to a server"):
+        bpy.ops.neural_studio.echo_test()
+    mesh = bpy.data.meshes.new("Source")
+    vertices = np.random.default_rng(5).normal(size=(37, 3)).astype(np.float32)
+    mesh.from_pydata(vertices.tolist(), [], [])
+    obj = bpy.data.objects.new("Source", mesh)
+    bpy.context.scene.collection.objects.link(obj)
+    bpy.context.view_layer.objects.active = obj
+    _connect(enabled_addon, shared_server.endpoint)
+    assert bpy.ops.neural_studio.echo_test(steps=2) == {"FINISHED"}
+    key = bpy.context.scene.neural_studio_jobs[-1].request_id
+    tick_until(lambda: _item(key).applied, 30, "the echo result applied")
+    echoed = bpy.data.objects[_item(key).target].data
+    got = np.empty(len(echoed.vertices) * 3, np.float32)
+    echoed.vertices.foreach_get("co", got)  # read independently of the add-on's attribute path
+    assert np.array_equal(got.reshape(-1, 3), vertices)
+    height = np.empty(len(echoed.vertices), np.float32)
+    echoed.attributes["height"].data.foreach_get("value", height)
+    assert np.array_equal(height, vertices[:, 2])
+
+
+def test_remove_job_and_disconnect_operators(enabled_addon, shared_server):
+    live = _connect(enabled_addon, shared_server.endpoint)
+    record = live.submit(bpy.context.scene, "system.echo", inputs={"points": np.zeros((3, 3), np.float32)})
+    tick_until(lambda: _item(record.request_id).applied, 30, "the echo result applied")
+    with pytest.raises(RuntimeError, match="unknown job 'no-such-job'"):
+        bpy.ops.neural_studio.remove_job(job_id="no-such-job")
+    assert bpy.ops.neural_studio.remove_job(job_id=record.id) == {"FINISHED"}
+    assert len(bpy.context.scene.neural_studio_jobs) == 0 and record.id not in live.manager.jobs
+    assert bpy.ops.neural_studio.disconnect() == {"FINISHED"}
+    assert session.current() is None and live.client.state == client_mod.DISCONNECTED
+
+
 def test_progress_updates_job_properties_and_preview(enabled_addon, shared_server):
     live = _connect(enabled_addon, shared_server.endpoint)
     record = live.submit(bpy.context.scene, "system.echo", params={"steps": 20, "step_seconds": 0.05},
