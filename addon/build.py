@@ -31,7 +31,7 @@ MANIFEST = "blender_manifest.toml"
 
 #: What Blender's Python needs besides numpy; pinned so a build is reproducible.
 REQUIREMENTS = ("pyzmq==27.3.0", "msgpack==1.2.4")
-#: CPython versions of the Blender releases we support (5.0 and later): 5.0 ships 3.11, later ones 3.13.
+#: CPython versions of the Blender releases we support: 4.2 to 5.0 ship 3.11, 5.1 and later 3.13.
 PYTHON_VERSIONS = ("3.11", "3.13")
 #: Blender platform name -> pip platform tags (pip also accepts older manylinux/macOS tags).
 PLATFORMS = {

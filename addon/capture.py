@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import camera_model, capture_math
+from . import camera_model, capture_math, compat
 
 log = logging.getLogger(__name__)
 
@@ -143,10 +143,8 @@ def _configure_render(saved: _Saved, scene, opts: CaptureOptions, path: str):
     saved.set(render, "use_motion_blur", False)
     saved.set(render, "filepath", path)
     settings = render.image_settings
-    saved.set(settings, "media_type", "MULTI_LAYER_IMAGE")
-    saved.set(settings, "file_format", "OPEN_EXR_MULTILAYER")
-    saved.set(settings, "color_depth", "32")
-    saved.set(settings, "exr_codec", "NONE")
+    for name, value in compat.multilayer_exr_settings():
+        saved.set(settings, name, value)
     saved.set(scene.view_layers[0], "use_pass_z", True)
     if opts.engine == "CYCLES":
         saved.set(scene.cycles, "samples", opts.samples)
@@ -345,7 +343,10 @@ def _render_views(scene, targets, vertices, faces, cams, lenses, clips, opts: Ca
             _remove_quietly(cam_obj, bpy.data.objects)
             _remove_quietly(cam_data, bpy.data.cameras)
 
-    # 4. Blender writes premultiplied colour; the wire wants straight alpha.
+    # 4. Blender writes premultiplied colour; the wire wants straight alpha. A trace of alpha
+    # (< 1/255) where no surface was hit is not coverage: Workbench in Blender 4.2 leaves 2^-11
+    # on the whole empty background.
+    images[(images[..., 3] < 1.0 / 255.0) & (depths >= 1e9)] = 0.0
     alpha = images[..., 3:4]
     images[..., :3] = np.where(alpha > 1e-6, images[..., :3] / np.maximum(alpha, 1e-6), 0.0)
     images[..., 3] = np.clip(images[..., 3], 0.0, 1.0)

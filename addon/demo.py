@@ -46,10 +46,10 @@ def parse_args(argv) -> argparse.Namespace:
         description="Build a sample scene, train Gaussians on it through a local server and render "
                     "a composited final shot. Defaults finish in a few minutes on a 2-core CPU.")
     parser.add_argument("--out", type=Path, default=Path("out/demo"), help="output folder (default %(default)s)")
-    parser.add_argument("--views", type=int, default=32, help="captured views, held-out ones included (default %(default)s)")
-    parser.add_argument("--resolution", type=int, default=80, help="capture size in pixels, square (default %(default)s)")
+    parser.add_argument("--views", type=int, default=40, help="captured views, held-out ones included (default %(default)s)")
+    parser.add_argument("--resolution", type=int, default=128, help="capture size in pixels, square (default %(default)s)")
     parser.add_argument("--samples", type=int, default=16, help="Cycles samples per captured view (default %(default)s)")
-    parser.add_argument("--steps", type=int, default=800, help="training steps (default %(default)s)")
+    parser.add_argument("--steps", type=int, default=1500, help="training steps (default %(default)s)")
     parser.add_argument("--test-every", type=int, default=8, help="hold out every k-th view (default %(default)s)")
     parser.add_argument("--sh-degree", type=int, default=1, help="SH degree of the Gaussians (default %(default)s)")
     parser.add_argument("--max-gaussians", type=int, default=30_000, help="cap on the Gaussian count (default %(default)s)")
@@ -185,6 +185,14 @@ def ensure_registered() -> None:
     register_addon()
 
 
+def ensure_unregistered() -> None:
+    """Undo :func:`ensure_registered` (stops the session and its timer). Blender 4.2 crashes at
+    interpreter exit while the add-on's classes and session are still registered."""
+    from . import unregister as unregister_addon
+
+    unregister_addon()  # a no-op when nothing is registered
+
+
 def connect(endpoint: str, server: ServerProcess, timeout_s: float):
     """Connect the add-on's session to the server and wait for its ``welcome``.
 
@@ -271,7 +279,10 @@ def main(argv=None) -> int:
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         with server:
-            summary = _run(args, out, endpoint, server, stages)
+            try:
+                summary = _run(args, out, endpoint, server, stages)
+            finally:
+                ensure_unregistered()
     except KeyboardInterrupt:
         say("interrupted: server stopped")
         return 130

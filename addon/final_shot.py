@@ -8,7 +8,8 @@
 2. the Gaussian objects' display proxy (a Geometry Nodes modifier) is switched off for renders,
    so Cycles/EEVEE/Workbench see only the proxy's loose vertices, which they never draw; the
    viewport keeps showing the proxy;
-3. the main scene's compositor (a ``CompositorNodeTree`` in ``scene.compositing_node_group``)
+3. the main scene's compositor (5.0: a ``CompositorNodeTree`` in ``scene.compositing_node_group``;
+   4.x: the scene's own node tree; :mod:`compat` builds either)
    takes both Render Layers (the companion's through the node's ``scene``) and, per pixel, lays
    the nearer image over the farther one: ``splat over mesh`` where the splat depth is smaller,
    else ``mesh over splat`` (premultiplied Alpha Over both ways, chosen by a depth comparison).
@@ -26,7 +27,7 @@ import logging
 
 import bpy
 
-from . import render_engine
+from . import compat, render_engine
 
 log = logging.getLogger(__name__)
 
@@ -140,23 +141,10 @@ def build_compositor(scene, companion, view_layer=None):
         view_layer: the main scene's view layer to composite; default: the first one enabled.
 
     Returns:
-        The ``CompositorNodeTree``.
+        The compositor node tree (see :func:`compat.compositor_tree`).
     """
     view_layer = view_layer or _main_view_layer(scene)
-    name = GROUP_PREFIX + scene.name
-    old = scene.compositing_node_group
-    if old is not None and not old.get(TAG):
-        # Keep the user's own compositor in the file instead of silently dropping it.
-        old.use_fake_user = True
-        log.warning("scene '%s': compositor node group '%s' replaced by '%s' (kept in the file)",
-                    scene.name, old.name, name)
-    tree = bpy.data.node_groups.get(name)
-    if tree is None or tree.bl_idname != "CompositorNodeTree":
-        tree = bpy.data.node_groups.new(name, "CompositorNodeTree")
-    tree[TAG] = True
-    tree.nodes.clear()
-    tree.interface.clear()
-    tree.interface.new_socket("Image", in_out="OUTPUT", socket_type="NodeSocketColor")
+    tree, image_out = compat.compositor_tree(scene, GROUP_PREFIX + scene.name, TAG)
 
     nodes, link = tree.nodes, tree.links.new
     main_rl = nodes.new("CompositorNodeRLayers")
@@ -172,46 +160,34 @@ def build_compositor(scene, companion, view_layer=None):
 
     # 1 where the splat is nearer than the scene, else 0 (ties go to the scene, so empty splat
     # pixels, at 1e10 like the background, never cover it).
-    nearer = nodes.new("ShaderNodeMath")
+    nearer = compat.compositor_math(nodes, "LESS_THAN")
     nearer.name = nearer.label = "Splat Nearer"
-    nearer.operation = "LESS_THAN"
     nearer.location = (-150, 400)
     link(splat_rl.outputs["Depth"], nearer.inputs[0])
     link(main_rl.outputs["Depth"], nearer.inputs[1])
 
-    splat_over = nodes.new("CompositorNodeAlphaOver")
+    # Render passes are premultiplied; both Alpha Overs use the premultiplied operation.
+    splat_over, background, foreground = compat.compositor_alpha_over(nodes)
     splat_over.name = splat_over.label = "Splat Over Scene"
     splat_over.location = (-150, 150)
-    link(main_rl.outputs["Image"], splat_over.inputs["Background"])
-    link(splat_rl.outputs["Image"], splat_over.inputs["Foreground"])
-    scene_over = nodes.new("CompositorNodeAlphaOver")
+    link(main_rl.outputs["Image"], background)
+    link(splat_rl.outputs["Image"], foreground)
+    scene_over, background, foreground = compat.compositor_alpha_over(nodes)
     scene_over.name = scene_over.label = "Scene Over Splat"
     scene_over.location = (-150, -150)
-    link(splat_rl.outputs["Image"], scene_over.inputs["Background"])
-    link(main_rl.outputs["Image"], scene_over.inputs["Foreground"])
-    for node in (splat_over, scene_over):
-        node.inputs["Straight Alpha"].default_value = False  # render passes are premultiplied
+    link(splat_rl.outputs["Image"], background)
+    link(main_rl.outputs["Image"], foreground)
 
-    mix = nodes.new("ShaderNodeMix")
+    # Both Alpha Overs give the same alpha (a + b(1 - a) is symmetric), so mixing colour only
+    # (4.x Mix keeps A's alpha) is exact.
+    mix, factor, a, b, result = compat.compositor_mix(nodes)
     mix.name = mix.label = "By Depth"
-    mix.data_type = "RGBA"
     mix.location = (150, 100)
-    link(nearer.outputs["Value"], mix.inputs["Factor"])
-    link(scene_over.outputs["Image"], _socket(mix.inputs, "A", "RGBA"))
-    link(splat_over.outputs["Image"], _socket(mix.inputs, "B", "RGBA"))
-
-    out = nodes.new("NodeGroupOutput")
-    out.location = (400, 100)
-    link(_socket(mix.outputs, "Result", "RGBA"), out.inputs["Image"])
-    scene.compositing_node_group = tree
+    link(nearer.outputs[0], factor)
+    link(scene_over.outputs["Image"], a)
+    link(splat_over.outputs["Image"], b)
+    link(result, image_out)
     return tree
-
-
-def _socket(sockets, name: str, type_: str):
-    for sock in sockets:
-        if sock.name == name and sock.type == type_:
-            return sock
-    raise KeyError(f"no {type_} socket '{name}'")
 
 
 def setup_final_shot(scene, view_layer=None):

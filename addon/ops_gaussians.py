@@ -82,6 +82,12 @@ class NSTUDIO_OT_export_ply(bpy.types.Operator, ExportHelper):
                ("z_up_to_y_up", "Z Up -> Y Up", "Rotate to a Y-up world (x, y, z) -> (x, z, -y), SH included")),
         default="NONE",
     )
+    world_space: BoolProperty(
+        name="World Space",
+        description="Apply the object's transform (write the Gaussians where they are in the "
+                    "scene); off writes them in the object's own frame",
+        default=True,
+    )
 
     @classmethod
     def poll(cls, context):
@@ -91,10 +97,15 @@ class NSTUDIO_OT_export_ply(bpy.types.Operator, ExportHelper):
 
     def execute(self, context):
         from .formats import axes, ply
+        from .gaussian_transform import transform_gaussians
         from .importers.gaussians import read_gaussians
 
+        obj = context.active_object
         try:
-            gaussians = read_gaussians(context.active_object)
+            gaussians = read_gaussians(obj)
+            if self.world_space:
+                # Extra per-Gaussian arrays (labels, ...) do not depend on the frame: keep them.
+                gaussians = {**gaussians, **transform_gaussians(gaussians, obj.matrix_world)}
             if self.axis_conversion != "NONE":
                 gaussians = axes.convert_axes(gaussians, self.axis_conversion)
             ply.write_ply(self.filepath, gaussians)

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import compat
+
 log = logging.getLogger(__name__)
 
 #: Name of the collection the sample scene is built in.
@@ -116,8 +118,9 @@ def _material(name: str, texture: str, colors: tuple, scale: float, offset, roug
     """
     import bpy
 
-    mat = bpy.data.materials.new(name)  # Blender 5 materials always have a node tree
-    nodes, links = mat.node_tree.nodes, mat.node_tree.links
+    mat = bpy.data.materials.new(name)
+    tree = compat.node_tree(mat)
+    nodes, links = tree.nodes, tree.links
     bsdf = next(n for n in nodes if n.type == "BSDF_PRINCIPLED")
     bsdf.inputs["Roughness"].default_value = roughness
     coord = nodes.new("ShaderNodeTexCoord")
@@ -227,7 +230,7 @@ def build_sample_scene(scene=None, seed: int = 0, clear: bool = True) -> SampleS
     import bmesh
     import bpy
 
-    from .importers.camera_path import new_channelbag, put_fcurve
+    from .importers.camera_path import put_fcurve
 
     scene = scene if scene is not None else bpy.context.scene
     rng = np.random.default_rng(seed)
@@ -289,7 +292,7 @@ def build_sample_scene(scene=None, seed: int = 0, clear: bool = True) -> SampleS
     collection.objects.link(area)
     if scene.world is None:
         scene.world = bpy.data.worlds.new("NS World")
-    background = next(n for n in scene.world.node_tree.nodes if n.type == "BACKGROUND")
+    background = next(n for n in compat.node_tree(scene.world).nodes if n.type == "BACKGROUND")
     background.inputs["Color"].default_value = (0.05, 0.06, 0.08, 1.0)
     background.inputs["Strength"].default_value = 1.0
 
@@ -311,7 +314,7 @@ def build_sample_scene(scene=None, seed: int = 0, clear: bool = True) -> SampleS
     collection.objects.link(camera)
     scene.camera = camera
     # The whole fcurve at once, Bezier keys as keyframe_insert would make them.
-    put_fcurve(new_channelbag(rig, f"{rig.name}Action", "OBJECT"), "rotation_euler", 2,
+    put_fcurve(compat.new_action(rig, f"{rig.name}Action", "OBJECT"), "rotation_euler", 2,
                np.array([1.0, 9.0, 17.0, 24.0]), np.radians([0.0, 20.0, 40.0, 60.0]), "Object Transforms",
                interpolation="BEZIER")
     scene.frame_start, scene.frame_end = FRAME_START, FRAME_END

@@ -1,7 +1,7 @@
 """Camera paths <-> animated Blender cameras (bpy layer).
 
 Import writes whole fcurves at once (``keyframe_points.add(T)`` + ``foreach_set("co", ...)``)
-into a layered action's channelbag (Blender 5.0 has no ``Action.fcurves``). Export samples the
+into the camera's new action (a channelbag from 4.5, the action itself before: :mod:`compat`). Export samples the
 scene camera once per frame with ``scene.frame_set``: constraints, parents and drivers all have
 to be evaluated, and T is small.
 """
@@ -12,6 +12,7 @@ import logging
 
 import numpy as np
 
+from .. import compat
 from ..camera_model import blender_from_intrinsics, intrinsics_from_blender, render_size
 from ..formats.axes import rotmat_to_quat
 
@@ -32,12 +33,12 @@ def _quats_from_matrices(rot: np.ndarray) -> np.ndarray:
     return q
 
 
-def put_fcurve(channelbag, data_path: str, index: int, frames: np.ndarray, values: np.ndarray, group: str,
+def put_fcurve(channels, data_path: str, index: int, frames: np.ndarray, values: np.ndarray, group: str,
                interpolation: str = "LINEAR") -> None:
     """One whole fcurve in bulk: keyframes at ``frames`` with ``values``, no per-key Python calls.
 
     Args:
-        channelbag: from :func:`new_channelbag`.
+        channels: from :func:`compat.new_action`.
         data_path: animated property, e.g. "location".
         index: array index of the property.
         frames: keyframe times. [T]
@@ -45,7 +46,7 @@ def put_fcurve(channelbag, data_path: str, index: int, frames: np.ndarray, value
         group: channel group name.
         interpolation: "CONSTANT", "LINEAR" or "BEZIER" (auto-clamped handles, as keyframe_insert makes).
     """
-    fcurve = channelbag.fcurves.new(data_path, index=index, group_name=group)
+    fcurve = channels.new_fcurve(data_path, index, group)
     t = frames.shape[0]
     fcurve.keyframe_points.add(t)
     co = np.empty((t, 2), np.float32)
@@ -54,21 +55,6 @@ def put_fcurve(channelbag, data_path: str, index: int, frames: np.ndarray, value
     fcurve.keyframe_points.foreach_set("co", co.reshape(-1))
     fcurve.keyframe_points.foreach_set("interpolation", np.full(t, _INTERPOLATION[interpolation], np.int32))
     fcurve.update()  # sorts the keys and computes the handles
-
-
-def new_channelbag(id_data, name: str, id_type: str):
-    """A new action ``name`` assigned to ``id_data``; its channelbag for the assigned slot."""
-    from bpy_extras import anim_utils
-    import bpy
-
-    action = bpy.data.actions.new(name)
-    anim = id_data.animation_data_create()
-    anim.action = action
-    slot = anim.action_slot
-    if slot is None:
-        slot = action.slots.new(id_type=id_type, name=id_data.name)
-        anim.action_slot = slot
-    return anim_utils.action_ensure_channelbag_for_slot(action, slot)
 
 
 def create_camera_from_path(name: str, path_map: dict, scene=None, frame_start: int | None = None):
@@ -113,14 +99,14 @@ def create_camera_from_path(name: str, path_map: dict, scene=None, frame_start: 
 
     rot = mats[:, :3, :3] / np.linalg.norm(mats[:, :3, :3], axis=1, keepdims=True)  # drop any scale
     quats = _quats_from_matrices(rot)
-    bag = new_channelbag(obj, f"{name}Action", "OBJECT")
+    bag = compat.new_action(obj, f"{name}Action", "OBJECT")
     for i in range(3):
         put_fcurve(bag, "location", i, frames, mats[:, i, 3], "Object Transforms")
     for i in range(4):
         put_fcurve(bag, "rotation_quaternion", i, frames, quats[:, i], "Object Transforms")
     # With the fit fixed, the lens is proportional to the focal length in pixels.
     lens = first.lens_mm * fx / fx[0]
-    put_fcurve(new_channelbag(cam_data, f"{name}CameraAction", "CAMERA"), "lens", 0, frames, lens, "Camera")
+    put_fcurve(compat.new_action(cam_data, f"{name}CameraAction", "CAMERA"), "lens", 0, frames, lens, "Camera")
 
     scene.camera = obj
     scene.render.resolution_x, scene.render.resolution_y = width, height

@@ -13,6 +13,7 @@ import logging
 
 import numpy as np
 
+from .. import compat
 from .. import gaussians_layout as layout
 from ..formats.gaussians import DEGREE_BY_K, SH_C0, check_gaussians
 
@@ -27,7 +28,7 @@ PROXY_GROUP_NAME = "NS Gaussian Proxy"
 PROXY_MATERIAL_NAME = "NS Gaussian Display"
 PROXY_MODIFIER_NAME = "Gaussian Proxy"
 # Bumped whenever the node tree below changes; an older tree in a file is rebuilt in place.
-PROXY_VERSION = 1
+PROXY_VERSION = 2
 # Modifier input names (the node group's interface), with defaults.
 INPUT_SCALE = "Scale Factor"
 INPUT_THRESHOLD = "Point Threshold"
@@ -468,8 +469,7 @@ def ensure_proxy_material():
         return mat
     if mat is None:
         mat = bpy.data.materials.new(PROXY_MATERIAL_NAME)
-    # Blender 5.0 materials always have a node tree (use_nodes is deprecated).
-    tree = mat.node_tree
+    tree = compat.node_tree(mat)
     nodes = tree.nodes
     nodes.clear()
 
@@ -562,9 +562,14 @@ def ensure_proxy_node_group():
 
     # Scale: exp(log scale) * factor.
     log_scale = _named(nodes, layout.SCALE, "FLOAT_VECTOR")
-    exp_scale = _vector_math(nodes, "POWER")
-    exp_scale.inputs[0].default_value = (np.e,) * 3
-    _link(ng, log_scale.outputs["Attribute"], exp_scale.inputs[1])
+    # Per component: Vector Math "POWER" only exists from Blender 4.5.
+    split = nodes.new("ShaderNodeSeparateXYZ")
+    _link(ng, log_scale.outputs["Attribute"], split.inputs[0])
+    exp_scale = nodes.new("ShaderNodeCombineXYZ")
+    for c in "XYZ":
+        exp_c = _math(nodes, "EXPONENT")
+        _link(ng, split.outputs[c], exp_c.inputs[0])
+        _link(ng, exp_c.outputs[0], exp_scale.inputs[c])
     scaled = _vector_math(nodes, "SCALE")
     _link(ng, exp_scale.outputs[0], scaled.inputs[0])
     _link(ng, factor, scaled.inputs["Scale"])

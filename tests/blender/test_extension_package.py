@@ -34,7 +34,7 @@ def test_zip_manifest_and_wheels(extension_zip):
     assert {"__init__.py", "client.py", "protocol.py", "jobs.py", "session.py"} <= names
     assert "build.py" not in names and not any("__pycache__" in n for n in names)
     assert manifest["schema_version"] == "1.0.0" and manifest["id"] == "neural_studio"
-    assert manifest["type"] == "add-on" and manifest["blender_version_min"] == "5.0.0"
+    assert manifest["type"] == "add-on" and manifest["blender_version_min"] == "4.2.0"
     assert manifest["license"] == ["SPDX:Apache-2.0"]
     assert set(manifest["permissions"]) == {"network", "files"} and all(manifest["permissions"].values())
     assert set(manifest["platforms"]) == {"linux-x64", "linux-arm64", "windows-x64", "macos-arm64", "macos-x64"}

@@ -19,10 +19,38 @@ def assert_bit_equal(a, b, keys=KEYS):
         assert np.array_equal(a[key].view(np.uint8), b[key].view(np.uint8)), key
 
 
-def evaluated_geometry(obj):
+def proxy_output(obj):
+    """What the display proxy of ``obj`` evaluates to, through the depsgraph's instance list
+    (the same on Blender 4.2 and 5.0; ``Object.evaluated_geometry`` only exists from 4.3).
+
+    Returns:
+        (instance matrices [I, 4, 4], vertex counts of the instanced meshes [I],
+         radii of each evaluated point cloud of the proxy [list of [P]]).
+    """
     depsgraph = bpy.context.evaluated_depsgraph_get()
     depsgraph.update()
-    return obj.evaluated_get(depsgraph).evaluated_geometry()
+    mats, verts, clouds = [], [], []
+    for inst in depsgraph.object_instances:
+        if not inst.is_instance or inst.parent is None or inst.parent.original != obj:
+            continue
+        if inst.object.type == "POINTCLOUD":
+            # read now: evaluated data is freed as the iteration moves on
+            radius = np.empty(len(inst.object.data.points), np.float32)
+            inst.object.data.attributes["radius"].data.foreach_get("value", radius)
+            clouds.append(radius)
+        else:
+            mats.append(np.array(inst.matrix_world, dtype=np.float64))
+            verts.append(len(inst.object.data.vertices))
+    return np.array(mats).reshape(-1, 4, 4), np.array(verts, dtype=np.int64), clouds
+
+
+def instance_attribute_names(obj):
+    """Attribute names on the proxy's instance domain, or None where Blender cannot list them (4.2)."""
+    evaluated = obj.evaluated_get(bpy.context.evaluated_depsgraph_get())
+    if not hasattr(evaluated, "evaluated_geometry"):  # the GeometrySet API is 4.3+
+        return None
+    geometry = evaluated.evaluated_geometry()  # keep it alive while its point cloud is read
+    return set(geometry.instances_pointcloud().attributes.keys())
 
 
 @pytest.mark.parametrize("k", [0, 3, 15])
@@ -87,21 +115,17 @@ def test_proxy_instances_are_the_ellipsoids():
     g = make_gaussians(n, 3, seed=5)
     obj = gi.create_gaussian_object("Proxy", g)
     gi.set_proxy_inputs(obj, scale_factor=2.0)
-    geo = evaluated_geometry(obj)
-    inst = geo.instances_pointcloud()
-    assert inst is not None and len(inst.points) == n
-    assert geo.pointcloud is None
-    refs = geo.instance_references()
-    assert len(refs) == 1 and len(refs[0].mesh.vertices) == 42  # default ico-sphere: 2 subdivisions
-    m = np.empty(n * 16, np.float32)
-    inst.attributes["instance_transform"].data.foreach_get("value", m)
-    m = m.reshape(n, 4, 4).transpose(0, 2, 1)  # Blender stores float4x4 column-major
-    for i in range(n):
+    m, verts, clouds = proxy_output(obj)
+    assert len(m) == n and not clouds
+    assert set(verts.tolist()) == {42}  # default ico-sphere: 2 subdivisions
+    for i in range(n):  # the object is at the origin: instance world matrix = instance transform
         expected = quat_to_matrix(g["quats"][i].astype(np.float64)) @ np.diag(2.0 * np.exp(g["scales"][i].astype(np.float64)))
+        # instances come in point order
         np.testing.assert_allclose(m[i, :3, :3], expected, rtol=1e-4, atol=1e-6)
         np.testing.assert_allclose(m[i, :3, 3], g["means"][i], atol=1e-6)
     # the material reads the raw attributes on the instance domain
-    assert {layout.SH0, layout.OPACITY} <= set(inst.attributes.keys())
+    names = instance_attribute_names(obj)
+    assert names is None or {layout.SH0, layout.OPACITY} <= names
     ng = bpy.data.node_groups[gi.PROXY_GROUP_NAME]
     assert any(nd.bl_idname == "GeometryNodeSetMaterial" and nd.inputs["Material"].default_value.name == gi.PROXY_MATERIAL_NAME
                for nd in ng.nodes)
@@ -112,19 +136,18 @@ def test_proxy_switches_to_points_above_threshold():
     g = make_gaussians(n, 0, seed=6)
     obj = gi.create_gaussian_object("Many", g)
     gi.set_proxy_inputs(obj, point_threshold=n - 1, scale_factor=1.5)
-    geo = evaluated_geometry(obj)
-    assert geo.instances_pointcloud() is None
-    pc = geo.pointcloud
-    assert pc is not None and len(pc.points) == n
-    radius = np.empty(n, np.float32)
-    pc.attributes["radius"].data.foreach_get("value", radius)
+    m, _, clouds = proxy_output(obj)
+    assert len(m) == 0 and len(clouds) == 1
+    radius = clouds[0]
+    assert radius.shape == (n,)
     np.testing.assert_allclose(radius, 1.5 * np.exp(g["scales"].astype(np.float64).mean(axis=1)), rtol=1e-5)
     gi.set_proxy_inputs(obj, subdivisions=1)
-    assert len(evaluated_geometry(obj).instance_references()) == 0  # still points
+    m, _, clouds = proxy_output(obj)
+    assert len(m) == 0 and len(clouds) == 1  # still points
     # at the threshold exactly: still ellipsoids
     gi.set_proxy_inputs(obj, point_threshold=n)
-    geo = evaluated_geometry(obj)
-    assert geo.pointcloud is None and len(geo.instances_pointcloud().points) == n
+    m, _, clouds = proxy_output(obj)
+    assert len(m) == n and not clouds
 
 
 def test_proxy_built_once_per_file():

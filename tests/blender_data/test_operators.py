@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from addon import camera_model
+from addon import camera_model, compat
 from addon.formats import camera_path, ply
 from addon.importers import gaussians as gi
 from tests.formats.conftest import make_gaussians, orbit_path
@@ -22,6 +22,27 @@ def test_ply_import_export_round_trip(operators, tmp_path):
     assert obj.name == "in" and len(obj.data.vertices) == 40 and obj[gi.PROP_COLOR_SPACE] == "linear"
     assert bpy.ops.nstudio.export_ply(filepath=str(dst)) == {"FINISHED"}
     assert dst.read_bytes() == src.read_bytes()
+
+
+def test_ply_export_applies_the_object_transform(operators, tmp_path):
+    g = make_gaussians(25, 3, seed=4)
+    src, world, local = tmp_path / "in.ply", tmp_path / "world.ply", tmp_path / "local.ply"
+    ply.write_ply(src, g)
+    bpy.ops.nstudio.import_ply(filepath=str(src))
+    obj = bpy.context.view_layer.objects.active
+    obj.location = (1.0, -2.0, 0.5)
+    obj.rotation_euler = (0.0, 0.0, np.pi / 2)   # +90 degrees about Z: (x, y) -> (-y, x)
+    obj.scale = (2.0, 2.0, 2.0)
+    bpy.context.view_layer.update()
+    assert bpy.ops.nstudio.export_ply(filepath=str(world)) == {"FINISHED"}
+    assert bpy.ops.nstudio.export_ply(filepath=str(local), world_space=False) == {"FINISHED"}
+    out = ply.read_ply(world)
+    m = g["means"].astype(np.float64)
+    expected = np.stack([-m[:, 1], m[:, 0], m[:, 2]], axis=1) * 2.0 + [1.0, -2.0, 0.5]
+    np.testing.assert_allclose(out["means"], expected, atol=1e-5)
+    np.testing.assert_allclose(out["scales"], g["scales"] + np.log(2.0), atol=1e-5)
+    np.testing.assert_array_equal(out["opacities"], g["opacities"])
+    assert local.read_bytes() == src.read_bytes()
 
 
 def test_ply_import_axis_conversion(operators, tmp_path):
@@ -70,11 +91,11 @@ def test_camera_path_import_creates_keyframes(operators, tmp_path):
     cam = scene.camera
     assert cam.name == "camera_path" and cam.animation_data.action is not None
     assert (scene.frame_end - scene.frame_start + 1, scene.render.resolution_x, scene.render.fps) == (t, 640, 30)
-    from bpy_extras import anim_utils
-    bag = anim_utils.animdata_get_channelbag_for_assigned_slot(cam.animation_data)
-    assert sorted((fc.data_path, fc.array_index) for fc in bag.fcurves) == (
+    fcurves = compat.fcurves_for(cam)
+    assert sorted((fc.data_path, fc.array_index) for fc in fcurves) == (
         [("location", i) for i in range(3)] + [("rotation_quaternion", i) for i in range(4)])
-    assert all(len(fc.keyframe_points) == t for fc in bag.fcurves)
+    assert all(len(fc.keyframe_points) == t for fc in fcurves)
+    assert [(fc.data_path, len(fc.keyframe_points)) for fc in compat.fcurves_for(cam.data)] == [("lens", t)]
     # evaluate a few frames: the camera's world matrix and focal length match the path
     for i in (0, 17, t - 1):
         scene.frame_set(scene.frame_start + i)

@@ -7,6 +7,8 @@ import math
 import bpy
 import numpy as np
 
+from addon import compat
+
 SH_C0 = 0.28209479177387814
 WIDTH, HEIGHT = 64, 48
 
@@ -75,21 +77,22 @@ def add_emissive_box(scene, name, location, size, colour):
     obj = bpy.context.active_object
     obj.name = name
     obj.scale = size
-    mat = bpy.data.materials.new(name)  # Blender 5.0: always has a node tree (use_nodes is deprecated)
-    nodes = mat.node_tree.nodes
+    mat = bpy.data.materials.new(name)
+    tree = compat.node_tree(mat)
+    nodes = tree.nodes
     nodes.clear()
     emit = nodes.new("ShaderNodeEmission")
     emit.inputs["Color"].default_value = (*colour, 1.0)
     emit.inputs["Strength"].default_value = 1.0
     out = nodes.new("ShaderNodeOutputMaterial")
-    mat.node_tree.links.new(emit.outputs[0], out.inputs["Surface"])
+    tree.links.new(emit.outputs[0], out.inputs["Surface"])
     obj.data.materials.append(mat)
     return obj
 
 
 def black_world(scene):
-    world = bpy.data.worlds.new("Black")  # Blender 5.0: always has a node tree
-    world.node_tree.nodes["Background"].inputs["Color"].default_value = (0, 0, 0, 1)
+    world = bpy.data.worlds.new("Black")
+    compat.node_tree(world).nodes["Background"].inputs["Color"].default_value = (0, 0, 0, 1)
     scene.world = world
 
 

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from blender_support import tick_until
 
-from addon import capture, capture_math, ops_splat, render_client, sample_scene
+from addon import capture, capture_math, compat, ops_splat, render_client, sample_scene
 from addon.importers import gaussians as gaussian_objects
 
 from .helpers import bpy, png_pixels
@@ -192,7 +192,7 @@ def test_demo_runs_end_to_end(blender_addon, tmp_path):
     splats = bpy.data.objects["Demo Splats"]
     assert gaussian_objects.is_gaussian_object(splats) and len(splats.data.vertices) > 0
     assert splats.get(ops_splat.METRIC_PROPS["psnr"]) is not None
-    assert scene.compositing_node_group is not None
+    assert compat.scene_compositor(scene) is not None
 
     # Blender alone, with the captured objects hidden and no splats: ground, cube and world only.
     for name in ("Torus", "Sphere", "Cone", "Demo Splats"):
