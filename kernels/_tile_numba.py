@@ -30,6 +30,32 @@ _SIGMA_SLACK = 1e-6
 N_FIELDS = 10
 
 
+@numba.njit(cache=True)
+def _gather_tile(start, n, gaussian_ids, means2d, conics, opacities, colours, depths):
+    """Copy one tile's Gaussians (depth order) into a packed [n, N_FIELDS] array.
+
+    Both kernels walk a tile's list once per pixel, so the scattered per-Gaussian reads are
+    done once per tile instead. Also returns ln(opacity * 255) per Gaussian: sigma above it
+    means alpha < 1/255, a cheaper test than the exp().
+    """
+    p = np.empty((n, N_FIELDS))
+    lnth = np.empty(n)
+    for k in range(n):
+        g = gaussian_ids[start + k]
+        p[k, 0] = means2d[g, 0]
+        p[k, 1] = means2d[g, 1]
+        p[k, 2] = conics[g, 0]
+        p[k, 3] = conics[g, 1]
+        p[k, 4] = conics[g, 2]
+        p[k, 5] = opacities[g]
+        p[k, 6] = colours[g, 0]
+        p[k, 7] = colours[g, 1]
+        p[k, 8] = colours[g, 2]
+        p[k, 9] = depths[g]
+        lnth[k] = math.log(max(p[k, 5], 1e-30) / ALPHA_MIN) + _SIGMA_SLACK
+    return p, lnth
+
+
 @numba.njit(parallel=True, cache=True, fastmath=False)
 def forward(
     means2d, conics, colours, opacities, depths, gaussian_ids, tile_offsets,
@@ -72,21 +98,7 @@ def forward(
                     out_T[cam, py, px] = 1.0
                     out_last[cam, py, px] = 0
             continue
-        p = np.empty((n, N_FIELDS))
-        lnth = np.empty(n)
-        for k in range(n):
-            g = gaussian_ids[start + k]
-            p[k, 0] = means2d[g, 0]
-            p[k, 1] = means2d[g, 1]
-            p[k, 2] = conics[g, 0]
-            p[k, 3] = conics[g, 1]
-            p[k, 4] = conics[g, 2]
-            p[k, 5] = opacities[g]
-            p[k, 6] = colours[g, 0]
-            p[k, 7] = colours[g, 1]
-            p[k, 8] = colours[g, 2]
-            p[k, 9] = depths[g]
-            lnth[k] = math.log(max(p[k, 5], 1e-30) / ALPHA_MIN) + _SIGMA_SLACK
+        p, lnth = _gather_tile(start, n, gaussian_ids, means2d, conics, opacities, colours, depths)
         for py in range(py0, py1):
             cy = py + 0.5
             for px in range(px0, px1):
@@ -161,21 +173,7 @@ def backward(
         py0 = ty * tile_size
         px1 = min(px0 + tile_size, width)
         py1 = min(py0 + tile_size, height)
-        p = np.empty((n, N_FIELDS))
-        lnth = np.empty(n)
-        for k in range(n):
-            g = gaussian_ids[start + k]
-            p[k, 0] = means2d[g, 0]
-            p[k, 1] = means2d[g, 1]
-            p[k, 2] = conics[g, 0]
-            p[k, 3] = conics[g, 1]
-            p[k, 4] = conics[g, 2]
-            p[k, 5] = opacities[g]
-            p[k, 6] = colours[g, 0]
-            p[k, 7] = colours[g, 1]
-            p[k, 8] = colours[g, 2]
-            p[k, 9] = depths[g]
-            lnth[k] = math.log(max(p[k, 5], 1e-30) / ALPHA_MIN) + _SIGMA_SLACK
+        p, lnth = _gather_tile(start, n, gaussian_ids, means2d, conics, opacities, colours, depths)
         grads = np.zeros((n, N_FIELDS))
         for py in range(py0, py1):
             cy = py + 0.5
