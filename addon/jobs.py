@@ -136,6 +136,11 @@ class _Work:
     partial: Optional[dict] = None
     result: Optional[dict] = None
 
+    @property
+    def pending(self) -> bool:
+        """Something is running or waiting."""
+        return self.running is not None or self.partial is not None or self.result is not None
+
 
 @dataclass
 class ApplyStats:
@@ -423,7 +428,7 @@ class JobManager:
     @property
     def busy(self) -> bool:
         """True while some result or partial is waiting to be applied."""
-        return any(w.running or w.partial is not None or w.result is not None for w in self._work.values())
+        return any(work.pending for work in self._work.values())
 
     def apply(self, budget_s: float = 0.02, clock: Callable[[], float] = time.monotonic) -> bool:
         """Step pending result applications until `budget_s` is spent.
@@ -461,8 +466,7 @@ class JobManager:
     def _next_work_key(self) -> Optional[str]:
         # Round-robin: the first job with work goes to the back after its step.
         for key in list(self._work):
-            work = self._work[key]
-            if work.running or work.partial is not None or work.result is not None:
+            if self._work[key].pending:
                 self._work[key] = self._work.pop(key)
                 return key
             del self._work[key]

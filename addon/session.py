@@ -204,8 +204,7 @@ class Session:
         item = scene.neural_studio_jobs.add()
         item.request_id = record.request_id
         item.pipeline = pipeline
-        item.target = target
-        _write_item(item, record)
+        _write_item(item, record)  # also writes the target
         self._synced[record.key] = (record.revision, record.preview_serial)
         return record
 

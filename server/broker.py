@@ -43,6 +43,11 @@ _BATCH = 64
 _STOP_GRACE_S = 3.0
 
 
+
+def _stopped_error(reason: str) -> dict:
+    """The stored error of a job the server's stop (or crash) cut off."""
+    return {"code": "internal", "message": reason, "detail": None}
+
 class Broker:
     """The server proper.
 
@@ -69,7 +74,6 @@ class Broker:
         self.jobs: dict[str, JobRecord] = {}          # insertion order = creation order
         self.queue: collections.deque[JobRecord] = collections.deque()
         self.running: JobRecord | None = None
-        self.peers: dict[bytes, float] = {}           # identity -> last message (monotonic)
         self.stopping = False
         self.handlers: dict[str, Callable[[bytes, dict], None]] = {
             "hello": self.on_hello,
@@ -112,7 +116,6 @@ class Broker:
         wake = self._catch_signals()
         timers = Timers()
         timers.every(self.config.sweep_seconds, self.sweep, now=True)
-        timers.every(self.config.heartbeat_seconds, self.expire_peers)
         log.info("serving on %s (device %s, store %s, %d pipelines)", self.config.bind,
                  self.device, self.config.store, len(self.pipelines))
         try:
@@ -199,7 +202,6 @@ class Broker:
     def on_client_message(self, frames: list) -> None:
         """Decode one client message and run its handler; never raises."""
         peer = frames[0].bytes
-        self.peers[peer] = time.monotonic()
         try:
             header = protocol.decode(frames[1:], self.limits)
         except ProtocolError as error:
@@ -372,9 +374,7 @@ class Broker:
             self._answer_late_cancels(record)
         elif kind == "cancelled" and not record.cancel_requests:
             # Only the server cancels without a request: it is shutting down.
-            self._end(record, "failed", {"code": "internal", "message": STOPPED_RUNNING,
-                                         "detail": None})
-            self.send_error(record.peer, "internal", STOPPED_RUNNING, job=record.job)
+            self._fail_stopped(record, STOPPED_RUNNING)
         elif kind == "cancelled":
             self._end(record, "cancelled")
             answered = set()
@@ -416,6 +416,11 @@ class Broker:
         record.release()
         self.store.save_record(record.to_disk())
 
+    def _fail_stopped(self, record: JobRecord, reason: str) -> None:
+        """End a job that the server's stop cut off, and tell its client."""
+        self._end(record, "failed", _stopped_error(reason))
+        self.send_error(record.peer, "internal", reason, job=record.job)
+
     def _recover(self) -> None:
         """Load the store; jobs that were queued or running when the server died failed."""
         for data in self.store.open():
@@ -427,7 +432,7 @@ class Broker:
                 else:
                     reason = STOPPED_RUNNING if record.state == "running" else STOPPED_QUEUED
                     record.state, record.finished = "failed", time.time()
-                    record.error = {"code": "internal", "message": reason, "detail": None}
+                    record.error = _stopped_error(reason)
                 self.store.save_record(record.to_disk())
                 log.warning("job %s (%s) recovered as %s", record.job, record.pipeline,
                             record.state)
@@ -438,9 +443,7 @@ class Broker:
         """Queued jobs fail at once; the running one is cancelled and given a moment."""
         self.stopping = True
         for record in list(self.queue):
-            self._end(record, "failed", {"code": "internal", "message": STOPPED_QUEUED,
-                                         "detail": None})
-            self.send_error(record.peer, "internal", STOPPED_QUEUED, job=record.job)
+            self._fail_stopped(record, STOPPED_QUEUED)
         self.queue.clear()
         if self.running is not None:
             self.running.cancel_event.set()
@@ -453,8 +456,7 @@ class Broker:
                 break
             self.on_worker_event(frames)
         if self.running is not None:
-            self._end(self.running, "failed", {"code": "internal", "message": STOPPED_RUNNING,
-                                               "detail": None})
+            self._end(self.running, "failed", _stopped_error(STOPPED_RUNNING))
 
     # Timers -----------------------------------------------------------------------------
 
@@ -469,13 +471,6 @@ class Broker:
                 self.store.delete(record.job)
                 del self.jobs[record.job]
                 log.debug("job %s expired from the store", record.job)
-
-    def expire_peers(self) -> None:
-        """Forget peers silent for three heartbeat intervals (ZeroMQ drops their connection)."""
-        deadline = time.monotonic() - 3 * self.config.heartbeat_seconds
-        for peer in [p for p, seen in self.peers.items() if seen < deadline]:
-            del self.peers[peer]
-            log.debug("peer %s silent, forgotten", peer.hex())
 
     # Sending ----------------------------------------------------------------------------
 

@@ -129,6 +129,8 @@ def _serve(args) -> int:
     problem = _check_config(config)
     if problem:
         return _fail(problem)
+    if args.threads < 0:
+        return _fail(f"--threads must be 0 (torch's default) or more, not {args.threads}")
 
     from . import device as devices
     from . import security
@@ -147,8 +149,6 @@ def _serve(args) -> int:
         device, device_info = devices.resolve(config.device)
     except devices.DeviceError as error:
         return _fail(str(error))
-    if args.threads < 0:
-        return _fail(f"--threads must be 0 (torch's default) or more, not {args.threads}")
     if args.threads:
         import torch
 

@@ -163,9 +163,6 @@ class Store:
         header = msgpack.unpackb((folder / "outputs.msgpack").read_bytes(), raw=False)
         return _join(header["outputs"], folder)
 
-    def result_ids(self) -> list[str]:
-        return [p.name for p in self.results.iterdir() if p.is_dir()]
-
 
 def _split(value, arrays: list):
     """Replace every array in ``value`` by ``{"__nd__": k, ...}``, appending it to ``arrays``."""

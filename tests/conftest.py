@@ -1,12 +1,16 @@
 """Suite-wide setup: keep every test out of $HOME and give each session clean folders."""
 
+import atexit
 import os
+import shutil
 import tempfile
 
 import pytest
 
 # Set before anything imports bpy, torch or huggingface libraries: they read these at import.
 _SCRATCH = tempfile.mkdtemp(prefix="nstudio-tests-")
+# Removed when the test process exits (servers the tests started are gone by then).
+atexit.register(shutil.rmtree, _SCRATCH, True)
 for _var, _sub in (
     ("BLENDER_USER_RESOURCES", "blender"),
     ("XDG_CACHE_HOME", "cache"),
