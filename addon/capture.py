@@ -348,7 +348,7 @@ def _render_views(scene, targets, vertices, faces, cams, lenses, clips, opts: Ca
     # on the whole empty background.
     images[(images[..., 3] < 1.0 / 255.0) & (depths >= 1e9)] = 0.0
     alpha = images[..., 3:4]
-    images[..., :3] = np.where(alpha > 1e-6, images[..., :3] / np.maximum(alpha, 1e-6), 0.0)
+    images[..., :3] = capture_math.straight_alpha(images[..., :3], alpha)
     images[..., 3] = np.clip(images[..., 3], 0.0, 1.0)
     depths[(images[..., 3] < 1.0 / 255.0) | (depths >= 1e9)] = np.inf
 

@@ -37,7 +37,8 @@ COLLECTION_SUFFIX = " Gaussians"
 TAG = "nstudio_final_shot"
 # Settings the companion scene copies from its source scene (RenderSettings attributes).
 _RENDER_SYNC = ("resolution_x", "resolution_y", "resolution_percentage", "pixel_aspect_x", "pixel_aspect_y",
-                "fps", "fps_base", "use_border", "use_crop_to_border")
+                "fps", "fps_base", "use_border", "use_crop_to_border",
+                "border_min_x", "border_max_x", "border_min_y", "border_max_y")
 _SCENE_SYNC = ("frame_start", "frame_end", "frame_step")
 
 
@@ -76,11 +77,6 @@ def sync_companion(source, companion) -> bool:
     for name in _RENDER_SYNC:
         if getattr(companion.render, name) != getattr(source.render, name):
             setattr(companion.render, name, getattr(source.render, name))
-            changed = True
-    for name in ("min_x", "max_x", "min_y", "max_y"):
-        attr = "border_" + name
-        if getattr(companion.render, attr) != getattr(source.render, attr):
-            setattr(companion.render, attr, getattr(source.render, attr))
             changed = True
     return changed
 

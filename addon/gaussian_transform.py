@@ -24,11 +24,10 @@ from __future__ import annotations
 import numpy as np
 
 from .formats.axes import quat_multiply, quat_to_rotmat, rotate_sh_rest, rotmat_to_quat
-from .formats.gaussians import check_gaussians
+from .formats.gaussians import REQUIRED_KEYS, REQUIRED_SHAPES, check_gaussians
 
 # A similarity's singular values agree to this relative tolerance (float32 object matrices).
 _UNIFORM_RTOL = 1e-5
-_REQUIRED = ("means", "quats", "scales", "opacities", "sh0", "shN")
 
 
 def _check_matrix(matrix) -> np.ndarray:
@@ -61,7 +60,7 @@ def transform_gaussians(gaussians: dict, matrix) -> dict:
     """
     _, k = check_gaussians(gaussians)
     m = _check_matrix(matrix)
-    out = {key: gaussians[key] for key in _REQUIRED}
+    out = {key: gaussians[key] for key in REQUIRED_KEYS}
     if np.array_equal(m, np.eye(4)):
         return out
     lin, t = m[:3, :3], m[:3, 3]
@@ -117,10 +116,10 @@ def merge_gaussians(sets: list[dict]) -> dict:
     if not sets:
         raise ValueError("merge_gaussians needs at least one Gaussians map")
     if len(sets) == 1:
-        return {key: sets[0][key] for key in _REQUIRED}
+        return {key: sets[0][key] for key in REQUIRED_KEYS}
     k_max = max(check_gaussians(g)[1] for g in sets)
     out = {}
-    for key in _REQUIRED[:-1]:
+    for key in REQUIRED_SHAPES:
         out[key] = np.ascontiguousarray(np.concatenate([g[key] for g in sets], axis=0), dtype=np.float32)
     shns = []
     for g in sets:

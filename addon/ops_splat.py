@@ -45,6 +45,7 @@ from bpy.props import BoolProperty, EnumProperty, FloatVectorProperty, IntProper
 from . import client as client_mod
 from . import handlers
 from . import session
+from .capture_math import straight_alpha
 from .formats.gaussians import K_BY_DEGREE
 
 log = logging.getLogger(__name__)
@@ -145,8 +146,7 @@ def frame_to_rgba8(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
         RGBA uint8, row 0 at the top. [H, W, 4]
     """
     a = np.clip(alpha, 0.0, 1.0)[..., None]
-    straight = np.where(a > 1e-6, rgb / np.maximum(a, 1e-6), 0.0)
-    out = np.concatenate([linear_to_srgb(straight), a], axis=-1)
+    out = np.concatenate([linear_to_srgb(straight_alpha(rgb, a)), a], axis=-1)
     return np.round(out * 255.0).astype(np.uint8)
 
 

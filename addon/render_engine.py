@@ -222,10 +222,8 @@ def blender_passes(rgb: np.ndarray, alpha: np.ndarray, depth: np.ndarray) -> tup
     Returns:
         (combined RGBA [H * W * 4], depth [H * W] with inf -> 1e10), float32 C-contiguous.
     """
-    rgba = np.concatenate([rgb, alpha[..., None]], axis=-1)[::-1]
     z = np.where(np.isfinite(depth), depth, EMPTY_DEPTH)[::-1]
-    return (np.ascontiguousarray(rgba, dtype=np.float32).reshape(-1),
-            np.ascontiguousarray(z, dtype=np.float32).reshape(-1))
+    return viewport.frame_rgba(rgb, alpha).reshape(-1), np.ascontiguousarray(z, dtype=np.float32).reshape(-1)
 
 
 # ------------------------------------------------------------------ engine

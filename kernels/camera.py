@@ -17,7 +17,7 @@ centre is (c + 0.5, r + 0.5); a point at OpenCV camera coordinates (x, y, z) lan
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -26,6 +26,8 @@ from torch import Tensor
 
 # Blender camera frame -> OpenCV camera frame: Y and Z flip sign.
 _BLENDER_TO_OPENCV = (1.0, -1.0, -1.0, 1.0)
+# The per-camera tensor fields of `Cameras` ([C, ...]); the others are shared by the batch.
+_PER_CAMERA = ("world_from_camera", "fx", "fy", "cx", "cy")
 
 
 @dataclass
@@ -157,31 +159,15 @@ class Cameras:
         """Select cameras (an int keeps the batch axis: the result has C = 1)."""
         if isinstance(idx, int):
             idx = slice(idx, idx + 1) if idx != -1 else slice(-1, None)
-        return Cameras(
-            world_from_camera=self.world_from_camera[idx],
-            fx=self.fx[idx],
-            fy=self.fy[idx],
-            cx=self.cx[idx],
-            cy=self.cy[idx],
-            width=self.width,
-            height=self.height,
-            near=self.near,
-            far=self.far,
-        )
+        return self._map(lambda t: t[idx])
 
     def to(self, device: str | torch.device) -> "Cameras":
         """The same cameras on another device."""
-        return Cameras(
-            world_from_camera=self.world_from_camera.to(device),
-            fx=self.fx.to(device),
-            fy=self.fy.to(device),
-            cx=self.cx.to(device),
-            cy=self.cy.to(device),
-            width=self.width,
-            height=self.height,
-            near=self.near,
-            far=self.far,
-        )
+        return self._map(lambda t: t.to(device))
+
+    def _map(self, fn) -> "Cameras":
+        """The cameras with `fn` applied to every per-camera tensor (resolution and range kept)."""
+        return replace(self, **{name: fn(getattr(self, name)) for name in _PER_CAMERA})
 
 
 def _as_float_tensor(value: Any, name: str, device: str | torch.device) -> Tensor:

@@ -43,10 +43,10 @@ _BATCH = 64
 _STOP_GRACE_S = 3.0
 
 
-
 def _stopped_error(reason: str) -> dict:
     """The stored error of a job the server's stop (or crash) cut off."""
     return {"code": "internal", "message": reason, "detail": None}
+
 
 class Broker:
     """The server proper.

@@ -15,7 +15,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-SH_C0 = 0.28209479177387814
+from kernels.sh import SH_C0
+
 INIT_OPACITY = 0.1
 
 

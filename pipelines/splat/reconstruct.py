@@ -195,9 +195,7 @@ def _check(inputs: dict, params: Params) -> tuple[np.ndarray, np.ndarray]:
             "invalid_input",
             f"inputs.cameras.world_from_camera: {list(w2c.shape)} cameras for {t} images; expected [{t}, 4, 4]",
             "inputs.cameras.world_from_camera")
-    for key in ("world_from_camera", "fx", "fy", "cx", "cy"):
-        if key in cams:
-            wire.check_finite(np.asarray(cams[key]), f"inputs.cameras.{key}")
+    wire.check_camera_values(cams)
     for key, size in (("width", images.shape[2]), ("height", images.shape[1])):
         if key in cams and cams[key] != size:
             raise PipelineError("invalid_input",
@@ -218,9 +216,7 @@ def _check(inputs: dict, params: Params) -> tuple[np.ndarray, np.ndarray]:
                                     f"inputs.colors: shape {list(colors.shape)}, expected {list(points.shape)}",
                                     "inputs.colors")
             wire.check_finite(colors, "inputs.colors")
-    bg = np.asarray(params.background, dtype=np.float64)
-    if bg.shape != (3,) or not np.isfinite(bg).all():
-        raise PipelineError("invalid_params", "params.background: expected 3 finite numbers", "params.background")
+    wire.check_background(params.background)
     if params.steps < 1:
         raise PipelineError("invalid_params", f"params.steps: {params.steps}, must be >= 1", "params.steps")
     if not 0 <= params.sh_degree <= 3:

@@ -52,8 +52,7 @@ def _check(inputs: dict, params: Params) -> int:
     """Validate what the schema cannot; returns the SH degree of the Gaussians."""
     g = inputs.get("gaussians")
     wire.check_gaussians(g)
-    k = np.shape(g["shN"])[1]
-    degree = {0: 0, 3: 1, 8: 2, 15: 3}[k]
+    degree = wire.DEGREE_BY_K[np.shape(g["shN"])[1]]
     if params.sh_degree is not None and params.sh_degree > degree:
         raise PipelineError(
             "invalid_params",
@@ -61,16 +60,11 @@ def _check(inputs: dict, params: Params) -> int:
             "params.sh_degree",
         )
     if params.background is not None:
-        bg = np.asarray(params.background, dtype=np.float64)
-        if bg.shape != (3,) or not np.isfinite(bg).all():
-            raise PipelineError("invalid_params", "params.background: expected 3 finite numbers",
-                                "params.background")
+        wire.check_background(params.background)
     cams = inputs.get("cameras")
     if not isinstance(cams, dict):
         raise PipelineError("invalid_input", "inputs.cameras: expected a map", "inputs.cameras")
-    for key in ("world_from_camera", "fx", "fy", "cx", "cy"):
-        if key in cams:
-            wire.check_finite(np.asarray(cams[key]), f"inputs.cameras.{key}")
+    wire.check_camera_values(cams)
     return degree
 
 

@@ -11,6 +11,9 @@ import numpy as np
 from ..base import PipelineError
 
 GAUSSIAN_KEYS = ("means", "quats", "scales", "opacities", "sh0", "shN")
+#: SH degree of a shN with K rest coefficients [N, K, 3] (kernels.sh.REST_COEFFS inverted; kept
+#: here so the checks need no torch).
+DEGREE_BY_K = {0: 0, 3: 1, 8: 2, 15: 3}
 
 
 def check_finite(value: np.ndarray, field: str) -> None:
@@ -37,7 +40,7 @@ def check_gaussians(g: dict, field: str = "inputs.gaussians") -> int:
                 f"{field}.{key}",
             )
     shn = np.asarray(g["shN"])
-    if shn.ndim != 3 or shn.shape[0] != n or shn.shape[1] not in (0, 3, 8, 15) or shn.shape[2] != 3:
+    if shn.ndim != 3 or shn.shape[0] != n or shn.shape[1] not in DEGREE_BY_K or shn.shape[2] != 3:
         raise PipelineError(
             "invalid_input", f"{field}.shN: shape {list(shn.shape)}, expected [{n}, K in 0/3/8/15, 3]",
             f"{field}.shN",
@@ -45,6 +48,20 @@ def check_gaussians(g: dict, field: str = "inputs.gaussians") -> int:
     for key in GAUSSIAN_KEYS:
         check_finite(np.asarray(g[key]), f"{field}.{key}")
     return n
+
+
+def check_camera_values(cams: dict, field: str = "inputs.cameras") -> None:
+    """Raise invalid_input naming the field if a camera matrix or intrinsic holds NaN or inf."""
+    for key in ("world_from_camera", "fx", "fy", "cx", "cy"):
+        if key in cams:
+            check_finite(np.asarray(cams[key]), f"{field}.{key}")
+
+
+def check_background(background) -> None:
+    """Raise invalid_params unless `params.background` is 3 finite numbers."""
+    bg = np.asarray(background, dtype=np.float64)
+    if bg.shape != (3,) or not np.isfinite(bg).all():
+        raise PipelineError("invalid_params", "params.background: expected 3 finite numbers", "params.background")
 
 
 def cameras_from_wire(cams: dict, device, field: str = "inputs.cameras"):
