@@ -10,17 +10,14 @@ import pytest
 # The repository first: `addon` must be the real package (addon/__init__.py), whatever the
 # state of the editable install.
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-sys.path.insert(0, str(Path(__file__).parent))
 
-from nstudio_server import ServerProcess  # noqa: E402
+from blender_support import serve  # noqa: E402  (bpy-free: the shared loopback server)
 
 
 @pytest.fixture
 def server(tmp_path):
-    """A running `nstudio serve` with its own store and port; stopped after the test."""
-    proc = ServerProcess(tmp_path / "store").start()
-    yield proc
-    proc.stop()
+    """A running `nstudio serve --device cpu` with its own store and port; stopped after the test."""
+    yield from serve(tmp_path)
 
 
 @pytest.fixture

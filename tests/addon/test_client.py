@@ -2,12 +2,26 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
 from addon import client as client_mod
 from addon import jobs as jobs_mod
-from nstudio_server import ServerProcess, wait_until
+
+
+def wait_until(predicate, timeout_s: float, what: str, step=None):
+    """Call `step()` (if given) and `predicate()` until it is truthy; fail naming `what`."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if step is not None:
+            step()
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.01)
+    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
 
 
 def test_bad_endpoint_is_a_clear_error():
@@ -111,7 +125,7 @@ def test_reconnects_after_the_server_is_killed_and_restarted(server, fast_config
         server.kill()
         wait_until(lambda: c.state in (client_mod.RECONNECTING, client_mod.CONNECTING), 10,
                    "the client to notice the dead server", step=pump)
-        restarted = ServerProcess(server.store, port=server.port).start()
+        restarted = server.restarted()
         try:
             wait_until(lambda: c.connections == 2, 60, "the reconnect", step=pump)
             assert c.connected and c.generation >= 2
