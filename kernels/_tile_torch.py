@@ -14,7 +14,6 @@ from ._binning import TileBins
 from .conventions import ALPHA_MAX, ALPHA_MIN, T_MIN
 
 
-
 def composite_torch(
     means2d: Tensor,
     conics: Tensor,

@@ -11,6 +11,9 @@ ALPHA_MAX = 0.99
 #: A pixel stops once T_i * (1 - alpha_i) would fall to this transmittance or below; that
 #: contribution and everything behind it are left out (gsplat's `next_T <= 1e-4`).
 T_MIN = 1e-4
+#: Fraction of the half field of view by which the direction at which the EWA Jacobian is
+#: evaluated may leave the image (1.3 x tan(fov/2) for a centred principal point).
+JACOBIAN_CLAMP = 0.3
 #: Low-pass dilation added to the 2D covariance diagonal, pixels^2 ("every Gaussian at least
 #: one pixel wide").
 EPS2D = 0.3

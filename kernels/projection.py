@@ -13,14 +13,12 @@ import torch
 from torch import Tensor
 
 from .camera import Cameras
-from .conventions import ALPHA_MIN, EPS2D
+from .conventions import ALPHA_MIN, EPS2D, JACOBIAN_CLAMP
 from .gaussians import scaled_rotations
 
 #: Upper bound of the opacity-aware extent in standard deviations. sqrt(2 ln 255) = 3.3290 < 3.33,
 #: so the bound never cuts a contribution with alpha >= 1/255 (opacities are < 1).
 MAX_EXTENT_SIGMA = 3.33
-#: Fraction of the half field of view by which the Jacobian's direction may leave the image.
-JACOBIAN_CLAMP = 0.3
 
 
 @dataclass

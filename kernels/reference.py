@@ -23,7 +23,7 @@ from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
 from .camera import Cameras
-from .conventions import ALPHA_MAX, ALPHA_MIN, EPS2D, T_MIN
+from .conventions import ALPHA_MAX, ALPHA_MIN, EPS2D, JACOBIAN_CLAMP, T_MIN
 from .gaussians import covariances
 from .rasterize import RenderOutput
 from .sh import degree_from_rest, view_colours
@@ -85,8 +85,10 @@ def rasterize_dense(
         # Jacobian at the mean's direction clamped to the image +- 0.3 half-FoV, in the
         # 3DGS paper's 3x3 form with a zero last row.
         tan_x, tan_y = W / (2 * fx), H / (2 * fy)
-        u = torch.minimum(torch.maximum(p[:, 0] / z_safe, -(cx / fx + 0.3 * tan_x)), (W - cx) / fx + 0.3 * tan_x)
-        v = torch.minimum(torch.maximum(p[:, 1] / z_safe, -(cy / fy + 0.3 * tan_y)), (H - cy) / fy + 0.3 * tan_y)
+        u = torch.minimum(torch.maximum(p[:, 0] / z_safe, -(cx / fx + JACOBIAN_CLAMP * tan_x)),
+                          (W - cx) / fx + JACOBIAN_CLAMP * tan_x)
+        v = torch.minimum(torch.maximum(p[:, 1] / z_safe, -(cy / fy + JACOBIAN_CLAMP * tan_y)),
+                          (H - cy) / fy + JACOBIAN_CLAMP * tan_y)
         zero = torch.zeros_like(z)
         J = torch.stack(
             [
