@@ -26,7 +26,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "tests" / "addon"))
+sys.path.insert(0, str(REPO / "tests"))
 
 GOAL_S = 0.050
 
@@ -55,16 +55,14 @@ def main() -> int:
     import bpy
 
     from addon import handlers, session
-    from nstudio_server import ServerProcess
+    from blender_support import LoopbackServer, disable_addon, enable_addon
 
     gaussians = make_gaussians(args.count)
     megabytes = sum(a.nbytes for a in gaussians.values()) / 1e6
     bpy.ops.wm.read_homefile(app_template="")
-    for cls in session.CLASSES:
-        bpy.utils.register_class(cls)
-    session.register()
+    enable_addon()  # the whole add-on: the session and the system.echo result handler
     store = Path(tempfile.mkdtemp(prefix="nstudio-bench-"))
-    server = ServerProcess(store / "store").start()
+    server = LoopbackServer(store).start()
     try:
         live = session.connect(session.SessionConfig(endpoint=server.endpoint))
         deadline = time.monotonic() + 60
@@ -72,7 +70,7 @@ def main() -> int:
             session.timer_tick()
             time.sleep(0.01)
         if not live.client.connected:
-            raise SystemExit(f"no server at {server.endpoint}; log:\n{server.log()}")
+            raise SystemExit(f"no server at {server.endpoint}; log:\n{server.log_tail()}")
 
         # 1. Stream: partials and the result through the real timer callback. The client's poll
         # is timed on the side, to tell receiving from applying.
@@ -133,9 +131,7 @@ def main() -> int:
     finally:
         session.disconnect()
         server.stop()
-        session.unregister()
-        for cls in reversed(session.CLASSES):
-            bpy.utils.unregister_class(cls)
+        disable_addon()
 
     d = np.array(durations)
     over = int((d > GOAL_S).sum())
