@@ -62,6 +62,8 @@ METRIC_PROPS = {"psnr": "nstudio_psnr", "ssim": "nstudio_ssim", "count": "nstudi
                 "seconds": "nstudio_seconds", "steps": "nstudio_steps"}
 PROP_RENDER_DIR = "nstudio_render_dir"
 PROP_RENDER_FRAME_START = "nstudio_frame_start"
+#: On the target image: the rendered Gaussians' colours are sRGB-encoded already.
+PROP_RENDER_SRGB = "nstudio_frames_srgb"
 PROP_RENDER_FRAMES = "nstudio_frames"
 
 
@@ -135,18 +137,21 @@ def linear_to_srgb(x: np.ndarray) -> np.ndarray:
     return np.where(x <= 0.0031308, 12.92 * x, 1.055 * np.power(x, 1.0 / 2.4) - 0.055)
 
 
-def frame_to_rgba8(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
-    """A premultiplied linear ``splat.render`` frame -> straight-alpha sRGB bytes, as PNG stores them.
+def frame_to_rgba8(rgb: np.ndarray, alpha: np.ndarray, srgb_encoded: bool = False) -> np.ndarray:
+    """A premultiplied ``splat.render`` frame -> straight-alpha sRGB bytes, as PNG stores them.
 
     Args:
-        rgb: premultiplied linear colour, row 0 at the top. [H, W, 3]
+        rgb: premultiplied colour, row 0 at the top; linear, or sRGB-encoded when the
+            Gaussians were (then it is not encoded a second time). [H, W, 3]
         alpha: coverage. [H, W]
+        srgb_encoded: the Gaussians' colour space is sRGB.
 
     Returns:
         RGBA uint8, row 0 at the top. [H, W, 4]
     """
     a = np.clip(alpha, 0.0, 1.0)[..., None]
-    out = np.concatenate([linear_to_srgb(straight_alpha(rgb, a)), a], axis=-1)
+    straight = straight_alpha(rgb, a)
+    out = np.concatenate([straight.clip(0.0, 1.0) if srgb_encoded else linear_to_srgb(straight), a], axis=-1)
     return np.round(out * 255.0).astype(np.uint8)
 
 
@@ -271,7 +276,8 @@ def on_render_partial(job, outputs: dict) -> None:
     image = _render_image(job)
     if image is None or "rgb" not in outputs:
         return
-    _show_frame(image, frame_to_rgba8(np.asarray(outputs["rgb"]), np.asarray(outputs["alpha"])))
+    _show_frame(image, frame_to_rgba8(np.asarray(outputs["rgb"]), np.asarray(outputs["alpha"]),
+                                      bool(image.get(PROP_RENDER_SRGB, False))))
 
 
 def on_render_result(job, outputs: dict):
@@ -291,10 +297,11 @@ def _write_frames(image, outputs: dict):
     start = int(image.get(PROP_RENDER_FRAME_START, 1))
     os.makedirs(directory, exist_ok=True)
     rgb, alpha = outputs["rgb"], outputs["alpha"]
+    srgb = bool(image.get(PROP_RENDER_SRGB, False))
     paths = []
     for i in range(len(rgb)):
         path = frame_path(directory, start + i)
-        write_png(path, frame_to_rgba8(np.asarray(rgb[i]), np.asarray(alpha[i])))
+        write_png(path, frame_to_rgba8(np.asarray(rgb[i]), np.asarray(alpha[i]), srgb))
         paths.append(path)
         yield path
     # Point the image at the files (a sequence for an animation), so it is saved with the .blend.
@@ -477,6 +484,19 @@ def world_gaussians(objects) -> dict:
     return gaussian_transform.merge_gaussians(sets)
 
 
+def frames_are_srgb(objects) -> bool:
+    """Whether renders of ``objects`` come out sRGB-encoded: all of them hold sRGB Gaussians.
+
+    The same rule as the F12 render engine: a mix of spaces is rendered as linear (and said).
+    """
+    from .importers import gaussians as gaussian_objects
+
+    spaces = {o.get(gaussian_objects.PROP_COLOR_SPACE, "linear") for o in objects}
+    if len(spaces) > 1:
+        log.warning("Render Splats: the objects mix colour spaces %s; writing them as linear", sorted(spaces))
+    return spaces == {"srgb"}
+
+
 def start_render(context, objects, animation: bool, directory: str, background=None):
     """Submit ``splat.render`` of ``objects`` from the scene camera; frames go to ``directory``.
 
@@ -499,6 +519,7 @@ def start_render(context, objects, animation: bool, directory: str, background=N
     image.use_fake_user = True  # keeps the image (and its settings) in the saved file
     image[PROP_RENDER_DIR] = directory
     image[PROP_RENDER_FRAME_START] = scene.frame_start if animation else scene.frame_current
+    image[PROP_RENDER_SRGB] = frames_are_srgb(objects)
     record = live.submit(scene, RENDER, params=params, inputs={"gaussians": gaussians, "cameras": cams},
                          target=image.name)
     return record, image

@@ -172,6 +172,20 @@ def test_render_splats_operator_writes_an_image_sequence(live, server, tmp_path)
     assert np.abs(frames[0] - frames[2]).max() > 0.1
 
 
+def test_render_frames_are_encoded_once_for_srgb_gaussians():
+    # A half-covered pixel whose straight colour is 0.25: linear Gaussians are sRGB-encoded for
+    # the PNG (0.25 -> 0.5371 -> 137); sRGB Gaussians' colours already are (0.25 -> 64).
+    rgb, alpha = np.full((1, 1, 3), 0.125, np.float32), np.full((1, 1), 0.5, np.float32)
+    assert ops_splat.frame_to_rgba8(rgb, alpha)[0, 0].tolist() == [137, 137, 137, 128]
+    assert ops_splat.frame_to_rgba8(rgb, alpha, srgb_encoded=True)[0, 0].tolist() == [64, 64, 64, 128]
+    # Which applies follows the objects' recorded colour space (all sRGB, else linear).
+    a, b = (bpy.data.objects.new(name, None) for name in ("A", "B"))
+    a[gaussian_objects.PROP_COLOR_SPACE] = b[gaussian_objects.PROP_COLOR_SPACE] = "srgb"
+    assert ops_splat.frames_are_srgb([a, b])
+    b[gaussian_objects.PROP_COLOR_SPACE] = "linear"
+    assert not ops_splat.frames_are_srgb([a, b])
+
+
 def test_demo_runs_end_to_end(blender_addon, tmp_path):
     out = tmp_path / "demo"
     # The README's command, `nstudio demo --out ...`, from this environment.
