@@ -2,11 +2,11 @@
 
 A `system.echo` job returns 1M Gaussians at SH degree 3 (means, quats, scales, opacities, sh0,
 shN: 236 MB per message) as partials every step and then as its result. The add-on's real
-timer callback (`addon.session.timer_tick`) polls, routes and applies them into a Blender mesh
+timer callback (`addon.blender.session.timer_tick`) polls, routes and applies them into a Blender mesh
 through the registered `system.echo` handler, one attribute per step under its ~20 ms budget.
 Reported: the longest single timer callback (what the user would feel as a UI stall) against the
 time to apply the same data in one go, both with the same handler run to completion and with
-`addon.importers.gaussians.update_gaussian_object`.
+`addon.blender.importers.gaussians.update_gaussian_object`.
 
     .venv/bin/python benchmarks/bench_blender_stream.py [--count 1000000] [--steps 4]
 
@@ -54,7 +54,9 @@ def main() -> int:
 
     import bpy
 
-    from addon import handlers, session
+    from addon.blender import echo
+    from addon.core import handlers
+    from addon.blender import session
     from blender_support import LoopbackServer, disable_addon, enable_addon
 
     gaussians = make_gaussians(args.count)
@@ -112,15 +114,15 @@ def main() -> int:
             target = ""
 
         t0 = time.perf_counter()
-        for _ in handlers.echo_to_mesh(_Job(), {"gaussians": gaussians}):
+        for _ in echo.echo_to_mesh(_Job(), {"gaussians": gaussians}):
             pass
         echo_one_go_s = time.perf_counter() - t0
         t0 = time.perf_counter()
-        for _ in handlers.echo_to_mesh(_Job(), {"gaussians": gaussians}):  # in place, like a later partial
+        for _ in echo.echo_to_mesh(_Job(), {"gaussians": gaussians}):  # in place, like a later partial
             pass
         echo_update_one_go_s = time.perf_counter() - t0
 
-        from addon.importers import gaussians as importer
+        from addon.blender.importers import gaussians as importer
 
         t0 = time.perf_counter()
         gobj = importer.create_gaussian_object("Bench Gaussians", gaussians)

@@ -60,9 +60,9 @@ def main() -> None:
 
     import bpy
 
-    from addon import gaussians_layout as layout
-    from addon.formats import ply
-    from addon.importers.gaussians import create_gaussian_object
+    from addon.core import gaussians_layout as layout
+    from addon.core.formats import ply
+    from addon.blender.importers.gaussians import create_gaussian_object
 
     def reset():
         bpy.ops.wm.read_homefile(app_template="")

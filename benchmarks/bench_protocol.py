@@ -33,7 +33,7 @@ import zmq
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from addon import protocol  # noqa: E402
+from addon.wire import protocol# noqa: E402
 
 RAW_ECHO = textwrap.dedent("""
     import sys, zmq

@@ -24,9 +24,9 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from kernels.camera import Cameras  # noqa: E402
-from kernels.rasterize import backend_status, rasterize  # noqa: E402
-from kernels.reference import rasterize_dense  # noqa: E402
+from nskernels.camera import Cameras  # noqa: E402
+from nskernels.rasterize import backend_status, rasterize  # noqa: E402
+from nskernels.reference import rasterize_dense  # noqa: E402
 
 # The dense reference does H*W*N work (memory is bounded by its pixel chunks); beyond this many
 # pixel x Gaussian pairs one run takes minutes on 2 cores and is skipped.
@@ -91,10 +91,10 @@ def fwd(render, scene, cam):
 
 def profile_stages(scene, cam, repeats: int) -> dict[str, float]:
     """Median time of each stage of the torch backend (forward and backward)."""
-    from kernels._binning import bin_gaussians
-    from kernels._composite import composite
-    from kernels.projection import project_gaussians
-    from kernels.sh import view_colours
+    from nskernels._binning import bin_gaussians
+    from nskernels._composite import composite
+    from nskernels.projection import project_gaussians
+    from nskernels.sh import view_colours
 
     stages: dict[str, list[float]] = {}
 

@@ -2,7 +2,7 @@
 
 The scene (built here, no downloaded assets): a ground patch with a checker texture, a cube with
 a brick texture, a sphere with a noise texture, a cylinder with a wave texture and a torus with a
-magic texture, lit by a sun and a grey world. `addon.capture` renders it from a hemisphere of
+magic texture, lit by a sun and a grey world. `addon.blender.capture` renders it from a hemisphere of
 views (Cycles, transparent film) and samples initial points on the surfaces coloured from the
 renders; `splat.reconstruct`'s run() trains in-process with a recording Job; every
 `test_every`-th view is held out and the metrics are on those views (linear colour, as captured).
@@ -104,7 +104,7 @@ def build_scene():
 
 
 def capture_scene(views: int, size: int, samples: int, points: int) -> dict:
-    from addon.capture import CaptureOptions, capture
+    from addon.blender.capture import CaptureOptions, capture
 
     objects = build_scene()
     opts = CaptureOptions(layout="hemisphere", count=views, width=size, height=size, engine="CYCLES",
@@ -199,7 +199,7 @@ def main(argv=None) -> int:
     train_s = train[-1][0] - train[0][0]
 
     # 3. Stricter figures from the held-out renders: only covered pixels, and in sRGB
-    from addon.capture_math import holdout_split
+    from addon.core.capture_math import holdout_split
     from pipelines.splat import render
 
     _, test = holdout_split(len(inputs["images"]), args.test_every)

@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from blender_support import LoopbackServer  # noqa: E402
 
-from addon import render_client, viewport  # noqa: E402
+from addon.core import render_client, viewport# noqa: E402
 
 
 def _gaussians(n: int) -> dict:

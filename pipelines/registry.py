@@ -51,3 +51,11 @@ def discover(modules: tuple = MODULES) -> tuple[dict[str, Pipeline], dict[str, s
             continue
         pipelines[pipeline.name] = pipeline
     return pipelines, failures
+
+
+def kernel_backends() -> dict[str, tuple[bool, str]]:
+    """Which rasterizer backends can run here and why not (for ``nstudio doctor``); compiles
+    nothing. The server asks here so that it never imports the kernels itself."""
+    from nskernels.rasterize import backend_status
+
+    return backend_status()

@@ -3,7 +3,7 @@
 The loop follows zguide's ``mdbroker.py`` ``mediate()``: poll with a timeout equal to the time
 to the nearest timer deadline, handle what arrived, then run the due timers every time round
 (outside the "a message came" branch). Everything a client sends is checked by
-:func:`addon.protocol.decode` and the pipeline's schema; whatever goes wrong becomes an
+:func:`addon.wire.protocol.decode` and the pipeline's schema; whatever goes wrong becomes an
 ``error`` reply and the loop carries on.
 
 Job state lives here only. The :class:`~server.jobs.Worker` runs one job at a time and reports
@@ -24,9 +24,10 @@ from typing import Callable
 import msgpack
 import zmq
 
-from addon import protocol
-from addon.protocol import FINAL_STATES, ProtocolError
-from pipelines.base import Pipeline, PipelineError, check_inputs, describe_pipeline, parse_params
+from addon.wire import protocol
+from addon.wire.protocol import FINAL_STATES, ProtocolError
+from addon.wire.schema import PipelineError, check_inputs, parse_params
+from pipelines.base import Pipeline, describe_pipeline
 
 from . import security
 from .config import SERVER_NAME, ServeConfig

@@ -11,10 +11,11 @@ import importlib.util
 import logging
 import os
 import platform
+import subprocess
 import sys
 from pathlib import Path
 
-from addon import protocol
+from addon.wire import protocol
 
 from .config import PROTOCOL_MIN_KEEP, PROTOCOL_MIN_QUEUE, ServeConfig, default_store
 
@@ -26,7 +27,7 @@ EXIT_USAGE = 2
 def main(argv: list[str] | None = None) -> int:
     """Run ``nstudio``; returns the process exit status."""
     parser = _parser()
-    # The demo owns its options (addon.demo parses them), so they pass through untouched;
+    # The demo owns its options (tools.demo parses them), so they pass through untouched;
     # argparse.REMAINDER cannot do that when the first of them is an option such as --out.
     args, extra = parser.parse_known_args(argv)
     if args.command == "demo":
@@ -103,7 +104,7 @@ def _parser() -> argparse.ArgumentParser:
     keys.set_defaults(run=_keys)
 
     demo = commands.add_parser(
-        "demo", add_help=False, help="run the Neural Studio demo (addon.demo; --help for its options)"
+        "demo", add_help=False, help="run the Neural Studio demo (tools.demo; --help for its options)"
     )
     demo.set_defaults(run=_demo)
     return parser
@@ -239,19 +240,12 @@ def _doctor(args) -> int:
 
 
 def _doctor_kernels() -> None:
+    from pipelines.registry import kernel_backends
+
     try:
-        from kernels import rasterize
-    except Exception as error:  # the kernels package may be unfinished or broken
-        print(f"kernels: not importable ({type(error).__name__}: {error})")
-        return
-    status = getattr(rasterize, "backend_status", None)
-    if status is None:
-        print("kernels: rasterize.backend_status() is missing")
-        return
-    try:
-        backends = status()
-    except Exception as error:
-        print(f"kernels: backend_status() failed ({type(error).__name__}: {error})")
+        backends = kernel_backends()
+    except Exception as error:  # the kernels may be unfinished or broken: report, do not crash
+        print(f"kernels: not usable ({type(error).__name__}: {error})")
         return
     for name, (ok, why) in backends.items():
         print(f"rasterizer backend {name}: {'usable' if ok else 'not usable'} ({why})")
@@ -276,8 +270,8 @@ def _keys(args) -> int:
 # demo ----------------------------------------------------------------------------------------
 
 def _demo(args) -> int:
-    if importlib.util.find_spec("addon.demo") is None:
-        return _fail("the demo is not installed (addon/demo.py is missing from this build)")
-    from addon import demo
-
-    return demo.main(args.demo_args) or 0
+    # The demos drive Blender (bpy) and live in tools/, outside the server's import graph
+    # (DESIGN.md: server -> addon.wire, pipelines): they run as their own process.
+    if importlib.util.find_spec("tools.demo") is None:
+        return _fail("the demos are not installed (tools/demo.py is missing from this build)")
+    return subprocess.call([sys.executable, "-m", "tools.demo", *args.demo_args])

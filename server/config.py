@@ -7,7 +7,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from addon import protocol
+from addon.wire import protocol
 
 SERVER_NAME = "neural-studio"
 

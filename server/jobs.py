@@ -24,7 +24,7 @@ import msgpack
 import numpy as np
 import zmq
 
-from addon import protocol
+from addon.wire import protocol
 from pipelines.base import Cancelled, Pipeline, PipelineError
 
 from .store import Store
@@ -134,7 +134,7 @@ class Worker(threading.Thread):
         started = time.monotonic()
         log.info("job %s (%s) started on %s", record.job, record.pipeline, self.device)
         try:
-            outputs = pipeline.run(record.inputs, record.params, handle)
+            outputs = pipeline.run(record.inputs, record.params, handle, {})
             if not isinstance(outputs, dict):
                 raise TypeError(f"{record.pipeline}.run returned {type(outputs).__name__}, "
                                 "not a dict of outputs")

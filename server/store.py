@@ -26,7 +26,7 @@ from pathlib import Path
 import msgpack
 import numpy as np
 
-from addon import protocol
+from addon.wire import protocol
 
 log = logging.getLogger(__name__)
 

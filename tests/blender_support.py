@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from addon import demo  # noqa: E402  (bpy-free)
+from tools import demo# noqa: E402  (bpy-free)
 
 ADDON = "addon"
 #: The `nstudio` script of this environment.
@@ -135,7 +135,7 @@ class LoopbackServer(demo.ServerProcess):
         """Poll with ``hello`` until a ``welcome`` comes back."""
         import zmq
 
-        from addon import protocol
+        from addon.wire import protocol
 
         sock = zmq.Context.instance().socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
@@ -189,7 +189,7 @@ def tick_until(predicate, timeout_s: float, what: str = "the condition", server:
     Raises:
         AssertionError: the deadline passed or the server exited.
     """
-    from addon import session
+    from addon.blender import session
 
     deadline = time.monotonic() + timeout_s
     while True:

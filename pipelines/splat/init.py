@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from kernels.sh import SH_C0
+from nskernels.sh import SH_C0
 
 INIT_OPACITY = 0.1
 
@@ -47,7 +47,7 @@ def random_points_in_view(cameras, count: int, rng: np.random.Generator) -> np.n
     and the field of view at that distance; points outside any camera's frustum are rejected.
 
     Args:
-        cameras: kernels.camera.Cameras (C of them).
+        cameras: nskernels.camera.Cameras (C of them).
         count: points wanted P.
         rng: numpy Generator.
 

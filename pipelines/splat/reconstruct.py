@@ -33,14 +33,18 @@ is given.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import logging
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..base import Array, Cancelled, Job, Pipeline, PipelineError, Struct, Value
-from ..contracts import CAMERAS, GAUSSIANS
+from addon.wire.contracts import CAMERAS, GAUSSIANS
+from addon.wire.schema import Array, PipelineError, Struct, Value
+
+from ..base import NO_MODELS, Cancelled, Job, Pipeline
 from . import wire
 
 log = logging.getLogger(__name__)
@@ -264,7 +268,7 @@ def _evaluate(render_fn, images, views, bg):
 # ---------------------------------------------------------------------------------------------
 
 
-def run(inputs: dict, params: Params, job: Job) -> dict:
+def run(inputs: dict, params: Params, job: Job, models: Mapping = NO_MODELS) -> dict:
     """Train 3D Gaussians on posed images (see the module docstring)."""
     t_start = time.monotonic()
     # 1. Check inputs
@@ -272,7 +276,7 @@ def run(inputs: dict, params: Params, job: Job) -> dict:
 
     import torch
 
-    from kernels.rasterize import rasterize
+    from nskernels.rasterize import rasterize
 
     from .densify import CappedStrategy
     from .init import gaussians_from_points, random_points_in_view, scene_extent
@@ -283,7 +287,7 @@ def run(inputs: dict, params: Params, job: Job) -> dict:
     torch.manual_seed(params.seed)
     gen = torch.Generator(device="cpu").manual_seed(params.seed)
 
-    # 2. Images and cameras to the device (cameras to OpenCV happens in kernels.camera)
+    # 2. Images and cameras to the device (cameras to OpenCV happens in nskernels.camera)
     raw = inputs["images"]
     space = "srgb" if raw.dtype == np.uint8 else "linear"
     scale = 1.0 / 255.0 if raw.dtype == np.uint8 else 1.0

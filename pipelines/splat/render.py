@@ -1,7 +1,7 @@
 """`splat.render`: render 3D Gaussians into a set of cameras or along a camera path.
 
 Rasterization follows PROTOCOL.md "Gaussian rendering conventions" (3D Gaussian Splatting,
-Kerbl et al. 2023) through `kernels.rasterize` on the server's device (gsplat on CUDA, our
+Kerbl et al. 2023) through `nskernels.rasterize` on the server's device (gsplat on CUDA, our
 tile rasterizer elsewhere).
 
 Inputs: `gaussians` (the Gaussians map) and `cameras` (T cameras, one resolution).
@@ -12,13 +12,17 @@ Outputs: `rgb` [T, H, W, 3] (premultiplied unless a background is given), `alpha
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import logging
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..base import Array, Job, Pipeline, PipelineError
-from ..contracts import CAMERAS, GAUSSIANS
+from addon.wire.contracts import CAMERAS, GAUSSIANS
+from addon.wire.schema import Array, PipelineError
+
+from ..base import NO_MODELS, Job, Pipeline
 from . import wire
 
 log = logging.getLogger(__name__)
@@ -68,16 +72,16 @@ def _check(inputs: dict, params: Params) -> int:
     return degree
 
 
-def run(inputs: dict, params: Params, job: Job) -> dict:
+def run(inputs: dict, params: Params, job: Job, models: Mapping = NO_MODELS) -> dict:
     """Render every camera; a partial per frame, progress per frame, cancel between frames."""
     # 1. Check inputs
     degree = _check(inputs, params)
 
     import torch
 
-    from kernels.rasterize import rasterize
+    from nskernels.rasterize import rasterize
 
-    # 2. Gaussians and cameras to the device (cameras to OpenCV happens in kernels.camera)
+    # 2. Gaussians and cameras to the device (cameras to OpenCV happens in nskernels.camera)
     device = torch.device(job.device)
     cameras = wire.cameras_from_wire(inputs["cameras"], device)
     g = wire.gaussians_to_torch(inputs["gaussians"], device)

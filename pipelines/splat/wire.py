@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..base import PipelineError
+from addon.wire.schema import PipelineError
 
 GAUSSIAN_KEYS = ("means", "quats", "scales", "opacities", "sh0", "shN")
-#: SH degree of a shN with K rest coefficients [N, K, 3] (kernels.sh.REST_COEFFS inverted; kept
+#: SH degree of a shN with K rest coefficients [N, K, 3] (nskernels.sh.REST_COEFFS inverted; kept
 #: here so the checks need no torch).
 DEGREE_BY_K = {0: 0, 3: 1, 8: 2, 15: 3}
 
@@ -65,8 +65,8 @@ def check_background(background) -> None:
 
 
 def cameras_from_wire(cams: dict, device, field: str = "inputs.cameras"):
-    """kernels.camera.Cameras from a cameras map; ValueErrors become invalid_input naming the field."""
-    from kernels.camera import Cameras
+    """nskernels.camera.Cameras from a cameras map; ValueErrors become invalid_input naming the field."""
+    from nskernels.camera import Cameras
 
     try:
         return Cameras.from_wire(cams, device=device)

@@ -8,10 +8,14 @@ are the very same objects, so arrays go back without a copy.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import time
 from dataclasses import dataclass, field
 
-from ..base import Job, Pipeline, Value
+from addon.wire.schema import Value
+
+from ..base import NO_MODELS, Job, Pipeline
 
 
 @dataclass
@@ -40,7 +44,7 @@ OUTPUTS = {"*": Value("any", "the inputs, unchanged")}
 _CANCEL_SLICE_S = 0.05
 
 
-def run(inputs: dict, params: Params, job: Job) -> dict:
+def run(inputs: dict, params: Params, job: Job, models: Mapping = NO_MODELS) -> dict:
     """Return ``inputs`` after ``params.steps`` progress steps."""
     for step in range(1, params.steps + 1):
         deadline = time.monotonic() + params.step_seconds

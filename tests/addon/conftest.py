@@ -23,7 +23,7 @@ def server(tmp_path):
 @pytest.fixture
 def fast_config():
     """ConnectionConfig factory with short liveness timers, so failures are noticed in ~1 s."""
-    from addon import client
+    from addon.core import client
 
     def make(endpoint: str, **overrides) -> "client.ConnectionConfig":
         settings = dict(endpoint=endpoint, handshake_timeout_s=5.0, ping_interval_s=0.2, expiry_s=1.5,

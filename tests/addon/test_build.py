@@ -6,7 +6,7 @@ import tomllib
 
 import pytest
 
-from addon import build
+from tools import build_extension as build
 
 SOURCE = """schema_version = "1.0.0"
 id = "neural_studio"
@@ -55,8 +55,8 @@ def test_bad_wheel_name_is_a_clear_error():
 
 def test_source_files_exclude_the_builder_and_caches():
     files = {p.as_posix() for p in build.source_files()}
-    assert {"__init__.py", "blender_manifest.toml", "client.py", "protocol.py"} <= files
-    assert "build.py" not in files
+    assert {"__init__.py", "blender_manifest.toml", "core/client.py", "wire/protocol.py"} <= files
+    assert not any(f.endswith(("build_extension.py", "demo.py", "sample_scene.py")) for f in files)
     assert not any("__pycache__" in f or f.endswith(".pyc") for f in files)
 
 

@@ -7,8 +7,8 @@ import time
 import numpy as np
 import pytest
 
-from addon import client as client_mod
-from addon import jobs as jobs_mod
+from addon.core import client as client_mod
+from addon.core import jobs as jobs_mod
 
 
 def wait_until(predicate, timeout_s: float, what: str, step=None):
@@ -151,7 +151,7 @@ def test_result_finished_while_disconnected_is_fetched_and_applied(server, fast_
     first.close()  # "Blender quits" while the job runs
 
     applied = []
-    from addon.handlers import HandlerEntry
+    from addon.core.handlers import HandlerEntry
 
     entry = HandlerEntry("system.echo", on_result=lambda job, outputs: applied.append(outputs["points"].copy()))
     second = client_mod.Client(fast_config(server.endpoint))

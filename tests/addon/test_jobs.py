@@ -7,8 +7,8 @@ import itertools
 import numpy as np
 import pytest
 
-from addon import handlers
-from addon import jobs as jobs_mod
+from addon.core import handlers
+from addon.core import jobs as jobs_mod
 
 
 class _Recorder:

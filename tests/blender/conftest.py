@@ -17,7 +17,7 @@ clean_file = pytest.fixture(autouse=True)(blender_support.clean_file)
 def enabled_addon(blender_addon):
     """The add-on's preferences (it is enabled for the whole run); reset and disconnected afterwards."""
     yield blender_support.preferences()
-    from addon import session
+    from addon.blender import session
 
     session.disconnect()
     if blender_support.addon_enabled():  # a test may leave it disabled only by failing midway

@@ -13,15 +13,19 @@ import pytest
 from blender_support import NSTUDIO, REPO, tick_until
 
 import bpy
-from addon import client as client_mod
-from addon import demo, handlers, protocol, session
+from addon.blender import session
+from addon.core import client as client_mod
+from addon.core import handlers
+from addon.wire import protocol
+from tools import demo
 
 def _all_classes():
     import importlib
 
-    import addon
+    from addon import blender as blender_layer
 
-    return [cls for name in addon.FEATURE_MODULES for cls in importlib.import_module(f"addon.{name}").CLASSES]
+    return [cls for name in blender_layer.FEATURE_MODULES
+            for cls in importlib.import_module(f"addon.blender.{name}").CLASSES]
 
 
 def _our_types():
@@ -31,7 +35,7 @@ def _our_types():
 
 def _footprint() -> dict:
     """Everything the add-on adds to Blender outside its classes: by kind, sorted names."""
-    from addon import render_engine
+    from addon.blender import render_engine
 
     def ours(functions):
         return sorted(f"{f.__module__}.{f.__name__}" for f in functions
@@ -68,8 +72,9 @@ def _connect(prefs, endpoint):
 
 
 def test_register_and_unregister_leave_nothing_behind(addon_disabled):
-    import addon
     import addon_utils
+
+    from addon import blender as blender_layer
 
     assert _our_types() == []
     assert _footprint() == NOTHING
@@ -84,23 +89,24 @@ def test_register_and_unregister_leave_nothing_behind(addon_disabled):
         footprint = _footprint()
         assert footprint["scene_properties"] == ["neural_studio_jobs", "nstudio_final_shot"]
         assert footprint["app_handlers"] == {
-            "depsgraph_update_post": ["addon.final_shot._sync_companions", "addon.render_engine._on_depsgraph_update"],
-            "load_post": ["addon.render_engine._on_load_post", "addon.session.on_load_post"],
+            "depsgraph_update_post": ["addon.blender.final_shot._sync_companions", "addon.blender.render_engine._on_depsgraph_update"],
+            "load_post": ["addon.blender.render_engine._on_load_post", "addon.blender.session.on_load_post"],
         }
-        assert footprint["menus"] == {"TOPBAR_MT_file_export": ["addon.ops_gaussians.menu_export"],
-                                      "TOPBAR_MT_file_import": ["addon.ops_gaussians.menu_import"]}
+        assert footprint["menus"] == {"TOPBAR_MT_file_export": ["addon.blender.ops_gaussians.menu_export"],
+                                      "TOPBAR_MT_file_import": ["addon.blender.ops_gaussians.menu_import"]}
         assert footprint["timers"] == ["timer_tick"]  # the viewport's starts with a viewport
         assert footprint["result_handlers"] == ["splat.reconstruct", "splat.render", "system.echo"]
     finally:
         addon_utils.disable("addon", default_set=True, handle_error=None)
     assert _our_types() == []
     assert _footprint() == NOTHING  # no class, property, handler, menu entry or timer left behind
-    assert addon._registered == []
+    assert blender_layer._registered == []
 
 
 def test_a_feature_module_that_fails_to_register_leaves_nothing_behind(addon_disabled, monkeypatch):
     import addon
-    from addon import ops_splat
+    from addon import blender as blender_layer
+    from addon.blender import ops_splat
 
     def broken():
         raise RuntimeError("broken feature")
@@ -110,15 +116,16 @@ def test_a_feature_module_that_fails_to_register_leaves_nothing_behind(addon_dis
         addon.register()
     assert _our_types() == []
     assert _footprint() == NOTHING
-    assert addon._registered == []
+    assert blender_layer._registered == []
 
 
 def test_a_missing_feature_module_is_an_explicit_error(addon_disabled, monkeypatch):
     import addon
+    from addon import blender as blender_layer
 
     real = _all_classes()
-    monkeypatch.setattr(addon, "FEATURE_MODULES", ("preferences", "no_such_feature"))
-    with pytest.raises(addon.FeatureModuleError, match="'no_such_feature'.*missing"):
+    monkeypatch.setattr(blender_layer, "FEATURE_MODULES", ("preferences", "no_such_feature"))
+    with pytest.raises(blender_layer.FeatureModuleError, match="'no_such_feature'.*missing"):
         addon.register()
     assert [cls.__name__ for cls in real if cls.is_registered] == []  # nothing registered before the check
 
@@ -266,7 +273,7 @@ REOPEN_SCRIPT = textwrap.dedent("""
     import bpy, addon_utils
     bpy.ops.wm.open_mainfile(filepath=sys.argv[1])
     addon_utils.enable("addon", default_set=True, handle_error=None)  # register after opening
-    from addon import session
+    from addon.blender import session
     bpy.context.preferences.addons["addon"].preferences.endpoint = sys.argv[2]
     assert bpy.ops.neural_studio.connect() == {"FINISHED"}
     item = bpy.context.scene.neural_studio_jobs[0]

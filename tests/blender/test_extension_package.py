@@ -15,7 +15,7 @@ import pytest
 from blender_support import REPO
 
 import bpy
-from addon import build
+from tools import build_extension as build
 
 # Blender's own extension tool (what `blender --command extension validate` runs).
 BLENDER_EXT = Path(bpy.utils.system_resource("SCRIPTS")) / "addons_core" / "bl_pkg" / "cli" / "blender_ext.py"
@@ -31,8 +31,9 @@ def test_zip_manifest_and_wheels(extension_zip):
     with zipfile.ZipFile(extension_zip) as archive:
         names = set(archive.namelist())
         manifest = tomllib.loads(archive.read("blender_manifest.toml").decode())
-    assert {"__init__.py", "client.py", "protocol.py", "jobs.py", "session.py"} <= names
-    assert "build.py" not in names and not any("__pycache__" in n for n in names)
+    assert {"__init__.py", "core/client.py", "wire/protocol.py", "core/jobs.py", "blender/session.py"} <= names
+    assert not any(n.endswith(("build_extension.py", "demo.py", "sample_scene.py")) for n in names)
+    assert not any("__pycache__" in n for n in names)
     assert manifest["schema_version"] == "1.0.0" and manifest["id"] == "neural_studio"
     assert manifest["type"] == "add-on" and manifest["blender_version_min"] == "4.2.0"
     assert manifest["license"] == ["SPDX:Apache-2.0"]
@@ -82,7 +83,7 @@ INSTALL_SCRIPT = textwrap.dedent("""
         "connect_op": hasattr(bpy.ops.neural_studio, "connect"),
         "prefs": name in bpy.context.preferences.addons,
         "wheels_installed": sorted(d for d in os.listdir(site) if d in ("zmq", "msgpack")) if os.path.isdir(site) else [],
-        "client_imports": bool(sys.modules.get(name + ".client")),
+        "client_imports": bool(sys.modules.get(name + ".core.client")),
     }
     addon_utils.disable(name, default_set=True, handle_error=None)
     report["panel_after_disable"] = hasattr(bpy.types, "NSTUDIO_PT_status")

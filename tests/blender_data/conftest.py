@@ -12,6 +12,6 @@ clean_file = pytest.fixture(autouse=True)(blender_support.clean_file)
 @pytest.fixture
 def operators(blender_addon):
     """The import/export operators, registered with the add-on (``blender_addon``, tests/conftest.py)."""
-    from addon import ops_gaussians
+    from addon.blender import ops_gaussians
 
     return ops_gaussians

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from addon.importers import gaussians as gi
+from addon.blender.importers import gaussians as gi
 
 bpy = pytest.importorskip("bpy")
 C0 = 0.28209479177387814

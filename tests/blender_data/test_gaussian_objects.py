@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from addon import gaussians_layout as layout
-from addon.importers import gaussians as gi
+from addon.core import gaussians_layout as layout
+from addon.blender.importers import gaussians as gi
 from tests.formats.conftest import make_gaussians
 
 bpy = pytest.importorskip("bpy")

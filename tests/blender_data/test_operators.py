@@ -5,9 +5,10 @@ import json
 import numpy as np
 import pytest
 
-from addon import camera_model, compat
-from addon.formats import camera_path, ply
-from addon.importers import gaussians as gi
+from addon.core import camera_model
+from addon.blender import compat
+from addon.core.formats import camera_path, ply
+from addon.blender.importers import gaussians as gi
 from tests.formats.conftest import make_gaussians, orbit_path
 
 bpy = pytest.importorskip("bpy")

@@ -4,9 +4,9 @@ the object, its mesh or the whole file changes between two steps (as it may betw
 import numpy as np
 import pytest
 
-from addon import jobs as jobs_mod
-from addon.formats import FormatError
-from addon.importers import gaussians as gi
+from addon.core import jobs as jobs_mod
+from addon.core.formats import FormatError
+from addon.blender.importers import gaussians as gi
 from tests.formats.conftest import make_gaussians
 
 from .test_gaussian_objects import assert_bit_equal
@@ -149,7 +149,7 @@ class _Sink:
 
 def test_reconstruct_handlers_apply_in_steps_and_a_cancel_keeps_a_whole_partial(blender_addon):
     """splat.reconstruct events through the real job manager and ops_splat's registered handlers."""
-    from addon import ops_splat
+    from addon.blender import ops_splat
 
     obj = gi.create_gaussian_object("Target", ops_splat.empty_gaussians(1))
     manager = jobs_mod.JobManager(_Sink(), release=lambda outputs: None)
@@ -182,7 +182,7 @@ def test_reconstruct_handlers_apply_in_steps_and_a_cancel_keeps_a_whole_partial(
 
 
 def test_reconstruct_result_for_a_target_deleted_midway_is_dropped(blender_addon):
-    from addon import ops_splat
+    from addon.blender import ops_splat
 
     gi.create_gaussian_object("Target", make_gaussians(10, 0))
     manager = jobs_mod.JobManager(_Sink(), release=lambda outputs: None)

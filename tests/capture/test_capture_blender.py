@@ -1,4 +1,4 @@
-"""addon.capture with real bpy 5.0.1: generated views of a cube on a plane, the user's own cameras, steps."""
+"""addon.blender.capture with real bpy 5.0.1: generated views of a cube on a plane, the user's own cameras, steps."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import pytest
 
 bpy = pytest.importorskip("bpy")
 
-from addon import capture_math  # noqa: E402
-from addon.capture import CaptureOptions, capture, capture_steps  # noqa: E402
+from addon.core import capture_math# noqa: E402
+from addon.blender.capture import CaptureOptions, capture, capture_steps  # noqa: E402
 
 pytestmark = pytest.mark.blender
 
@@ -135,7 +135,7 @@ def _scene_state(scene):
 def test_capture_from_user_cameras_matches_blender_projection():
     from bpy_extras.object_utils import world_to_camera_view
 
-    from addon import camera_model
+    from addon.core import camera_model
 
     for obj in list(bpy.data.objects):
         if obj.type == "MESH":

@@ -8,8 +8,8 @@ import struct
 import numpy as np
 import pytest
 
-from addon import camera_model
-from addon import capture_math as cm
+from addon.core import camera_model
+from addon.core import capture_math as cm
 
 BOX = (np.array([-1.0, -0.5, 0.0]), np.array([1.0, 1.5, 1.2]))
 
@@ -56,7 +56,7 @@ def test_cameras_look_at_the_box_centre(layout):
 
 def test_kernels_camera_agrees():
     torch = pytest.importorskip("torch")
-    from kernels.camera import Cameras
+    from nskernels.camera import Cameras
 
     cams = cm.capture_cameras(*BOX, layout="hemisphere", count=6, width=40, height=30)
     pts = np.random.default_rng(1).uniform(BOX[0], BOX[1], size=(20, 3))

@@ -1,6 +1,6 @@
 """A minimal client for wire protocol v1, written from shared/PROTOCOL.md alone.
 
-It deliberately imports nothing from this project (no ``addon.protocol``, no ``server``, no
+It deliberately imports nothing from this project (no ``addon.wire.protocol``, no ``server``, no
 ``pipelines``): only pyzmq, msgpack and numpy. If it can talk to the server, the page is
 sufficient; if it cannot, either the page or the server is wrong.
 

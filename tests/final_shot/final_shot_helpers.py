@@ -7,7 +7,7 @@ import math
 import bpy
 import numpy as np
 
-from addon import compat
+from addon.blender import compat
 
 SH_C0 = 0.28209479177387814
 WIDTH, HEIGHT = 64, 48

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from addon import gaussian_transform as gt
+from addon.core import gaussian_transform as gt
 
 torch = pytest.importorskip("torch")
-from kernels import gaussians as kgauss  # noqa: E402
-from kernels import sh as ksh  # noqa: E402
+from nskernels import gaussians as kgauss  # noqa: E402
+from nskernels import sh as ksh  # noqa: E402
 
 
 def _gaussians(n=50, k=15, seed=0):

@@ -15,7 +15,7 @@ import pytest
 bpy = pytest.importorskip("bpy")
 
 import final_shot_helpers as h  # noqa: E402
-from addon import compat  # noqa: E402
+from addon.blender import compat# noqa: E402
 
 GREEN = (0.05, 0.9, 0.05)
 RED = (1.0, 0.0, 0.0)
@@ -40,8 +40,8 @@ def _wall(slope=0.5, spacing=0.06):
 
 
 def _build(server):
-    from addon import final_shot
-    from addon.importers.gaussians import create_gaussian_object
+    from addon.blender import final_shot
+    from addon.blender.importers.gaussians import create_gaussian_object
 
     scene = bpy.context.scene
     for obj in list(scene.objects):
@@ -86,7 +86,7 @@ def test_mesh_and_splats_occlude_each_other(blender_addon, server, tmp_path):
 
 
 def test_setup_is_idempotent(blender_addon, server):
-    from addon import final_shot
+    from addon.blender import final_shot
 
     scene, companion, *_ = _build(server)
     groups, scenes = len(bpy.data.node_groups), len(bpy.data.scenes)

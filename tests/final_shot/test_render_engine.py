@@ -1,4 +1,4 @@
-"""The NSTUDIO_SPLATS engine through bpy.ops.render.render against kernels.rasterize called directly."""
+"""The NSTUDIO_SPLATS engine through bpy.ops.render.render against nskernels.rasterize called directly."""
 
 from __future__ import annotations
 
@@ -26,12 +26,12 @@ def _tiny_gaussians(n=40, seed=3):
 
 
 def _expected(local, obj, cam_obj, scene):
-    """Render with kernels directly: world Gaussians built here with mathutils, camera via kernels.camera."""
+    """Render with kernels directly: world Gaussians built here with mathutils, camera via nskernels.camera."""
     from mathutils import Quaternion, Vector
 
-    from addon import camera_model
-    from kernels.camera import Cameras
-    from kernels.rasterize import rasterize
+    from addon.core import camera_model
+    from nskernels.camera import Cameras
+    from nskernels.rasterize import rasterize
 
     mw = obj.matrix_world.copy()
     loc, rot, scale = mw.decompose()
@@ -51,7 +51,7 @@ def _expected(local, obj, cam_obj, scene):
 
 
 def test_engine_render_matches_direct_rasterize(blender_addon, server, tmp_path):
-    from addon.importers.gaussians import create_gaussian_object
+    from addon.blender.importers.gaussians import create_gaussian_object
 
     scene = bpy.context.scene
     h.set_resolution(scene)
@@ -78,8 +78,8 @@ def test_engine_render_matches_direct_rasterize(blender_addon, server, tmp_path)
 
 
 def test_unreachable_server_is_reported(blender_addon, tmp_path):
-    from addon import render_engine
-    from addon.importers.gaussians import create_gaussian_object
+    from addon.blender import render_engine
+    from addon.blender.importers.gaussians import create_gaussian_object
 
     scene = bpy.context.scene
     h.set_resolution(scene)
@@ -89,7 +89,7 @@ def test_unreachable_server_is_reported(blender_addon, tmp_path):
     scene.nstudio_final_shot.endpoint = "tcp://127.0.0.1:9"  # nothing listens on the discard port
     settings = render_engine.render_settings(scene)
     assert settings.endpoint == "tcp://127.0.0.1:9"
-    from addon import render_client
+    from addon.core import render_client
 
     with pytest.raises(render_client.RenderError, match="no answer from the Neural Studio server"):
         render_client.render(_tiny_gaussians(), render_engine.camera_for_frame(scene, scene.camera, 8, 6),
@@ -99,7 +99,7 @@ def test_unreachable_server_is_reported(blender_addon, tmp_path):
 
 def test_unusable_preferences_endpoint_is_a_clear_render_error(blender_addon):
     import blender_support
-    from addon.importers.gaussians import create_gaussian_object
+    from addon.blender.importers.gaussians import create_gaussian_object
 
     scene = bpy.context.scene
     h.set_resolution(scene)

@@ -15,7 +15,8 @@ bpy = pytest.importorskip("bpy")
 import blender_support  # noqa: E402
 import final_shot_helpers as h  # noqa: E402
 
-from addon import camera_model, demo, render_client, viewport  # noqa: E402
+from addon.core import camera_model, render_client, viewport
+from tools import demo# noqa: E402
 
 # ------------------------------------------------------------------ view matrices -> camera
 
@@ -305,8 +306,8 @@ def test_session_coarse_then_full_frame_and_redraw_decisions(server):
 # ------------------------------------------------------------------ Blender side
 
 def test_scene_gaussians_is_stable_until_something_changes(blender_addon):
-    from addon import render_engine
-    from addon.importers.gaussians import create_gaussian_object
+    from addon.blender import render_engine
+    from addon.blender.importers.gaussians import create_gaussian_object
 
     scene = bpy.context.scene
     obj = create_gaussian_object("Splats", _gaussians(), collection=scene.collection)
@@ -322,7 +323,7 @@ def test_scene_gaussians_is_stable_until_something_changes(blender_addon):
 
 
 def test_unregister_stops_viewport_workers_and_the_redraw_timer(blender_addon, server):
-    from addon import render_engine
+    from addon.blender import render_engine
 
     session = render_engine.new_viewport_session(_settings(server.endpoint))
     render_engine._ensure_viewport_timer()

@@ -5,7 +5,7 @@ import pytest
 import torch
 from gsplat.cuda._torch_impl import _spherical_harmonics
 
-from addon.formats import FormatError, axes
+from addon.core.formats import FormatError, axes
 from tests.formats.conftest import make_gaussians
 
 DEGREE = {0: 0, 3: 1, 8: 2, 15: 3}

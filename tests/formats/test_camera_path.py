@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from addon.formats import FormatError, camera_path
+from addon.core.formats import FormatError, camera_path
 from tests.formats.conftest import orbit_path
 
 

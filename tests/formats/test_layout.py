@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from addon import gaussians_layout as layout
-from addon.formats import FormatError
+from addon.core import gaussians_layout as layout
+from addon.core.formats import FormatError
 from tests.formats.conftest import make_gaussians
 
 

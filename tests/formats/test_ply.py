@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from addon.formats import FormatError, ply
+from addon.core.formats import FormatError, ply
 from tests.formats.conftest import make_gaussians
 
 KEYS = ("means", "quats", "scales", "opacities", "sh0", "shN")

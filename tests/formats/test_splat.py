@@ -7,7 +7,7 @@ import pytest
 import torch
 from gsplat.exporter import export_splats
 
-from addon.formats import FormatError, splat
+from addon.core.formats import FormatError, splat
 
 C0 = 0.28209479177387814
 

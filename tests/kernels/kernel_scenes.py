@@ -7,7 +7,7 @@ import math
 
 import torch
 
-from kernels.camera import Cameras
+from nskernels.camera import Cameras
 
 
 def look_at(eye, target, up=(0.0, 0.0, 1.0)) -> torch.Tensor:

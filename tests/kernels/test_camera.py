@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from kernels.camera import Cameras
+from nskernels.camera import Cameras
 
 
 def _camera(world_from_camera, W=64, H=48, fx=50.0, fy=60.0, cx=None, cy=None):

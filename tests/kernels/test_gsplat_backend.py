@@ -1,4 +1,4 @@
-"""The gsplat backend (kernels/_gsplat_backend.py) against the dense reference and the torch backend.
+"""The gsplat backend (nskernels/_gsplat_backend.py) against the dense reference and the torch backend.
 
 Without a GPU, gsplat 1.5.3's own `rasterization()` runs on the CPU with its five CUDA ops swapped
 for CPU twins (gsplat_cpu.py: gsplat's torch projection, SH and tile intersection, and a
@@ -14,11 +14,11 @@ import torch
 
 import gsplat_cpu
 from kernel_scenes import PARAMS, compare, edge_scene, make_cameras, make_gaussians
-from kernels._gsplat_backend import rasterize_gsplat
-from kernels.camera import Cameras
-from kernels.rasterize import rasterize
-from kernels.reference import rasterize_dense
-from kernels.sh import degree_from_rest
+from nskernels._gsplat_backend import rasterize_gsplat
+from nskernels.camera import Cameras
+from nskernels.rasterize import rasterize
+from nskernels.reference import rasterize_dense
+from nskernels.sh import degree_from_rest
 
 # Opacity logits below 4.59 keep every opacity < 0.99, so neither alpha cap (ours 0.99, gsplat's
 # 0.999) is ever reached and the two conventions give the same images.

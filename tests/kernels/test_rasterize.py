@@ -9,13 +9,14 @@ import sys
 import pytest
 import torch
 
-import kernels.reference as reference
+import nskernels.reference as reference
 from kernel_scenes import (
     ATOL_IMAGE, PARAMS, compare, cotangents, edge_scene, loss_of, make_cameras, make_gaussians,
 )
-from kernels.camera import Cameras
-from kernels.rasterize import _rasterize_torch, backend_status, rasterize
-from kernels.reference import rasterize_dense
+from nskernels.camera import Cameras
+from nskernels.output import RenderMeta
+from nskernels.rasterize import _rasterize_torch, backend_status, rasterize
+from nskernels.reference import rasterize_dense
 
 
 def _render(params, cams, impl, **kw):
@@ -122,6 +123,10 @@ def test_meta_matches_gsplat_contract():
     out = rasterize(**params, cameras=cams, backend="torch")
     ref = rasterize_dense(**params, cameras=cams)
     m = out.meta
+    # The typed meta is pinned: these keys, by name, are what gsplat's strategies read.
+    assert isinstance(m, RenderMeta)
+    assert list(m) == ["means2d", "radii", "gaussian_ids", "width", "height", "n_cameras", "visible", "depths"]
+    assert m["means2d"] is m.means2d and "radii" in m and "absgrad" not in m
     assert m["means2d"].shape == (2, 150, 2) and m["means2d"].requires_grad
     assert m["radii"].shape == (2, 150, 2) and m["radii"].dtype == torch.int32
     assert m["gaussian_ids"] is None and m["width"] == 40 and m["height"] == 30 and m["n_cameras"] == 2
@@ -194,12 +199,12 @@ def test_backend_status_and_no_import_time_work():
     if not torch.cuda.is_available():
         assert status["gsplat"] == (False, "gsplat: no CUDA device")
     code = (
-        "import sys, kernels.rasterize, kernels.reference, kernels.camera\n"
+        "import sys, nskernels.rasterize, nskernels.reference, nskernels.camera\n"
         "assert 'gsplat' not in sys.modules and 'numba' not in sys.modules, sorted(sys.modules)\n"
         "sys.modules['numba'] = None  # numba not importable -> the pure-torch fallback\n"
         "import torch\n"
-        "from kernels.rasterize import backend_status, rasterize\n"
-        "from kernels.camera import Cameras\n"
+        "from nskernels.rasterize import backend_status, rasterize\n"
+        "from nskernels.camera import Cameras\n"
         "s = backend_status()['torch']\n"
         "assert s[0] and s[1].startswith('pure-torch fallback'), s\n"
         "n = 20\n"

@@ -6,8 +6,8 @@ import pytest
 import torch
 from scipy.special import sph_harm_y
 
-from kernels.gaussians import covariances, quat_to_rotmat
-from kernels.sh import SH_C0, eval_sh, view_colours
+from nskernels.gaussians import covariances, quat_to_rotmat
+from nskernels.sh import SH_C0, eval_sh, view_colours
 
 
 def _real_sh_basis(degree: int, dirs: torch.Tensor) -> torch.Tensor:

@@ -1,7 +1,7 @@
 """Fixtures for the splat pipeline tests: a real in-process Job and a tiny synthetic scene.
 
-The scene's ground truth comes from elsewhere: random Gaussians rendered by `kernels.rasterize`
-from cameras made by `addon.capture_math`, so the pipelines are checked against the kernels.
+The scene's ground truth comes from elsewhere: random Gaussians rendered by `nskernels.rasterize`
+from cameras made by `addon.core.capture_math`, so the pipelines are checked against the kernels.
 """
 
 from __future__ import annotations
@@ -56,9 +56,9 @@ def make_job():
 def _scene(seed: int = 3, n: int = 250, count: int = 10, size: int = 32):
     import torch
 
-    from addon import capture_math
-    from kernels.camera import Cameras
-    from kernels.rasterize import rasterize
+    from addon.core import capture_math
+    from nskernels.camera import Cameras
+    from nskernels.rasterize import rasterize
 
     g = torch.Generator().manual_seed(seed)
     gaussians = {

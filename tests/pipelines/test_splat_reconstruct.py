@@ -8,7 +8,8 @@ import time
 import numpy as np
 import pytest
 
-from pipelines.base import Cancelled, PipelineError, check_inputs
+from addon.wire.schema import PipelineError, check_inputs
+from pipelines.base import Cancelled
 from pipelines.splat import reconstruct
 
 # Small but real: 32x32 views, random initialisation, the paper's loss and densification.
@@ -149,16 +150,16 @@ def test_schedule_scales_with_steps():
 
 def test_sh_degree_rises_as_the_paper(tiny_scene, make_job, monkeypatch):
     # The paper: `if iteration % 1000 == 0: oneupSHdegree()` before rendering iteration 1000.
-    import kernels.rasterize
+    import nskernels.rasterize
 
-    real = kernels.rasterize.rasterize
+    real = nskernels.rasterize.rasterize
     degrees = []
 
     def recording(*args, **kwargs):
         degrees.append(kwargs["sh_degree"])
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(kernels.rasterize, "rasterize", recording)
+    monkeypatch.setattr(nskernels.rasterize, "rasterize", recording)
     params = reconstruct.Params(steps=9, sh_degree=2, sh_degree_every=3 / 9, test_every=0, random_points=200,
                                 preview_every=0, partial_every=0)
     reconstruct.run({"images": tiny_scene["images"], "cameras": tiny_scene["cameras"]}, params, make_job())

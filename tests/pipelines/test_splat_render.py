@@ -1,4 +1,4 @@
-"""splat.render through run() with a real Job: frames equal kernels.rasterize's, streamed per frame."""
+"""splat.render through run() with a real Job: frames equal nskernels.rasterize's, streamed per frame."""
 
 from __future__ import annotations
 
@@ -9,15 +9,16 @@ import numpy as np
 import pytest
 import torch
 
-from pipelines.base import Cancelled, PipelineError, check_inputs
+from addon.wire.schema import PipelineError, check_inputs
+from pipelines.base import Cancelled
 from pipelines.splat import render
 
 KEYS = ("means", "quats", "scales", "opacities", "sh0", "shN")
 
 
 def _expected(scene, sh_degree=None, background=None):
-    from kernels.camera import Cameras
-    from kernels.rasterize import rasterize
+    from nskernels.camera import Cameras
+    from nskernels.rasterize import rasterize
 
     g = {k: torch.tensor(v) for k, v in scene["gaussians"].items()}
     bg = None if background is None else torch.tensor(background, dtype=torch.float32)

@@ -1,4 +1,4 @@
-"""addon.protocol: round trips for every allowed dtype, and every check a receiver makes."""
+"""addon.wire.protocol: round trips for every allowed dtype, and every check a receiver makes."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from addon import protocol
-from addon.protocol import ALLOWED_DTYPES, Limits, ProtocolError
+from addon.wire import protocol
+from addon.wire.protocol import ALLOWED_DTYPES, Limits, ProtocolError
 
 DTYPES = sorted(ALLOWED_DTYPES)
 

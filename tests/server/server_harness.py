@@ -16,7 +16,7 @@ from pathlib import Path
 
 import zmq
 
-from addon import protocol
+from addon.wire import protocol
 
 REPO = Path(__file__).resolve().parents[2]
 TERMINAL = ("result", "error", "cancelled")
@@ -43,7 +43,7 @@ def wait_until(predicate, timeout: float, what: str, interval: float = 0.02):
 
 
 class Client:
-    """A DEALER speaking the protocol with addon.protocol; keeps events it was not waiting for."""
+    """A DEALER speaking the protocol with addon.wire.protocol; keeps events it was not waiting for."""
 
     def __init__(self, context: zmq.Context, endpoint: str, curve: dict | None = None):
         self.socket = context.socket(zmq.DEALER)

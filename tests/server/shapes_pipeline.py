@@ -6,8 +6,9 @@ contracts (Gaussians, cameras) so the server checks real schemas end to end.
 
 from dataclasses import dataclass, field, replace
 
-from pipelines.base import Array, Pipeline, PipelineError, Value
-from pipelines.contracts import CAMERAS, GAUSSIANS
+from addon.wire.contracts import CAMERAS, GAUSSIANS
+from addon.wire.schema import Array, PipelineError, Value
+from pipelines.base import Pipeline
 
 
 @dataclass
@@ -30,7 +31,7 @@ INPUTS = {
 OUTPUTS = {"count": Value("int", "number of points")}
 
 
-def run(inputs, params, job):
+def run(inputs, params, job, models):
     job.progress("count", 1, 1)
     if params.fail == "pipeline":
         raise PipelineError("invalid_input", "inputs.points: too few points", "inputs.points")

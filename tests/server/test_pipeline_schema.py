@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import pytest
 
-from pipelines.base import (Array, Either, PipelineError, Struct, Value, check_inputs,
-                            describe_params, parse_params)
-from pipelines.contracts import CAMERAS, GAUSSIANS
+from addon.wire.contracts import CAMERAS, GAUSSIANS
+from addon.wire.schema import (Array, Either, PipelineError, Struct, Value, check_inputs, describe_params,
+                               parse_params)
 from pipelines.registry import MODULES, discover
 
 

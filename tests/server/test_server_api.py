@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pytest
 
-from addon import protocol
+from addon.wire import protocol
 
 from server_harness import wait_until
 

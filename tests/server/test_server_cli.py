@@ -8,7 +8,7 @@ import sys
 import pytest
 import zmq.auth
 
-from addon import protocol
+from addon.wire import protocol
 from server_harness import REPO, Client, ServerProcess, free_port
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import zmq
 
-from addon import protocol
+from addon.wire import protocol
 from pipelines.base import Cancelled
 from server.jobs import JobHandle, JobRecord
 

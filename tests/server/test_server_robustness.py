@@ -10,7 +10,7 @@ import msgpack
 import numpy as np
 import pytest
 
-from addon import protocol
+from addon.wire import protocol
 from server_harness import TERMINAL, Client, wait_until
 
 ECHO = "system.echo"

@@ -10,7 +10,7 @@ class Params:
     pass
 
 
-def run(inputs, params, job):
+def run(inputs, params, job, models):
     raise AssertionError("an unavailable pipeline must never run")
 
 

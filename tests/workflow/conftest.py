@@ -12,7 +12,8 @@ import pytest
 bpy = pytest.importorskip("bpy")
 
 import blender_support  # noqa: E402
-from addon import demo, session  # noqa: E402
+from tools import demo
+from addon.blender import session# noqa: E402
 
 clean_file = pytest.fixture(autouse=True)(blender_support.clean_file)
 

@@ -16,8 +16,10 @@ import numpy as np
 import pytest
 from blender_support import tick_until
 
-from addon import capture, capture_math, compat, ops_splat, render_client, sample_scene
-from addon.importers import gaussians as gaussian_objects
+from addon.blender import capture, compat, ops_splat
+from addon.core import capture_math, render_client
+from tools import sample_scene
+from addon.blender.importers import gaussians as gaussian_objects
 
 from .helpers import bpy, png_pixels
 

@@ -1,0 +1,329 @@
+"""Synchronous ``splat.render`` requests, for the render engine's thread (bpy-free).
+
+Blender calls ``RenderEngine.render()`` in its render job thread, so blocking there does not
+freeze the UI. This helper opens its own DEALER socket (sockets stay in the thread that made
+them), says ``hello``, checks that ``splat.render`` is available, submits with ``keep: false``
+(final frames are written by Blender; the server need not store them) and waits for the result
+in short polls, so a cancel from Blender (``RenderEngine.test_break()``) reaches the server
+within a fraction of a second.
+
+Errors come out as :class:`RenderError` with a message a person can act on; a cancelled render
+as :class:`RenderCancelled`.
+
+:class:`Connection` is the same socket kept open for many renders (the viewport's worker thread
+in :mod:`viewport`): :meth:`Connection.handshake` once, then :meth:`Connection.render` per frame.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import numpy as np
+import zmq
+
+from ..wire import protocol
+
+log = logging.getLogger(__name__)
+
+PIPELINE = "splat.render"
+CLIENT_NAME = "neural-studio-render"
+
+
+class RenderError(Exception):
+    """The render could not be done; ``code`` is a PROTOCOL.md error code or "unreachable"."""
+
+    def __init__(self, code: str, message: str, detail: Optional[dict] = None):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.detail = detail
+
+
+class RenderCancelled(Exception):
+    """The caller asked to stop; the server job (if any) was cancelled."""
+
+
+@dataclass(frozen=True)
+class RenderSettings:
+    """How to reach the server and how long to wait.
+
+    Attributes:
+        endpoint: ZeroMQ endpoint of ``nstudio serve``.
+        connect_timeout_s: no ``welcome`` within this long -> "unreachable".
+        silence_timeout_s: nothing at all (not even ``pong``) from the server for this long while
+            a job runs -> the server is declared gone. Pings go out every ``ping_interval_s``.
+        ping_interval_s: ping period while waiting.
+        poll_s: longest wait between two cancel checks.
+        curve: optional (server_public, client_public, client_secret) CURVE keys for a remote server.
+        limits: decode limits for the (large) replies.
+    """
+
+    endpoint: str = protocol.DEFAULT_ENDPOINT
+    connect_timeout_s: float = 5.0
+    silence_timeout_s: float = 15.0
+    ping_interval_s: float = 2.0
+    poll_s: float = 0.1
+    curve: Optional[tuple[bytes, bytes, bytes]] = None
+    limits: protocol.Limits = field(default_factory=protocol.Limits)
+
+
+def cameras_map(world_from_camera: np.ndarray, fx, fy, cx, cy, width: int, height: int,
+                near: float = 0.01, far: float = 1e10, fps: Optional[float] = None) -> dict:
+    """A PROTOCOL.md cameras map with a leading axis T.
+
+    Args:
+        world_from_camera: Blender camera matrices (looks down -Z, +Y up), world frame, metres. [T, 4, 4]
+        fx: focal length x, pixels: scalar or [T].
+        fy: focal length y, pixels: scalar or [T].
+        cx: principal point x, pixels: scalar or [T].
+        cy: principal point y, pixels (row 0 at the top): scalar or [T].
+        width: image width, pixels.
+        height: image height, pixels.
+        near: near clip, metres.
+        far: far clip, metres.
+        fps: frames per second, where the cameras are a path.
+
+    Returns:
+        The map, arrays float32.
+    """
+    wfc = np.ascontiguousarray(world_from_camera, dtype=np.float32)
+    if wfc.ndim != 3 or wfc.shape[1:] != (4, 4):
+        raise ValueError(f"world_from_camera must be [T, 4, 4], got {wfc.shape}")
+
+    def intr(v, name):
+        a = np.asarray(v, dtype=np.float32)
+        if a.ndim == 0:
+            return float(a)
+        if a.shape != (len(wfc),):
+            raise ValueError(f"{name} must be a scalar or [T={len(wfc)}], got shape {a.shape}")
+        return np.ascontiguousarray(a)
+
+    cams = {"world_from_camera": wfc, "fx": intr(fx, "fx"), "fy": intr(fy, "fy"), "cx": intr(cx, "cx"),
+            "cy": intr(cy, "cy"), "width": int(width), "height": int(height), "near": float(near), "far": float(far)}
+    if fps is not None:
+        cams["fps"] = float(fps)
+    return cams
+
+
+def srgb_to_linear_premultiplied(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """Premultiplied sRGB-encoded colour -> premultiplied linear (Gaussians whose colours are sRGB).
+
+    Args:
+        rgb: premultiplied colour, sRGB-encoded. [H, W, 3]
+        alpha: [H, W]
+
+    Returns:
+        Premultiplied linear colour, float32. [H, W, 3]
+    """
+    a = alpha[..., None]
+    straight = np.where(a > 0, rgb / np.maximum(a, 1e-12), 0.0).clip(0.0, None)
+    lin = np.where(straight <= 0.04045, straight / 12.92, ((straight + 0.055) / 1.055) ** 2.4)
+    return (lin * a).astype(np.float32)
+
+
+class Connection:
+    """One DEALER socket to the server, with deadline-based receive.
+
+    Use it from one thread only (the one that made it). ``render()`` below opens one per call;
+    a long-lived user calls :meth:`handshake` once and :meth:`render` for each frame.
+
+    Args:
+        settings: endpoint, CURVE keys and timeouts.
+        should_cancel: polled at least every ``settings.poll_s`` while waiting.
+
+    Raises:
+        RenderError: ("unreachable") the endpoint cannot be connected to (malformed address).
+    """
+
+    def __init__(self, settings: RenderSettings, should_cancel: Callable[[], bool] = lambda: False):
+        self.settings = settings
+        self.should_cancel = should_cancel
+        self.socket = zmq.Context.instance().socket(zmq.DEALER)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        if settings.curve is not None:
+            self.socket.curve_serverkey, self.socket.curve_publickey, self.socket.curve_secretkey = settings.curve
+        try:
+            self.socket.connect(settings.endpoint)
+        except zmq.ZMQError as exc:
+            self.socket.close(linger=0)
+            raise RenderError("unreachable", f"cannot connect to {settings.endpoint!r}: {exc}") from exc
+
+    def close(self) -> None:
+        self.socket.close(linger=0)
+
+    def send(self, header: dict) -> None:
+        self.socket.send_multipart(protocol.encode(header), copy=False)
+
+    def recv(self, timeout_s: float) -> Optional[dict]:
+        """The next message, or None after ``timeout_s`` (one poll)."""
+        if not self.socket.poll(int(timeout_s * 1000)):
+            return None
+        frames = self.socket.recv_multipart(copy=False)
+        try:
+            return protocol.decode(frames, self.settings.limits)
+        except protocol.ProtocolError as exc:
+            raise RenderError(exc.code, f"undecodable reply from the server: {exc.message}") from exc
+
+    def handshake(self) -> dict:
+        """Say ``hello`` and wait for ``welcome``; check that ``splat.render`` can run there.
+
+        Returns:
+            The welcome message.
+
+        Raises:
+            RenderError: no welcome within ``settings.connect_timeout_s`` ("unreachable"), the
+                server refused, or it lacks a runnable ``splat.render``.
+            RenderCancelled: ``should_cancel`` returned True.
+        """
+        return _handshake(self)
+
+    def render(self, gaussians: dict, cameras: dict, params: Optional[dict] = None,
+               on_frame: Optional[Callable[[int, np.ndarray, np.ndarray, np.ndarray], None]] = None,
+               on_progress: Optional[Callable[[int, int], None]] = None,
+               on_accepted: Optional[Callable[[str], None]] = None) -> dict:
+        """Submit one ``splat.render`` job (``keep: false``) and wait for its result.
+
+        Arguments and result as :func:`render`; ``on_accepted`` is called with the job id.
+        Call :meth:`handshake` first (at least once per connection).
+        """
+        return _run(self, gaussians, cameras, params or {}, on_frame, on_progress, on_accepted)
+
+
+def check_welcome(welcome: dict, endpoint: str) -> None:
+    """Raise :class:`RenderError` unless the server offers a runnable ``splat.render``."""
+    pipes = welcome.get("pipelines") or {}
+    info = pipes.get(PIPELINE)
+    if info is None:
+        raise RenderError("unknown_pipeline", f"the server at {endpoint} has no '{PIPELINE}' pipeline "
+                          f"(it offers: {', '.join(sorted(pipes)) or 'none'})")
+    if not info.get("available", False):
+        raise RenderError("unavailable", f"'{PIPELINE}' cannot run on the server at {endpoint}: "
+                          f"{info.get('reason') or 'no reason given'}")
+
+
+def render(gaussians: dict, cameras: dict, params: Optional[dict] = None,
+           settings: RenderSettings = RenderSettings(),
+           should_cancel: Callable[[], bool] = lambda: False,
+           on_frame: Optional[Callable[[int, np.ndarray, np.ndarray, np.ndarray], None]] = None,
+           on_progress: Optional[Callable[[int, int], None]] = None) -> dict:
+    """Render Gaussians through ``splat.render`` and wait for the frames.
+
+    Args:
+        gaussians: PROTOCOL.md Gaussians map, world frame.
+        cameras: cameras map with a leading axis T (see :func:`cameras_map`).
+        params: ``splat.render`` params (``sh_degree``, ``background``); none -> defaults.
+        settings: endpoint and timeouts.
+        should_cancel: polled at least every ``settings.poll_s``; True -> cancel the job.
+        on_frame: called with (frame, rgb [H, W, 3], alpha [H, W], depth [H, W]) for each
+            ``partial`` frame as it arrives (read-only arrays).
+        on_progress: called with (step, total) on ``progress``.
+
+    Returns:
+        The result outputs: ``rgb`` [T, H, W, 3] premultiplied linear, ``alpha`` [T, H, W],
+        ``depth`` [T, H, W] metres along -Z, inf where empty (read-only arrays).
+
+    Raises:
+        RenderError: server unreachable or gone, pipeline missing/unavailable, or the job failed.
+        RenderCancelled: ``should_cancel`` returned True.
+    """
+    conn = Connection(settings, should_cancel)
+    try:
+        conn.handshake()
+        return conn.render(gaussians, cameras, params, on_frame, on_progress)
+    finally:
+        conn.close()
+
+
+def _handshake(conn: Connection) -> dict:
+    s = conn.settings
+    # The only way to know a server is there (ZeroMQ connects lazily).
+    hello = protocol.make_header("hello", client=CLIENT_NAME, protocols=[protocol.VERSION])
+    conn.send(hello)
+    deadline = time.monotonic() + s.connect_timeout_s
+    while True:
+        if conn.should_cancel():
+            raise RenderCancelled()
+        msg = conn.recv(min(s.poll_s, max(0.0, deadline - time.monotonic())))
+        if msg is not None and msg.get("re") == hello["id"]:
+            if msg["type"] == "error":
+                raise RenderError(msg.get("code", "internal"), f"server refused hello: {msg.get('message')}")
+            break
+        if time.monotonic() >= deadline:
+            raise RenderError("unreachable", f"no answer from the Neural Studio server at {s.endpoint} within "
+                              f"{s.connect_timeout_s:g} s; is `nstudio serve` running there?")
+    check_welcome(msg, s.endpoint)
+    return msg
+
+
+def _run(conn: Connection, gaussians, cameras, params, on_frame, on_progress, on_accepted) -> dict:
+    s = conn.settings
+    # Submit and wait, pinging so a dead server is noticed.
+    submit = protocol.make_header("submit", pipeline=PIPELINE, params=params,
+                                  inputs={"gaussians": gaussians, "cameras": cameras}, keep=False)
+    conn.send(submit)
+    job = None
+    last_heard = last_ping = time.monotonic()
+    while True:
+        if conn.should_cancel():
+            _cancel(conn, job)
+            raise RenderCancelled()
+        msg = conn.recv(s.poll_s)
+        now = time.monotonic()
+        if msg is None:
+            if now - last_heard > s.silence_timeout_s:
+                raise RenderError("unreachable", f"the server at {s.endpoint} stopped answering "
+                                  f"(nothing for {s.silence_timeout_s:g} s)")
+            if now - last_ping > s.ping_interval_s:
+                conn.send(protocol.make_header("ping"))
+                last_ping = now
+            continue
+        last_heard = now
+        mtype = msg.get("type")
+        if mtype == "accepted" and msg.get("re") == submit["id"]:
+            job = msg["job"]
+            if on_accepted is not None:
+                on_accepted(job)
+        elif mtype == "error" and (msg.get("re") == submit["id"] or (job is not None and msg.get("job") == job)):
+            raise RenderError(msg.get("code", "internal"), f"{PIPELINE} failed: {msg.get('message')}",
+                              msg.get("detail"))
+        elif job is None or msg.get("job") != job:
+            continue  # pong, welcome repeats, stray events
+        elif mtype == "progress" and on_progress is not None:
+            on_progress(int(msg.get("step", 0)), int(msg.get("total", 0)))
+        elif mtype == "partial" and on_frame is not None:
+            out = msg.get("outputs") or {}
+            if "frame" in out and "rgb" in out:
+                on_frame(int(out["frame"]), out["rgb"], out["alpha"], out["depth"])
+        elif mtype == "result":
+            return _check_result(msg.get("outputs") or {}, cameras)
+        elif mtype == "cancelled":
+            raise RenderCancelled()
+
+
+def _cancel(conn: Connection, job: Optional[str]) -> None:
+    """Cancel the job and wait briefly for the server to confirm (best effort: we are leaving)."""
+    if job is None:
+        return
+    cancel = protocol.make_header("cancel", job=job)
+    conn.send(cancel)
+    deadline = time.monotonic() + 2.0
+    while time.monotonic() < deadline:
+        msg = conn.recv(0.1)
+        if msg is not None and msg.get("job") == job and msg.get("type") in ("cancelled", "result", "error"):
+            return
+    log.warning("server did not confirm cancelling job %s", job)
+
+
+def _check_result(out: dict, cameras: dict) -> dict:
+    t = len(cameras["world_from_camera"])
+    h, w = int(cameras["height"]), int(cameras["width"])
+    want = {"rgb": (t, h, w, 3), "alpha": (t, h, w), "depth": (t, h, w)}
+    for key, shape in want.items():
+        arr = out.get(key)
+        if not isinstance(arr, np.ndarray) or tuple(arr.shape) != shape:
+            got = getattr(arr, "shape", type(arr).__name__)
+            raise RenderError("internal", f"{PIPELINE} result '{key}' has shape {got}, expected {shape}")
+    return out

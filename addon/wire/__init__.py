@@ -1,0 +1,1 @@
+"""The wire: protocol codec, schema language and data contracts (stdlib, numpy, msgpack only)."""

@@ -1,0 +1,96 @@
+"""What a render returns, shared by both backends (so neither imports the other).
+
+`RenderMeta` is the structure gsplat's ``DefaultStrategy`` reads by key for densification; it
+is a typed dataclass that also answers ``meta["means2d"]`` so the strategy takes it as it is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+
+import torch
+from torch import Tensor
+
+from .conventions import ALPHA_MIN
+
+
+@dataclass
+class RenderMeta(Mapping):
+    """Per-camera projection facts of one render.
+
+    Attributes:
+        means2d: projected centres, pixels, grad-carrying (retain_grad-able). [C, N, 2]
+        radii: screen extents in pixels, int32, 0 = culled. [C, N, 2]
+        gaussian_ids: always None (renders are not packed); read by gsplat's strategy.
+        width, height: image size in pixels.
+        n_cameras: C.
+        visible: the Gaussian touches the image. [C, N] bool
+        depths: camera-space depth of each centre, metres. [C, N]
+    """
+
+    means2d: Tensor
+    radii: Tensor
+    gaussian_ids: None
+    width: int
+    height: int
+    n_cameras: int
+    visible: Tensor
+    depths: Tensor
+
+    def __getitem__(self, key: str):
+        if key not in _KEYS:
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def __iter__(self):
+        return iter(_KEYS)
+
+    def __len__(self) -> int:
+        return len(_KEYS)
+
+
+_KEYS = tuple(f.name for f in fields(RenderMeta))
+
+
+@dataclass
+class RenderOutput:
+    """What a render returns.
+
+    Attributes:
+        rgb: linear colour, premultiplied unless a background was given. [C, H, W, 3]
+        alpha: 1 - prod(1 - alpha_i). [C, H, W]
+        depth: expected depth along the camera's -Z axis, metres; inf where alpha < 1/255.
+            [C, H, W]
+        meta: what gsplat's DefaultStrategy reads, for densification on either backend (the
+            dense test reference fills a smaller dict: "means2d", "depths", "valid").
+    """
+
+    rgb: Tensor
+    alpha: Tensor
+    depth: Tensor
+    meta: RenderMeta | dict
+
+
+def finish(
+    rgb: Tensor, alpha: Tensor, depth_sum: Tensor, background: Tensor | None
+) -> tuple[Tensor, Tensor]:
+    """Background and expected depth from the composited sums.
+
+    Args:
+        rgb: premultiplied colour. [C, H, W, 3]
+        alpha: alpha. [C, H, W]
+        depth_sum: sum z_i alpha_i T_i. [C, H, W]
+        background: [C, 3] or None.
+
+    Returns:
+        rgb with (1 - alpha) * background added [C, H, W, 3]; depth = depth_sum / alpha,
+        inf where alpha < 1/255 [C, H, W].
+    """
+    if background is not None:
+        rgb = rgb + (1.0 - alpha)[..., None] * background[:, None, None, :]
+    covered = alpha >= ALPHA_MIN
+    # Divide by a safe alpha: where() would still send NaN gradients through 0/0.
+    safe = torch.where(covered, alpha, torch.ones_like(alpha))
+    depth = torch.where(covered, depth_sum / safe, torch.full_like(alpha, float("inf")))
+    return rgb, depth

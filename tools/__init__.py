@@ -1,0 +1,1 @@
+"""Developer tools outside the extension zip: the extension build, the demos and their sample scenes."""
