@@ -425,7 +425,11 @@ class Broker:
     def _recover(self) -> None:
         """Load the store; jobs that were queued or running when the server died failed."""
         for data in self.store.open():
-            record = JobRecord.from_disk(data)
+            try:
+                record = JobRecord.from_disk(data)
+            except Exception as error:  # the store checked it; never let one record stop us
+                log.error("skipping job record %r: %s", data.get("job"), error)
+                continue
             if record.state in ("queued", "running"):
                 if record.has_result:
                     # Killed between writing the result and recording it: it is done.

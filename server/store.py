@@ -89,15 +89,13 @@ class Store:
         loaded = []
         for path in self.records.glob("*.msgpack"):
             try:
-                record = msgpack.unpackb(path.read_bytes(), raw=False)
-                if not isinstance(record, dict) or not isinstance(record.get("job"), str):
-                    raise ValueError("not a job record")
+                record = _checked_record(msgpack.unpackb(path.read_bytes(), raw=False), path)
+                record["has_result"] = self.has_result(record["job"])
             except Exception as error:  # a damaged record must not stop the server starting
-                log.error("skipping unreadable job record %s: %s", path, error)
+                log.error("skipping damaged job record %s: %s", path, error)
                 continue
-            record["has_result"] = self.has_result(record["job"])
             loaded.append(record)
-        loaded.sort(key=lambda r: r.get("created", 0.0))
+        loaded.sort(key=lambda r: r["created"])
         return loaded
 
     # Records -----------------------------------------------------------------------------
@@ -228,6 +226,46 @@ def _fsync_dir(folder: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _checked_record(record, path: Path) -> dict:
+    """A record read back from disk, checked field by field before anything trusts it.
+
+    Raises:
+        ValueError: naming the first field that is missing or of the wrong kind.
+    """
+    if not isinstance(record, dict):
+        raise ValueError(f"not a job record but {type(record).__name__}")
+    job_id = record.get("job")
+    try:
+        _checked_id(job_id)
+    except ValueError:
+        raise ValueError(f"'job' is not a job id: {job_id!r}") from None
+    if path.stem != job_id:
+        raise ValueError(f"'job' {job_id!r} does not match the file name")
+    if not isinstance(record.get("pipeline"), str):
+        raise ValueError(f"'pipeline' must be a string, not {record.get('pipeline')!r}")
+    if record.get("state") not in protocol.JOB_STATES:
+        raise ValueError(f"'state' {record.get('state')!r} is not a job state")
+    if not _is_number(record.get("created")):
+        raise ValueError(f"'created' must be a number, not {record.get('created')!r}")
+    if record.get("finished") is not None and not _is_number(record["finished"]):
+        raise ValueError(f"'finished' must be a number or nil, not {record['finished']!r}")
+    for name in ("step", "total"):
+        if name in record and not (isinstance(record[name], int)
+                                   and not isinstance(record[name], bool)):
+            raise ValueError(f"{name!r} must be an int, not {record[name]!r}")
+    if "keep" in record and not isinstance(record["keep"], bool):
+        raise ValueError(f"'keep' must be a bool, not {record['keep']!r}")
+    error = record.get("error")
+    if error is not None and not (isinstance(error, dict) and isinstance(error.get("code"), str)
+                                  and isinstance(error.get("message"), str)):
+        raise ValueError(f"'error' must be nil or a map with a code and a message, not {error!r}")
+    return record
 
 
 def _checked_id(job_id: str) -> str:
