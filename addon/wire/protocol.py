@@ -359,9 +359,19 @@ class _Resolver:
         self.used[index] = True
         buffer = self.buffers[index]
         np_dtype = np.dtype(dtype)
-        expected = np_dtype.itemsize
+        # Python ints cannot overflow; numpy refuses a shape whose non-zero axes multiply past
+        # its index range even when another axis is 0 (shape [0, 2**48, 2**48] of an empty
+        # frame), so that product is bounded too, by what one message may carry.
+        expected = nonzero = np_dtype.itemsize
         for n in shape:
             expected *= n
+            nonzero *= max(n, 1)
+        if nonzero > self.max_array_bytes:
+            raise ProtocolError(
+                "bad_message",
+                f"{path}: shape {shape} of {dtype} describes more than {self.max_array_bytes} "
+                "bytes (counting only its non-zero axes), more than any message may carry",
+            )
         if buffer.nbytes != expected:
             raise ProtocolError(
                 "bad_message",
@@ -375,7 +385,10 @@ class _Resolver:
                 f"{path}: the arrays add up to more than {self.max_array_bytes} bytes "
                 "(frames referenced by several arrays count once per array)",
             )
-        array = np.frombuffer(buffer, dtype=np_dtype).reshape(shape)
+        try:
+            array = np.frombuffer(buffer, dtype=np_dtype).reshape(shape)
+        except ValueError as error:  # numpy's own limits, should any remain: still the peer's fault
+            raise ProtocolError("bad_message", f"{path}: shape {shape} of {dtype}: {error}") from None
         if not array.flags.aligned:
             # ZeroMQ packs small frames (< 8 KiB) into a shared receive buffer at any offset;
             # copying those few bytes spares every consumer (torch included) unaligned data.

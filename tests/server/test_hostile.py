@@ -54,3 +54,19 @@ def test_damaged_store_records_are_skipped_at_start_up(tmp_path, make_server, ma
     log = server.log()
     assert log.count("skipping damaged job record") == len(damaged), log
     echo_round_trip(client)
+
+
+# 2. Shapes numpy cannot build ----------------------------------------------------------------
+
+def test_zero_sized_array_with_absurd_axes_gets_bad_message(shared_server, make_client):
+    client = make_client(shared_server.endpoint)
+    header = protocol.make_header("submit", pipeline=ECHO, params={}, inputs={
+        "a": {"__nd__": 1, "dtype": "<f4", "shape": [0, 2**48, 2**48]}})
+    client.send_frames([pack(header), b""])
+    reply = client.reply_to(header["id"])
+    assert reply["type"] == "error" and reply["code"] == "bad_message", reply
+    assert "inputs.a" in reply["message"]
+    # A legal empty array still decodes.
+    empty = client.submit(ECHO, {}, {"a": np.zeros((0, 3), "<f4")})
+    assert client.events(empty["job"])[-1]["outputs"]["a"].shape == (0, 3)
+    echo_round_trip(client)
