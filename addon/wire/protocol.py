@@ -84,12 +84,20 @@ class Limits:
             one level).
         max_frames: number of array frames in one message.
         max_message_bytes: all frames together (4 GiB: a few hundred full-HD RGBA views).
+        max_containers: maps and lists in the whole header together. An empty map is one
+            byte of msgpack but ~150 bytes of Python objects: without this bound one legal
+            16 MiB header of empty maps takes half a minute and gigabytes to decode. Counted
+            while msgpack decodes, so a hostile header is refused after this many, cheaply.
+        max_container_len: entries of one map or list (msgpack allocates a list's slots up
+            front, 8 bytes each); bulk data belongs in array frames.
     """
 
     max_header_bytes: int = 16 * 2**20
     max_depth: int = 32
     max_frames: int = 4096
     max_message_bytes: int = 4 * 2**30
+    max_containers: int = 2**18
+    max_container_len: int = 2**20
 
 
 def new_id() -> str:
@@ -255,8 +263,26 @@ def _reject_ext(code: int, data: bytes):
     raise ProtocolError("bad_message", f"msgpack extension type {code} is not allowed")
 
 
+class _ContainerCounter:
+    """msgpack ``object_hook``/``list_hook``: counts maps and lists as they are built and stops
+    the decode at the limit (one cheap call per container; scalars cost nothing)."""
+
+    def __init__(self, limit: int):
+        self.left = limit
+        self.limit = limit
+
+    def __call__(self, container):
+        self.left -= 1
+        if self.left < 0:
+            raise ProtocolError(
+                "bad_message", f"header holds more than {self.limit} maps and lists "
+                "(send bulk data as array frames)")
+        return container
+
+
 def _unpack_header(header_bytes: memoryview, limits: Limits) -> dict:
     size = header_bytes.nbytes
+    count = _ContainerCounter(limits.max_containers)
     try:
         header = msgpack.unpackb(
             header_bytes,
@@ -264,10 +290,12 @@ def _unpack_header(header_bytes: memoryview, limits: Limits) -> dict:
             strict_map_key=True,
             use_list=True,
             ext_hook=_reject_ext,
+            object_hook=count,
+            list_hook=count,
             max_str_len=size,
             max_bin_len=size,
-            max_array_len=size,
-            max_map_len=size,
+            max_array_len=min(size, limits.max_container_len),
+            max_map_len=min(size, limits.max_container_len),
             max_ext_len=0,
         )
     except ProtocolError:

@@ -70,3 +70,45 @@ def test_zero_sized_array_with_absurd_axes_gets_bad_message(shared_server, make_
     empty = client.submit(ECHO, {}, {"a": np.zeros((0, 3), "<f4")})
     assert client.events(empty["job"])[-1]["outputs"]["a"].shape == (0, 3)
     echo_round_trip(client)
+
+
+# 3. Headers that are cheap to send and dear to decode -----------------------------------------
+
+def _peak_rss(server) -> int:
+    """The server process's peak resident memory (VmHWM), bytes."""
+    for line in open(f"/proc/{server.proc.pid}/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmHWM in /proc")
+
+
+def _header_of_empty_maps(lists: int, budget: int = 16 * 2**20 - 256) -> tuple[str, bytes]:
+    """A legal msgpack header just under 16 MiB whose ``x`` is ``lists`` lists of empty maps."""
+    msg_id = protocol.new_id()
+    head = pack({"v": 1, "type": "ping", "id": msg_id})
+    per_list = (budget - len(head)) // lists - 5
+    body = (b"\xdd" + lists.to_bytes(4, "big")
+            + (b"\xdd" + per_list.to_bytes(4, "big") + b"\x80" * per_list) * lists)
+    header = bytes([head[0] + 1]) + head[1:] + pack("x") + body   # one more key in the fixmap
+    assert len(header) <= 16 * 2**20
+    return msg_id, header
+
+
+@pytest.mark.parametrize("lists", [1, 16], ids=["one-long-list", "many-lists"])
+def test_header_of_millions_of_empty_maps_is_refused_cheaply(lists, make_server, make_client):
+    server = make_server()
+    client = make_client(server.endpoint)
+    assert client.request("ping")["type"] == "pong"
+    before = _peak_rss(server)
+    msg_id, header = _header_of_empty_maps(lists)
+    client.send_frames([header])
+    # Refused while msgpack decodes, so the id may not have been read: no `re` then.
+    reply = client.recv(timeout=30)
+    assert reply["type"] == "error" and reply["code"] == "bad_message", reply
+    assert reply.get("re") in (None, msg_id)
+    assert "maps and lists" in reply["message"] or "max_array_len" in reply["message"], reply
+    grown = _peak_rss(server) - before
+    # Decoding all 16.7 M maps peaked at ~2.6 GB; refused early it stays near the frame size.
+    assert grown < 200 * 2**20, f"peak RSS grew by {grown / 2**20:.0f} MiB"
+    echo_round_trip(client)
+
