@@ -214,15 +214,15 @@ def decode(frames, limits: Limits = Limits()) -> dict:
     buffers = [_buffer(frame) for frame in frames]
     if not buffers:
         raise ProtocolError("bad_message", "empty message: no header frame")
+    too_large = None
     if len(buffers) - 1 > limits.max_frames:
-        raise ProtocolError(
-            "too_large", f"{len(buffers) - 1} array frames; at most {limits.max_frames} allowed"
-        )
+        too_large = f"{len(buffers) - 1} array frames; at most {limits.max_frames} allowed"
     total = sum(buffer.nbytes for buffer in buffers)
-    if total > limits.max_message_bytes:
-        raise ProtocolError(
-            "too_large", f"message is {total} bytes; at most {limits.max_message_bytes} allowed"
-        )
+    if too_large is None and total > limits.max_message_bytes:
+        too_large = f"message is {total} bytes; at most {limits.max_message_bytes} allowed"
+    if too_large is not None:
+        # The reply should still carry `re` when the header itself is readable.
+        raise ProtocolError("too_large", too_large, msg_id=_readable_id(buffers[0], limits))
     header_bytes = buffers[0]
     if header_bytes.nbytes > limits.max_header_bytes:
         raise ProtocolError(
@@ -307,6 +307,17 @@ def _unpack_header(header_bytes: memoryview, limits: Limits) -> dict:
     if not isinstance(header, dict):
         raise ProtocolError("bad_message", f"header must be a map, not {_kind(header)}")
     return header
+
+
+def _readable_id(header_bytes: memoryview, limits: Limits) -> str | None:
+    """The header's ``id`` if the header frame is within limits and decodes, else None."""
+    if header_bytes.nbytes > limits.max_header_bytes:
+        return None
+    try:
+        msg_id = _unpack_header(header_bytes, limits).get("id")
+    except ProtocolError:
+        return None
+    return msg_id if isinstance(msg_id, str) else None
 
 
 def _check_envelope(header: dict) -> None:

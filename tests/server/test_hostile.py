@@ -112,3 +112,24 @@ def test_header_of_millions_of_empty_maps_is_refused_cheaply(lists, make_server,
     assert grown < 200 * 2**20, f"peak RSS grew by {grown / 2**20:.0f} MiB"
     echo_round_trip(client)
 
+
+# 6. too_large answers the request it refuses -------------------------------------------------
+
+def test_too_large_carries_re_when_the_header_is_readable(make_server, make_client):
+    limit = 2**20
+    server = make_server("--max-message-bytes", str(limit))
+    client = make_client(server.endpoint)
+    half = limit // 2 + 8
+    big = protocol.make_header("submit", pipeline=ECHO, params={}, inputs={
+        "a": {"__nd__": 1, "dtype": "|u1", "shape": [half]},
+        "b": {"__nd__": 2, "dtype": "|u1", "shape": [half]}})
+    client.send_frames([pack(big), bytes(half), bytes(half)])
+    reply = client.reply_to(big["id"])
+    assert reply["type"] == "error" and reply["code"] == "too_large", reply
+    many = protocol.make_header("submit", pipeline=ECHO, params={}, inputs={
+        f"a{k}": {"__nd__": k, "dtype": "|u1", "shape": [1]} for k in range(1, 4098)})
+    client.send_frames([pack(many)] + [b"\0"] * 4097)
+    reply = client.reply_to(many["id"])
+    assert reply["type"] == "error" and reply["code"] == "too_large", reply
+    assert "array frames" in reply["message"]
+    echo_round_trip(client)
