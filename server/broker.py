@@ -270,10 +270,11 @@ class Broker:
                                 "try again later")
         record = JobRecord(job=protocol.new_id(), pipeline=name, keep=keep, peer=peer,
                            inputs=inputs, params=params)
+        # On disk before it is queued: a refused write (storage_full) means no job at all.
+        self.store.save_record(record.to_disk())
         position = len(self.queue) + (self.running is not None)
         self.jobs[record.job] = record
         self.queue.append(record)
-        self.store.save_record(record.to_disk())
         log.info("job %s (%s) queued at position %d", record.job, name, position)
         self.reply(peer, header, "accepted", job=record.job, position=position)
         self._dispatch()

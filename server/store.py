@@ -6,6 +6,12 @@ Layout under the store folder::
     results/<job>/outputs.msgpack  the result's ``outputs`` map, arrays replaced by references
     results/<job>/<k>.npy          array k of that map (numpy format, never pickled)
     tmp/                           results being written
+    records/.<job>.<random>.tmp    a record being written
+
+A full disk (``ENOSPC``, ``EDQUOT``) is reported as :class:`~addon.wire.protocol.ProtocolError`
+with code ``storage_full``: the client is told plainly, and ``internal`` stays for bugs.
+Whatever a refused write left behind (zero-byte temporaries) is removed at once, and again at
+start-up.
 
 Every write goes to a temporary name first and is moved into place with ``os.replace``, so a
 reader (or a server restarted after SIGKILL) sees either the old state or the new one, never a
@@ -17,6 +23,8 @@ folder).
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
 import os
 import shutil
@@ -27,6 +35,7 @@ import msgpack
 import numpy as np
 
 from addon.wire import protocol
+from addon.wire.protocol import ProtocolError
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +95,8 @@ class Store:
             folder.mkdir(parents=True, exist_ok=True)
         for leftover in self.tmp.iterdir():
             shutil.rmtree(leftover, ignore_errors=True)
+        for leftover in self.records.glob(".*.tmp"):     # e.g. zero-byte after ENOSPC
+            leftover.unlink(missing_ok=True)
         loaded = []
         for path in self.records.glob("*.msgpack"):
             try:
@@ -103,9 +114,15 @@ class Store:
     def save_record(self, record: dict) -> None:
         """Write one job's record (atomically replacing the previous one)."""
         job_id = _checked_id(record["job"])
+        data = msgpack.packb(record, use_bin_type=True)
         tmp = self.records / f".{job_id}.{uuid.uuid4().hex}.tmp"
-        tmp.write_bytes(msgpack.packb(record, use_bin_type=True))
-        os.replace(tmp, self.records / f"{job_id}.msgpack")
+        with self._storage_errors():
+            try:
+                _write_file(tmp, lambda f: f.write(data), sync=False)
+                os.replace(tmp, self.records / f"{job_id}.msgpack")
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
 
     def delete(self, job_id: str) -> None:
         """Forget a job: its record and its result, if any."""
@@ -133,22 +150,36 @@ class Store:
         arrays: list[np.ndarray] = []
         header = msgpack.packb({"outputs": _split(outputs, arrays)}, use_bin_type=True)
         tmp = self.tmp / f"{job_id}.{uuid.uuid4().hex}"
-        tmp.mkdir()
+        with self._storage_errors():
+            tmp.mkdir()
+            try:
+                _write_file(tmp / "outputs.msgpack", lambda f: f.write(header))
+                for k, array in enumerate(arrays, start=1):
+                    _write_file(
+                        tmp / f"{k}.npy",
+                        lambda f, a=array: np.lib.format.write_array(f, a, allow_pickle=False),
+                    )
+                final = self.results / job_id
+                if final.exists():
+                    shutil.rmtree(final)
+                os.replace(tmp, final)
+                _fsync_dir(self.results)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+
+    @contextlib.contextmanager
+    def _storage_errors(self):
+        """Turn a full disk into the protocol's ``storage_full``; other OSErrors pass."""
         try:
-            _write_synced(tmp / "outputs.msgpack", lambda f: f.write(header))
-            for k, array in enumerate(arrays, start=1):
-                _write_synced(
-                    tmp / f"{k}.npy",
-                    lambda f, a=array: np.lib.format.write_array(f, a, allow_pickle=False),
-                )
-            final = self.results / job_id
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-            _fsync_dir(self.results)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+            yield
+        except OSError as error:
+            if error.errno not in _FULL:
+                raise
+            raise ProtocolError(
+                "storage_full", f"the server's store {self.root} is full ({error.strerror}): "
+                "free disk space there, or keep fewer results (--keep-days, --store-budget), "
+                "then try again") from error
 
     def load_result(self, job_id: str) -> dict:
         """Read a stored result's ``outputs``; arrays are read-only memory maps of the files.
@@ -211,11 +242,20 @@ def _load_array(ref: dict, folder: Path) -> np.ndarray:
     return array
 
 
-def _write_synced(path: Path, write) -> None:
+#: errno values that mean "no room": the disk is full or the user's quota is used up.
+_FULL = frozenset(code for code in (errno.ENOSPC, getattr(errno, "EDQUOT", None)) if code)
+
+
+def _write_file(path: Path, write, sync: bool = True) -> None:
+    """Create ``path`` and fill it with ``write(file)``; fsync'ed unless ``sync`` is False.
+
+    Every byte the store writes goes through here (tests make the disk "full" at this point).
+    """
     with open(path, "wb") as f:
         write(f)
         f.flush()
-        os.fsync(f.fileno())
+        if sync:
+            os.fsync(f.fileno())
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -41,6 +41,9 @@ REPLY_TYPES = (
 ERROR_CODES = frozenset((
     "bad_message", "unsupported_version", "unknown_type", "unknown_pipeline", "invalid_params",
     "invalid_input", "too_large", "unavailable", "busy", "not_found", "cancelled", "internal",
+    # This server's additions (docs/protocol-notes.md): the store's disk is full; a stored
+    # result failed its checksum.
+    "storage_full", "corrupt",
 ))
 #: Job states; the last three are final.
 JOB_STATES = ("queued", "running", "done", "failed", "cancelled")

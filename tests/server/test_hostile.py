@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from addon.wire import protocol
-from server_harness import wait_until
+from server_harness import ServerProcess, wait_until
 
 ECHO = "system.echo"
 
@@ -133,3 +133,51 @@ def test_too_large_carries_re_when_the_header_is_readable(make_server, make_clie
     assert reply["type"] == "error" and reply["code"] == "too_large", reply
     assert "array frames" in reply["message"]
     echo_round_trip(client)
+
+
+# 8, 9. A full disk ---------------------------------------------------------------------------
+
+class FullDiskServer(ServerProcess):
+    """The real server whose store writes fail with ENOSPC while ``self.full`` exists."""
+
+    def __init__(self, tmp, *extra, **kwargs):
+        self.full = tmp / "disk-is-full"
+        super().__init__(tmp, *extra, env={"NSTUDIO_TEST_FULL_DISK": str(tmp / "disk-is-full")},
+                         **kwargs)
+
+    def command(self) -> list[str]:
+        command = super().command()
+        return [command[0], "-m", "tests.server.full_disk_server", *command[3:]]
+
+
+@pytest.fixture
+def full_disk_server(tmp_path, context):
+    server = FullDiskServer(tmp_path).start(context)
+    yield server
+    server.full.unlink(missing_ok=True)
+    server.stop()
+
+
+def test_disk_full_at_submit_is_storage_full_and_no_job(full_disk_server, make_client):
+    server = full_disk_server
+    client = make_client(server.endpoint)
+    server.full.touch()
+    refused = client.submit(ECHO, {}, {"x": 1})
+    assert refused["type"] == "error" and refused["code"] == "storage_full", refused
+    assert "full" in refused["message"]
+    assert client.request("status")["jobs"] == []           # nothing was queued
+    server.full.unlink()
+    echo_round_trip(client)
+    # The refused submit never runs: no second result turns up.
+    assert not client.socket.poll(500) and client.inbox == []
+    assert [p.name for p in (server.store / "records").iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_leftover_temporaries_are_cleaned_at_start_up(tmp_path, make_server, make_client):
+    store = tmp_path / "store"
+    (store / "records").mkdir(parents=True)
+    (store / "tmp" / "half-written").mkdir(parents=True)
+    (store / "records" / ".abc.123.tmp").write_bytes(b"")       # as ENOSPC leaves them
+    server = make_server(store=store)
+    make_client(server.endpoint).request("ping")
+    assert list((store / "records").glob(".*")) == [] and list((store / "tmp").iterdir()) == []
