@@ -407,7 +407,7 @@ class Broker:
             return
         record = self.queue.popleft()
         record.state = "running"
-        self.store.save_record(record.to_disk())
+        self._save(record)
         self.running = record
         self.worker.submit(record)
 
@@ -416,7 +416,17 @@ class Broker:
         record.error = error
         record.finished = time.time()
         record.release()
-        self.store.save_record(record.to_disk())
+        self._save(record)
+
+    def _save(self, record: JobRecord) -> None:
+        """Persist a record; a store that refuses (disk full) is logged, never stops the job's
+        events or the queue (the record in memory stays right; a restart then reports the
+        job as stopped by the server)."""
+        try:
+            self.store.save_record(record.to_disk())
+        except (OSError, ProtocolError) as error:
+            log.error("job %s: its record could not be saved (%s: %s); carrying on",
+                      record.job, type(error).__name__, error)
 
     def _fail_stopped(self, record: JobRecord, reason: str) -> None:
         """End a job that the server's stop cut off, and tell its client."""
@@ -439,7 +449,7 @@ class Broker:
                     reason = STOPPED_RUNNING if record.state == "running" else STOPPED_QUEUED
                     record.state, record.finished = "failed", time.time()
                     record.error = _stopped_error(reason)
-                self.store.save_record(record.to_disk())
+                self._save(record)
                 log.warning("job %s (%s) recovered as %s", record.job, record.pipeline,
                             record.state)
             self.jobs[record.job] = record

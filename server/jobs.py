@@ -150,7 +150,7 @@ class Worker(threading.Thread):
             handle.send({"type": "cancelled"},
                         protocol.encode(protocol.make_header("cancelled", job=record.job)))
             log.info("job %s cancelled after %.2f s", record.job, time.monotonic() - started)
-        except PipelineError as error:
+        except (PipelineError, protocol.ProtocolError) as error:  # the store's storage_full too
             self._fail(handle, record, error.code, error.message, error.detail)
         except Exception as error:  # a pipeline bug: report it, keep serving
             log.exception("job %s (%s) failed with an unexpected error", record.job,

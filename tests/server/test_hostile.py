@@ -173,6 +173,31 @@ def test_disk_full_at_submit_is_storage_full_and_no_job(full_disk_server, make_c
     assert [p.name for p in (server.store / "records").iterdir() if p.name.endswith(".tmp")] == []
 
 
+def test_disk_filling_while_jobs_run(full_disk_server, make_client):
+    server = full_disk_server
+    client = make_client(server.endpoint)
+    slow = client.submit(ECHO, {"steps": 20, "step_seconds": 0.05}, {"x": 1})["job"]
+    wait_until(lambda: client.request("status", job=slow)["jobs"][0]["state"] == "running", 10,
+               "the first job to start")
+    transient = client.submit(ECHO, {}, {"y": np.arange(5, dtype="<i4")}, keep=False)["job"]
+    kept = client.submit(ECHO, {}, {"z": 3})["job"]
+    server.full.touch()
+    # The running job cannot store its result: it fails with storage_full, and says so.
+    end = client.events(slow)[-1]
+    assert end["type"] == "error" and end["code"] == "storage_full", end
+    # keep: false needs no disk: its result is delivered although its record cannot be saved.
+    result = client.events(transient)[-1]
+    assert result["type"] == "result" and result["outputs"]["y"].tolist() == list(range(5))
+    # The next queued job starts on its own (no unrelated request needed to wake the queue).
+    assert client.events(kept)[-1]["code"] == "storage_full"
+    server.full.unlink()
+    states = {j["job"]: j for j in client.request("status")["jobs"]}
+    assert states[slow]["state"] == "failed" and states[slow]["error"]["code"] == "storage_full"
+    assert states[transient]["state"] == "done"
+    echo_round_trip(client)
+    assert "Traceback" not in server.log()
+
+
 def test_leftover_temporaries_are_cleaned_at_start_up(tmp_path, make_server, make_client):
     store = tmp_path / "store"
     (store / "records").mkdir(parents=True)
