@@ -14,6 +14,7 @@ persists it and forwards the event to the peer that submitted the job.
 from __future__ import annotations
 
 import collections
+import errno
 import logging
 import signal
 import socket
@@ -32,7 +33,7 @@ from pipelines.base import Pipeline, describe_pipeline
 from . import security
 from .config import SERVER_NAME, ServeConfig
 from .jobs import EVENTS_ENDPOINT, STOPPED_QUEUED, STOPPED_RUNNING, JobRecord, Worker
-from .store import Store
+from .store import CorruptResult, Store
 from .timers import Timers
 
 log = logging.getLogger(__name__)
@@ -324,13 +325,30 @@ class Broker:
             raise ProtocolError("not_found", f"job {record.job} is done but its result was "
                                 f"not kept ({why})", detail={"field": "job"})
         else:
-            try:
-                outputs = self.store.load_result(record.job)
-            except (OSError, ValueError, KeyError) as error:
-                log.error("stored result of job %s is unreadable: %s", record.job, error)
-                raise ProtocolError("not_found", f"the stored result of job {record.job} "
-                                    f"cannot be read: {error}", detail={"field": "job"})
+            outputs = self._load_result(record)
             self.reply(peer, header, "result", job=record.job, outputs=outputs)
+
+    def _load_result(self, record: JobRecord) -> dict:
+        """A stored result, or the error that says truly why it cannot be had."""
+        try:
+            return self.store.load_result(record.job)
+        except FileNotFoundError as error:
+            log.error("stored result of job %s is gone: %s", record.job, error)
+            raise ProtocolError("not_found", f"the stored result of job {record.job} is gone "
+                                f"from the store: {error}", detail={"field": "job"}) from None
+        except CorruptResult as error:
+            log.error("job %s: %s", record.job, error)
+            raise ProtocolError("corrupt", f"the stored result of job {record.job} is damaged "
+                                f"and is not sent: {error}", detail={"field": "job"}) from None
+        except OSError as error:
+            if error.errno in (errno.EMFILE, errno.ENFILE, errno.ENOMEM):
+                log.warning("fetch of job %s: %s", record.job, error)
+                raise ProtocolError("busy", f"the server cannot read the result of job "
+                                    f"{record.job} right now ({error.strerror}); try again "
+                                    "later") from None
+            log.exception("stored result of job %s is unreadable", record.job)
+            raise ProtocolError("internal", f"the stored result of job {record.job} cannot "
+                                f"be read: {error}") from None
 
     def _job_of(self, header: dict) -> JobRecord:
         job_id = header.get("job")

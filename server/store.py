@@ -46,6 +46,10 @@ class StoreInUse(Exception):
     """Another server process holds the store's lock."""
 
 
+class CorruptResult(ValueError):
+    """A stored result's files are damaged (unreadable, or a checksum does not match)."""
+
+
 class Store:
     """Job records and kept results on disk.
 
@@ -182,15 +186,27 @@ class Store:
                 "then try again") from error
 
     def load_result(self, job_id: str) -> dict:
-        """Read a stored result's ``outputs``; arrays are read-only memory maps of the files.
+        """Read a stored result's ``outputs``; arrays are read-only, read into memory.
+
+        Each file is opened, read and closed in turn: a reply in flight holds memory, never
+        file descriptors (memory maps would keep one open per array, and a result of a few
+        thousand arrays could then not be fetched at all under the usual limit of 1024).
 
         Raises:
-            OSError: no stored result for this job (FileNotFoundError) or unreadable files.
-            ValueError: the stored files are damaged.
+            FileNotFoundError: no stored result for this job.
+            OSError: unreadable files (too many open files, I/O error).
+            CorruptResult: the stored files are damaged.
         """
         folder = self.results / _checked_id(job_id)
-        header = msgpack.unpackb((folder / "outputs.msgpack").read_bytes(), raw=False)
-        return _join(header["outputs"], folder)
+        data = (folder / "outputs.msgpack").read_bytes()
+        try:
+            header = msgpack.unpackb(data, raw=False)
+            return _join(header["outputs"], folder)
+        except (CorruptResult, FileNotFoundError):
+            raise
+        except (ValueError, KeyError, TypeError, msgpack.UnpackException) as error:
+            raise CorruptResult(f"the stored result in {folder} is damaged: "
+                                f"{type(error).__name__}: {error}") from None
 
 
 def _split(value, arrays: list):
@@ -228,16 +244,12 @@ def _load_array(ref: dict, folder: Path) -> np.ndarray:
         raise ValueError(f"damaged result in {folder}: bad array reference {ref!r}")
     path = folder / f"{index}.npy"
     shape = tuple(ref["shape"])
-    # An empty file cannot be memory-mapped; empty arrays are read normally.
-    mmap = "r" if np.prod(shape, dtype=np.int64) > 0 else None
-    array = np.load(path, mmap_mode=mmap, allow_pickle=False)
+    array = np.load(path, allow_pickle=False)     # opened, read, closed
     if array.dtype.str != ref["dtype"] or array.shape != shape:
         raise ValueError(
             f"damaged result: {path} holds {array.dtype.str} {list(array.shape)}, "
             f"expected {ref['dtype']} {list(shape)}"
         )
-    if isinstance(array, np.memmap):
-        array = array.view(np.ndarray)
     array.flags.writeable = False
     return array
 

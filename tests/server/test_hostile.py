@@ -206,3 +206,31 @@ def test_leftover_temporaries_are_cleaned_at_start_up(tmp_path, make_server, mak
     server = make_server(store=store)
     make_client(server.endpoint).request("ping")
     assert list((store / "records").glob(".*")) == [] and list((store / "tmp").iterdir()) == []
+
+
+# 7. fetch and file descriptors ---------------------------------------------------------------
+
+class LowFdServer(ServerProcess):
+    """The real server under ``ulimit -n 1024`` (set with resource.setrlimit in the child)."""
+
+    def command(self) -> list[str]:
+        command = super().command()
+        start = ("import resource, sys; resource.setrlimit(resource.RLIMIT_NOFILE, (1024, 1024)); "
+                 "from server import cli; sys.exit(cli.main(sys.argv[1:]))")
+        return [command[0], "-c", start, *command[3:]]
+
+
+def test_result_of_1500_arrays_is_fetchable_under_1024_fds(tmp_path, context, make_client):
+    server = LowFdServer(tmp_path).start(context)
+    try:
+        client = make_client(server.endpoint)
+        inputs = {f"a{k}": np.full(4, k, "<i4") for k in range(1500)}
+        job = client.submit(ECHO, {}, inputs)["job"]
+        assert client.events(job, timeout=60)[-1]["type"] == "result"
+        for _ in range(3):      # and again: nothing leaks between fetches
+            fetched = client.request("fetch", job=job, timeout=60)
+            assert fetched["type"] == "result", fetched
+            assert all(fetched["outputs"][f"a{k}"].tolist() == [k] * 4 for k in range(1500))
+        echo_round_trip(client)
+    finally:
+        assert server.stop() == 0, server.log()
