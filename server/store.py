@@ -15,7 +15,10 @@ start-up.
 
 Every write goes to a temporary name first and is moved into place with ``os.replace``, so a
 reader (or a server restarted after SIGKILL) sees either the old state or the new one, never a
-half-written file. Result files are fsync'ed before the move: a result is announced only once
+half-written file. Every stored array carries the BLAKE2b checksum of its bytes in its
+reference, and ``outputs.msgpack`` one of the outputs map; :meth:`Store.load_result` checks
+them, so a flipped bit on disk is reported (:class:`CorruptResult`), never served. Result
+files are fsync'ed before the move: a result is announced only once
 it is on disk. Records are not fsync'ed (a restart after a process crash still sees them; after
 a power cut a record may be one state behind, which :meth:`Store.open` repairs from the results
 folder).
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import logging
 import os
 import shutil
@@ -40,6 +44,8 @@ from addon.wire.protocol import ProtocolError
 log = logging.getLogger(__name__)
 
 _ND = "__nd__"
+#: Key of a checksum in a stored array reference and in outputs.msgpack.
+_SUM = "blake2b"
 
 
 class StoreInUse(Exception):
@@ -152,7 +158,9 @@ class Store:
         """
         job_id = _checked_id(job_id)
         arrays: list[np.ndarray] = []
-        header = msgpack.packb({"outputs": _split(outputs, arrays)}, use_bin_type=True)
+        split = _split(outputs, arrays)
+        header = msgpack.packb({"outputs": split, _SUM: _digest(_pack(split))},
+                               use_bin_type=True)
         tmp = self.tmp / f"{job_id}.{uuid.uuid4().hex}"
         with self._storage_errors():
             tmp.mkdir()
@@ -201,6 +209,9 @@ class Store:
         data = (folder / "outputs.msgpack").read_bytes()
         try:
             header = msgpack.unpackb(data, raw=False)
+            # Results written before checksums existed have none and are served as they are.
+            if _SUM in header and _digest(_pack(header["outputs"])) != header[_SUM]:
+                raise CorruptResult(f"{folder / 'outputs.msgpack'} fails its checksum")
             return _join(header["outputs"], folder)
         except (CorruptResult, FileNotFoundError):
             raise
@@ -216,8 +227,11 @@ def _split(value, arrays: list):
             value = value.astype(value.dtype.newbyteorder("<"))
         if value.dtype.str not in protocol.ALLOWED_DTYPES:
             raise TypeError(f"dtype {value.dtype.str} cannot be stored")
+        # C order on disk, so that the checksum of the bytes read back is the one written.
+        value = np.ascontiguousarray(value)
         arrays.append(value)
-        return {_ND: len(arrays), "dtype": value.dtype.str, "shape": list(value.shape)}
+        return {_ND: len(arrays), "dtype": value.dtype.str, "shape": list(value.shape),
+                _SUM: _digest(_bytes_of(value))}
     if isinstance(value, dict):
         return {key: _split(item, arrays) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
@@ -250,8 +264,23 @@ def _load_array(ref: dict, folder: Path) -> np.ndarray:
             f"damaged result: {path} holds {array.dtype.str} {list(array.shape)}, "
             f"expected {ref['dtype']} {list(shape)}"
         )
+    if _SUM in ref and _digest(_bytes_of(array)) != ref[_SUM]:
+        raise CorruptResult(f"{path} fails its checksum (the file changed after it was written)")
     array.flags.writeable = False
     return array
+
+
+def _pack(value) -> bytes:
+    return msgpack.packb(value, use_bin_type=True)
+
+
+def _bytes_of(array: np.ndarray) -> memoryview:
+    return memoryview(np.ascontiguousarray(array).reshape(-1).view(np.uint8))
+
+
+def _digest(data) -> str:
+    """The checksum kept with every stored array and outputs map: BLAKE2b, 128 bits, hex."""
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
 #: errno values that mean "no room": the disk is full or the user's quota is used up.

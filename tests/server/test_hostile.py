@@ -234,3 +234,30 @@ def test_result_of_1500_arrays_is_fetchable_under_1024_fds(tmp_path, context, ma
         echo_round_trip(client)
     finally:
         assert server.stop() == 0, server.log()
+
+
+# Also: stored results carry checksums ---------------------------------------------------------
+
+def test_a_flipped_byte_in_a_stored_result_is_corrupt_not_served(make_server, make_client):
+    server = make_server()
+    client = make_client(server.endpoint)
+    data = np.arange(1000, dtype="<f4")
+    job = client.submit(ECHO, {}, {"data": data, "note": "x"})["job"]
+    assert client.events(job)[-1]["type"] == "result"
+    assert client.request("fetch", job=job)["outputs"]["data"].tobytes() == data.tobytes()
+    folder = server.store / "results" / job
+    npy = next(folder.glob("*.npy"))
+    raw = bytearray(npy.read_bytes())
+    raw[-7] ^= 0x01                                  # one bit, inside the array's data
+    npy.write_bytes(bytes(raw))
+    reply = client.request("fetch", job=job)
+    assert reply["type"] == "error" and reply["code"] == "corrupt", reply
+    assert npy.name in reply["message"]
+    raw[-7] ^= 0x01                                  # repaired: served again
+    npy.write_bytes(bytes(raw))
+    assert client.request("fetch", job=job)["outputs"]["data"].tobytes() == data.tobytes()
+    header = folder / "outputs.msgpack"
+    header.write_bytes(header.read_bytes().replace(b"\xa1x", b"\xa1y"))   # "note": "x" -> "y"
+    reply = client.request("fetch", job=job)
+    assert reply["type"] == "error" and reply["code"] == "corrupt", reply
+    echo_round_trip(client)
