@@ -96,7 +96,9 @@ class Params:
     steps: int = field(default=1000, metadata={"doc": "optimisation steps (paper 30000)", "min": 1, "max": 1_000_000})
     sh_degree: int = field(default=3, metadata={"doc": "SH degree of the result (paper 3)", "min": 0, "max": 3})
     test_every: int = field(default=8, metadata={"doc": "hold out every k-th view; 0 = none", "min": 0})
-    max_gaussians: int = field(default=300_000, metadata={"doc": "cap on the number of Gaussians", "min": 1})
+    # Upper bounds on what a request may make the server allocate (checked at submit).
+    max_gaussians: int = field(default=300_000, metadata={"doc": "cap on the number of Gaussians", "min": 1,
+                                                          "max": 50_000_000})
     background: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0], metadata={
         "doc": "linear [r, g, b] behind the Gaussians (images without alpha, evaluation)", "length": 3})
     random_background: bool = field(default=True, metadata={
@@ -123,7 +125,8 @@ class Params:
         "doc": "opacity reset interval, fraction of steps; 0 = never (paper 3000/30000)", "min": 0.0, "max": 1.0})
     sh_degree_every: float = field(default=1000 / PAPER_STEPS, metadata={
         "doc": "SH degree +1 interval, fraction of steps (paper 1000/30000)", "min": 0.0, "max": 1.0})
-    random_points: int = field(default=20_000, metadata={"doc": "random initial Gaussians without points", "min": 1})
+    random_points: int = field(default=20_000, metadata={"doc": "random initial Gaussians without points", "min": 1,
+                                                         "max": 1_000_000})
     partial_every: int = field(default=500, metadata={"doc": "partial Gaussians every k steps; 0 = on cancel only", "min": 0})
     preview_every: int = field(default=100, metadata={"doc": "preview image every k steps; 0 = never", "min": 0})
     seed: int = field(default=0, metadata={"doc": "random seed", "min": 0})

@@ -44,6 +44,14 @@ class Params:
         "doc": "linear [r, g, b] behind the Gaussians (default none: premultiplied)", "length": 3})
 
 
+#: What one request may ask for (checked at submit; a 513-byte request for 30000 x 30000
+#: pixels must not get the server OOM-killed): a side of 16384 pixels, 2^25 pixels a frame
+#: (8K UHD fits) and a result (rgb + alpha + depth, float32) of at most 4 GiB.
+MAX_SIDE = 16384
+MAX_PIXELS = 2**25
+MAX_RESULT_BYTES = 4 * 2**30
+_BYTES_PER_PIXEL = (3 + 1 + 1) * 4
+
 INPUTS = {"gaussians": GAUSSIANS, "cameras": CAMERAS}
 OUTPUTS = {
     "rgb": Array(("<f4",), ("T", "H", "W", 3), "linear colour, premultiplied unless a background was given. [T, H, W, 3]"),
@@ -69,7 +77,28 @@ def _check(inputs: dict, params: Params) -> int:
     if not isinstance(cams, dict):
         raise PipelineError("invalid_input", "inputs.cameras: expected a map", "inputs.cameras")
     wire.check_camera_values(cams)
+    _check_size(cams)
     return degree
+
+
+def _check_size(cams: dict) -> None:
+    """Refuse resolutions and frame counts whose result would not fit the documented limits."""
+    width, height = cams.get("width"), cams.get("height")
+    for key, value in (("width", width), ("height", height)):
+        if not 1 <= value <= MAX_SIDE:
+            raise PipelineError("invalid_input", f"inputs.cameras.{key}: {value} pixels; must be "
+                                f"1..{MAX_SIDE}", f"inputs.cameras.{key}")
+    if width * height > MAX_PIXELS:
+        raise PipelineError("invalid_input", f"inputs.cameras: {width} x {height} is "
+                            f"{width * height} pixels a frame; at most {MAX_PIXELS}",
+                            "inputs.cameras.width")
+    frames = int(np.shape(cams["world_from_camera"])[0])
+    size = frames * width * height * _BYTES_PER_PIXEL
+    if size > MAX_RESULT_BYTES:
+        raise PipelineError("invalid_input", f"inputs.cameras: {frames} frames of {width} x "
+                            f"{height} make a {size / 2**30:.1f} GiB result; at most "
+                            f"{MAX_RESULT_BYTES // 2**30} GiB per request (send fewer cameras "
+                            "per request)", "inputs.cameras.world_from_camera")
 
 
 def run(inputs: dict, params: Params, job: Job, models: Mapping = NO_MODELS) -> dict:

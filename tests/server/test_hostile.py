@@ -261,3 +261,48 @@ def test_a_flipped_byte_in_a_stored_result_is_corrupt_not_served(make_server, ma
     reply = client.request("fetch", job=job)
     assert reply["type"] == "error" and reply["code"] == "corrupt", reply
     echo_round_trip(client)
+
+
+# 5. Tiny requests that would allocate without bound -------------------------------------------
+
+def _one_gaussian() -> dict:
+    return {"means": np.zeros((1, 3), "<f4"), "quats": np.array([[1, 0, 0, 0]], "<f4"),
+            "scales": np.zeros((1, 3), "<f4"), "opacities": np.zeros(1, "<f4"),
+            "sh0": np.zeros((1, 3), "<f4"), "shN": np.zeros((1, 0, 3), "<f4")}
+
+
+def _cameras(count: int, width: int, height: int) -> dict:
+    return {"world_from_camera": np.tile(np.eye(4, dtype="<f4"), (count, 1, 1)),
+            "fx": 100.0, "fy": 100.0, "cx": width / 2, "cy": height / 2,
+            "width": width, "height": height}
+
+
+def test_render_sizes_are_limited_at_submit(shared_server, make_client):
+    client = make_client(shared_server.endpoint)
+    refused = [
+        (_cameras(1, 30000, 30000), "inputs.cameras.width"),            # the 513-byte request
+        (_cameras(1, 8000, 8000), "inputs.cameras.width"),              # 64 M pixels a frame
+        (_cameras(300, 4096, 2048), "inputs.cameras.world_from_camera"),  # a 40 GiB result
+    ]
+    for cameras, field in refused:
+        reply = client.submit("splat.render", {}, {"gaussians": _one_gaussian(),
+                                                   "cameras": cameras})
+        assert reply["type"] == "error" and reply["code"] == "invalid_input", reply
+        assert reply["detail"]["field"] == field
+    jobs = client.request("status")["jobs"]
+    assert [j for j in jobs if j["pipeline"] == "splat.render"] == []      # no job was made
+    small = client.submit("splat.render", {}, {"gaussians": _one_gaussian(),
+                                               "cameras": _cameras(1, 8, 6)})
+    assert client.events(small["job"], timeout=60)[-1]["outputs"]["rgb"].shape == (1, 6, 8, 3)
+
+
+def test_reconstruct_point_counts_are_limited_at_submit(shared_server, make_client):
+    client = make_client(shared_server.endpoint)
+    for name in ("random_points", "max_gaussians"):
+        reply = client.submit("splat.reconstruct", {name: 60_000_000}, {})
+        assert reply["type"] == "error" and reply["code"] == "invalid_params", reply
+        assert reply["detail"]["field"] == f"params.{name}"
+    limits = client.request("hello", client="t", protocols=[1])["pipelines"]["splat.reconstruct"]
+    assert limits["params"]["random_points"]["max"] == 1_000_000
+    assert limits["params"]["max_gaussians"]["max"] == 50_000_000
+    echo_round_trip(client)
