@@ -43,6 +43,13 @@ log = logging.getLogger(__name__)
 _BATCH = 64
 # A job still running this long after shutdown began is left to die with the process.
 _STOP_GRACE_S = 3.0
+# What a request holds in memory: its frames, plus the header's decoded objects, which take at
+# most this many bytes per msgpack byte within the codec's container limits (a 2-character
+# string is 3 bytes on the wire and ~60 as a Python object in a list).
+_HEADER_COST = 24
+# Messages from this size up are tracked until ZeroMQ has sent them (--max-unsent-bytes);
+# smaller ones are copied by pyzmq anyway.
+_TRACK_MIN = 64 * 1024
 
 
 def _stopped_error(reason: str) -> dict:
@@ -77,6 +84,10 @@ class Broker:
         self.queue: collections.deque[JobRecord] = collections.deque()
         self.running: JobRecord | None = None
         self.stopping = False
+        self._request_bytes = 0                       # of the message being handled
+        # Sent messages ZeroMQ still holds (a slow or stuck reader): (trackers, bytes).
+        self.unsent: collections.deque[tuple[list, int]] = collections.deque()
+        self.unsent_bytes = 0
         self.handlers: dict[str, Callable[[bytes, dict], None]] = {
             "hello": self.on_hello,
             "submit": self.on_submit,
@@ -211,6 +222,7 @@ class Broker:
             self.send_error(peer, error.code, error.message, re=error.msg_id, detail=error.detail)
             return
         re = header.get("id")
+        self._request_bytes = _request_cost(frames[1:])
         handler = self.handlers.get(header["type"])
         if handler is None:
             self.send_error(peer, "unknown_type",
@@ -269,8 +281,14 @@ class Broker:
         if len(self.queue) >= self.config.max_queue:
             raise ProtocolError("busy", f"the queue is full ({len(self.queue)} jobs waiting); "
                                 "try again later")
+        held = sum(r.held_bytes for r in self.queue)
+        if self.queue and held + self._request_bytes > self.config.max_queue_bytes:
+            raise ProtocolError("busy", f"the {len(self.queue)} waiting jobs hold {held} bytes; "
+                                f"this request ({self._request_bytes} bytes) would pass the "
+                                f"server's limit of {self.config.max_queue_bytes} "
+                                "(--max-queue-bytes); try again later")
         record = JobRecord(job=protocol.new_id(), pipeline=name, keep=keep, peer=peer,
-                           inputs=inputs, params=params)
+                           inputs=inputs, params=params, held_bytes=self._request_bytes)
         # On disk before it is queued: a refused write (storage_full) means no job at all.
         self.store.save_record(record.to_disk())
         position = len(self.queue) + (self.running is not None)
@@ -325,6 +343,15 @@ class Broker:
             raise ProtocolError("not_found", f"job {record.job} is done but its result was "
                                 f"not kept ({why})", detail={"field": "job"})
         else:
+            try:
+                size = self.store.result_bytes(record.job)
+            except OSError:
+                size = 0                  # _load_result says what is wrong
+            if not self._room_for(size):
+                raise ProtocolError("busy", f"{self.unsent_bytes} bytes of replies are waiting "
+                                    "for clients that read slowly (limit "
+                                    f"{self.config.max_unsent_bytes}, --max-unsent-bytes); "
+                                    f"fetch job {record.job} again later")
             outputs = self._load_result(record)
             self.reply(peer, header, "result", job=record.job, outputs=outputs)
 
@@ -522,15 +549,62 @@ class Broker:
         self.send_frames(peer, protocol.encode(header))
 
     def send_frames(self, peer: bytes | None, frames: list) -> None:
-        """Send a message to a peer, zero-copy; a peer that is gone or stuck is logged."""
+        """Send a message to a peer, zero-copy; a peer that is gone or stuck is logged.
+
+        A large message is tracked until ZeroMQ has let go of it; while the messages held for
+        slow readers pass ``max_unsent_bytes``, further large ones are dropped (and logged):
+        the memory a reader that never reads can pin stays bounded.
+        """
         if peer is None:
             return
+        size = sum(_nbytes(frame) for frame in frames)
+        trackers: list = []
+        if size >= _TRACK_MIN:
+            if not self._room_for(size):
+                log.warning("a %d-byte message for peer %s was dropped: %d bytes already wait "
+                            "for slow readers (--max-unsent-bytes %d); results stay fetchable",
+                            size, peer.hex(), self.unsent_bytes, self.config.max_unsent_bytes)
+                return
+            frames = [_tracked(frame, trackers) for frame in frames]
         try:
             self.router.send_multipart([peer, *frames], flags=zmq.NOBLOCK, copy=False)
         except zmq.Again:
             log.warning("peer %s is not reading; a message was dropped (it can fetch results)",
                         peer.hex())
+            return
         except zmq.ZMQError as error:
             if error.errno != zmq.EHOSTUNREACH:
                 raise
             log.debug("peer %s is gone; a message was dropped", peer.hex())
+            return
+        if trackers:
+            self.unsent.append((trackers, size))
+            self.unsent_bytes += size
+
+    def _room_for(self, size: int) -> bool:
+        """Whether a message of ``size`` bytes may be queued for sending now."""
+        for entry in list(self.unsent):
+            if all(tracker.done for tracker in entry[0]):
+                self.unsent.remove(entry)
+                self.unsent_bytes -= entry[1]
+        return not self.unsent or self.unsent_bytes + size <= self.config.max_unsent_bytes
+
+
+def _nbytes(frame) -> int:
+    return memoryview(getattr(frame, "buffer", frame)).nbytes
+
+
+def _tracked(frame, trackers: list):
+    """``frame`` as a zero-copy zmq.Frame whose tracker says when ZeroMQ has let go of it."""
+    buffer = getattr(frame, "buffer", frame)
+    if memoryview(buffer).nbytes < _TRACK_MIN:
+        return frame
+    tracked = zmq.Frame(buffer, copy=False, track=True)
+    trackers.append(tracked.tracker)
+    return tracked
+
+
+def _request_cost(frames: list) -> int:
+    """Memory a received message holds: its frames plus its header's decoded objects."""
+    header, arrays = frames[0], frames[1:]
+    return _HEADER_COST * _nbytes(header) + sum(_nbytes(frame) for frame in arrays)

@@ -74,6 +74,14 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-queue", type=int,
                        default=_env("MAX_QUEUE", str(PROTOCOL_MIN_QUEUE)),
                        help="waiting jobs before `busy` (NSTUDIO_MAX_QUEUE; default %(default)s)")
+    serve.add_argument("--max-queue-bytes", type=int,
+                       default=_env("MAX_QUEUE_BYTES", str(ServeConfig.max_queue_bytes)),
+                       help="memory the waiting jobs may hold before `busy` "
+                            "(NSTUDIO_MAX_QUEUE_BYTES; default %(default)s)")
+    serve.add_argument("--max-unsent-bytes", type=int,
+                       default=_env("MAX_UNSENT_BYTES", str(ServeConfig.max_unsent_bytes)),
+                       help="memory replies waiting for slow readers may hold "
+                            "(NSTUDIO_MAX_UNSENT_BYTES; default %(default)s)")
     serve.add_argument("--keep-results", type=int,
                        default=_env("KEEP_RESULTS", str(PROTOCOL_MIN_KEEP)),
                        help=f"kept results retained, at least {PROTOCOL_MIN_KEEP} "
@@ -124,6 +132,7 @@ def _serve(args) -> int:
         bind=args.bind, store=args.store or default_store(), device=args.device,
         log_level=args.log_level, max_message_bytes=args.max_message_bytes,
         max_queue=args.max_queue, keep_results=args.keep_results,
+        max_queue_bytes=args.max_queue_bytes, max_unsent_bytes=args.max_unsent_bytes,
         sweep_seconds=args.sweep_seconds, curve_dir=args.curve_dir, insecure=args.insecure,
         heartbeat_seconds=args.heartbeat_seconds,
     )
@@ -184,6 +193,8 @@ def _check_config(config: ServeConfig) -> str:
                 f"that many kept results), not {config.keep_results}")
     if config.max_queue < 1:
         return f"--max-queue must be at least 1, not {config.max_queue}"
+    if config.max_queue_bytes < 1 or config.max_unsent_bytes < 1:
+        return "--max-queue-bytes and --max-unsent-bytes must be positive"
     if config.max_message_bytes < 1024:
         return f"--max-message-bytes must be at least 1024, not {config.max_message_bytes}"
     if config.sweep_seconds <= 0 or config.heartbeat_seconds <= 0:

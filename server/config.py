@@ -32,6 +32,12 @@ class ServeConfig:
             (``NSTUDIO_MAX_MESSAGE_BYTES``, default 4 GiB).
         max_queue: waiting jobs before ``busy`` (``NSTUDIO_MAX_QUEUE``, default 1000; the
             protocol promises at least 1000, smaller values are for tests).
+        max_queue_bytes: memory the waiting jobs' requests may hold together before a submit
+            is answered ``busy`` (``NSTUDIO_MAX_QUEUE_BYTES``, default 1 GiB). A job that finds
+            the queue empty is always accepted (it is bounded by ``max_message_bytes``).
+        max_unsent_bytes: memory that replies and events waiting for slow readers may hold
+            together (``NSTUDIO_MAX_UNSENT_BYTES``, default 1 GiB). Past it a ``fetch`` is
+            answered ``busy`` and a large event is dropped and logged (results stay fetchable).
         keep_results: kept results retained, newest first (``NSTUDIO_KEEP_RESULTS``, default
             and minimum 100); as many records of failed/cancelled jobs are kept besides.
         sweep_seconds: how often old results are swept (``NSTUDIO_SWEEP_SECONDS``, 60).
@@ -47,6 +53,8 @@ class ServeConfig:
     log_level: str = "info"
     max_message_bytes: int = protocol.Limits().max_message_bytes
     max_queue: int = PROTOCOL_MIN_QUEUE
+    max_queue_bytes: int = 2**30
+    max_unsent_bytes: int = 2**30
     keep_results: int = PROTOCOL_MIN_KEEP
     sweep_seconds: float = 60.0
     curve_dir: Path | None = None

@@ -62,6 +62,7 @@ class JobRecord:
     params: Any = None
     cancel_event: threading.Event = field(default_factory=threading.Event)
     cancel_requests: list = field(default_factory=list)   # [(peer, request id)]
+    held_bytes: int = 0                # what the request holds in memory (--max-queue-bytes)
 
     _PERSISTED = ("job", "pipeline", "state", "created", "finished", "step", "total", "error",
                   "keep")

@@ -142,6 +142,11 @@ class Store:
 
     # Results -----------------------------------------------------------------------------
 
+    def result_bytes(self, job_id: str) -> int:
+        """Size of a stored result's files (what a ``fetch`` reads into memory)."""
+        folder = self.results / _checked_id(job_id)
+        return sum(path.stat().st_size for path in folder.iterdir())
+
     def has_result(self, job_id: str) -> bool:
         return (self.results / _checked_id(job_id) / "outputs.msgpack").is_file()
 

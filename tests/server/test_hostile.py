@@ -306,3 +306,63 @@ def test_reconstruct_point_counts_are_limited_at_submit(shared_server, make_clie
     assert limits["params"]["random_points"]["max"] == 1_000_000
     assert limits["params"]["max_gaussians"]["max"] == 50_000_000
     echo_round_trip(client)
+
+
+# 4. Memory held by waiting jobs and by replies to slow readers --------------------------------
+
+def test_queued_jobs_are_bounded_in_bytes(make_server, make_client):
+    server = make_server("--max-queue-bytes", str(2**20))
+    client = make_client(server.endpoint)
+    running = client.submit(ECHO, {"steps": 100, "step_seconds": 0.1})["job"]
+    wait_until(lambda: client.request("status", job=running)["jobs"][0]["state"] == "running",
+               10, "the first job to start")
+    blob = np.zeros(600 * 1024, np.uint8)
+    first = client.submit(ECHO, {}, {"blob": blob})
+    assert first["type"] == "accepted", first          # an empty queue takes any job
+    second = client.submit(ECHO, {}, {"blob": blob})
+    assert second["type"] == "error" and second["code"] == "busy", second
+    assert "--max-queue-bytes" in second["message"]
+    small = client.submit(ECHO, {}, {"n": 1})
+    assert small["type"] == "accepted", small           # a small one still fits
+    # A header that decodes into many objects counts by what it becomes, not its wire size.
+    many = client.submit(ECHO, {}, {"s": ["ab"] * 20000})
+    assert many["type"] == "error" and many["code"] == "busy", many
+    assert client.request("cancel", job=running)["type"] == "cancelled"
+    assert client.events(first["job"])[-1]["type"] == "result"
+    assert client.submit(ECHO, {}, {"blob": blob})["type"] == "accepted"
+
+
+def test_replies_waiting_for_a_slow_reader_are_bounded(make_server, make_client, context):
+    import zmq
+
+    from server_harness import Client
+
+    server = make_server("--max-unsent-bytes", str(24 * 2**20))
+    client = make_client(server.endpoint)
+    data = np.random.default_rng(0).integers(0, 255, 8 * 2**20, dtype=np.uint8)
+    job = client.submit(ECHO, {}, {"data": data})["job"]
+    assert client.events(job)[-1]["type"] == "result"
+    # A reader that stops reading: its ZeroMQ takes one message, then TCP pushes back.
+    slow = Client.__new__(Client)
+    slow.socket = context.socket(zmq.DEALER)
+    slow.socket.setsockopt(zmq.LINGER, 0)
+    slow.socket.setsockopt(zmq.RCVHWM, 1)
+    slow.socket.setsockopt(zmq.RCVBUF, 64 * 1024)
+    slow.socket.connect(server.endpoint)
+    slow.inbox = []
+    try:
+        ids = [slow.send("fetch", job=job) for _ in range(12)]      # 96 MiB of replies
+        assert client.request("ping")["type"] == "pong"             # the server is fine
+        replies = [slow.reply_to(i, timeout=30) for i in ids]
+    finally:
+        slow.close()
+    kinds = [r["type"] if r["type"] == "result" else r["code"] for r in replies]
+    assert "busy" in kinds and "result" in kinds, kinds
+    for reply in replies:
+        if reply["type"] == "result":
+            assert reply["outputs"]["data"].tobytes() == data.tobytes()
+        else:
+            assert "--max-unsent-bytes" in reply["message"]
+    # Once read, the budget is free again.
+    wait_until(lambda: client.request("fetch", job=job)["type"] == "result", 10,
+               "a fetch to succeed again")
