@@ -109,6 +109,9 @@ def _parser() -> argparse.ArgumentParser:
 
     keys = commands.add_parser("keys", help="make CURVE key pairs for the server and a client")
     keys.add_argument("--out", type=Path, required=True, help="folder to write the keys to")
+    keys.add_argument("--force", action="store_true",
+                      help="replace keys that already exist there (clients holding the old "
+                           "ones are locked out)")
     keys.set_defaults(run=_keys)
 
     demo = commands.add_parser(
@@ -268,7 +271,9 @@ def _keys(args) -> int:
     from . import security
 
     try:
-        written = security.create_keys(args.out)
+        written = security.create_keys(args.out, force=args.force)
+    except security.SecurityError as error:
+        return _fail(str(error))
     except OSError as error:
         return _fail(f"cannot write keys to {args.out}: {error}")
     for name, path in written.items():

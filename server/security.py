@@ -96,13 +96,29 @@ def secure(context: zmq.Context, socket: zmq.Socket, keys: CurveKeys) -> ThreadA
     return auth
 
 
-def create_keys(out_dir: str | Path) -> dict[str, Path]:
+KEY_FILES = ("server.key", "server.key_secret", "client.key", "client.key_secret",
+             f"{ALLOWED_DIR}/client.key")
+
+
+def create_keys(out_dir: str | Path, force: bool = False) -> dict[str, Path]:
     """Make a server and a client key pair, and allow the client (``nstudio keys``).
+
+    Args:
+        out_dir: the folder to write to.
+        force: replace keys already there (every client holding the old ones is locked out).
 
     Returns:
         name -> path of every file written.
+
+    Raises:
+        SecurityError: keys exist in ``out_dir`` and ``force`` is False (nothing is written).
     """
     folder = Path(out_dir)
+    existing = [name for name in KEY_FILES if (folder / name).exists()]
+    if existing and not force:
+        raise SecurityError(f"{folder} already holds keys ({', '.join(existing)}); replacing "
+                            "them locks out every client that has the old ones. Pass --force "
+                            "to replace them, or choose another --out folder")
     folder.mkdir(parents=True, exist_ok=True)
     allowed = folder / ALLOWED_DIR
     allowed.mkdir(exist_ok=True)

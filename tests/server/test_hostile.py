@@ -366,3 +366,19 @@ def test_replies_waiting_for_a_slow_reader_are_bounded(make_server, make_client,
     # Once read, the budget is free again.
     wait_until(lambda: client.request("fetch", job=job)["type"] == "result", 10,
                "a fetch to succeed again")
+
+
+# Also: keys are not replaced silently ---------------------------------------------------------
+
+def test_keys_refuse_to_overwrite_without_force(tmp_path):
+    from test_server_cli import nstudio
+
+    keys = tmp_path / "keys"
+    assert nstudio("keys", "--out", str(keys)).returncode == 0
+    before = {p: p.read_bytes() for p in keys.rglob("*.key*")}
+    again = nstudio("keys", "--out", str(keys))
+    assert again.returncode == 2 and "--force" in again.stderr, again.stderr
+    assert {p: p.read_bytes() for p in keys.rglob("*.key*")} == before
+    forced = nstudio("keys", "--out", str(keys), "--force")
+    assert forced.returncode == 0, forced.stderr
+    assert (keys / "server.key_secret").read_bytes() != before[keys / "server.key_secret"]
