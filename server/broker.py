@@ -85,6 +85,7 @@ class Broker:
         self.running: JobRecord | None = None
         self.stopping = False
         self._request_bytes = 0                       # of the message being handled
+        self._sizes: dict[str, int] = {}              # job -> bytes of its stored result
         # Sent messages ZeroMQ still holds (a slow or stuck reader): (trackers, bytes).
         self.unsent: collections.deque[tuple[list, int]] = collections.deque()
         self.unsent_bytes = 0
@@ -522,16 +523,43 @@ class Broker:
     # Timers -----------------------------------------------------------------------------
 
     def sweep(self) -> None:
-        """Retention: keep the newest ``keep_results`` kept results, and as many other ended
-        jobs; forget older ones (records and files)."""
+        """Retention (docs/protocol-notes.md "Durability"), oldest first:
+
+        - the newest ``keep_results`` kept results always stay (the protocol's promise);
+        - older results expire after ``keep_days``, and while the results together pass
+          ``store_budget`` bytes, oldest first: a burst of small jobs does not push out
+          a long reconstruction of yesterday, and a full disk is not waited for;
+        - of jobs without a stored result, the newest ``keep_results`` records stay.
+        """
         ended = sorted((r for r in self.jobs.values() if r.state in FINAL_STATES),
                        key=lambda r: r.created)
         keep = self.config.keep_results
-        for group in ([r for r in ended if r.has_result], [r for r in ended if not r.has_result]):
-            for record in group[:max(0, len(group) - keep)]:
-                self.store.delete(record.job)
-                del self.jobs[record.job]
-                log.debug("job %s expired from the store", record.job)
+        results = [r for r in ended if r.has_result]
+        others = [r for r in ended if not r.has_result]
+        expired = others[:max(0, len(others) - keep)]
+        older = results[:max(0, len(results) - keep)]
+        cutoff = time.time() - self.config.keep_days * 86400.0
+        total = sum(self._result_size(r) for r in results)
+        for record in older:
+            if (record.finished or record.created) < cutoff or total > self.config.store_budget:
+                expired.append(record)
+                total -= self._result_size(record)
+        for record in expired:
+            self.store.delete(record.job)
+            del self.jobs[record.job]
+            self._sizes.pop(record.job, None)
+            log.debug("job %s expired from the store", record.job)
+
+    def _result_size(self, record: JobRecord) -> int:
+        """Bytes of a stored result on disk (cached: results never change)."""
+        size = self._sizes.get(record.job)
+        if size is None:
+            try:
+                size = self.store.result_bytes(record.job)
+            except OSError:
+                size = 0
+            self._sizes[record.job] = size
+        return size
 
     # Sending ----------------------------------------------------------------------------
 

@@ -86,6 +86,15 @@ def _parser() -> argparse.ArgumentParser:
                        default=_env("KEEP_RESULTS", str(PROTOCOL_MIN_KEEP)),
                        help=f"kept results retained, at least {PROTOCOL_MIN_KEEP} "
                             "(NSTUDIO_KEEP_RESULTS; default %(default)s)")
+    serve.add_argument("--keep-days", type=float,
+                       default=_env("KEEP_DAYS", str(ServeConfig.keep_days)),
+                       help="results beyond the newest --keep-results expire after this many "
+                            "days (NSTUDIO_KEEP_DAYS; default %(default)s)")
+    serve.add_argument("--store-budget", type=_byte_count,
+                       default=_env("STORE_BUDGET", str(ServeConfig.store_budget)),
+                       help="bytes stored results may take, e.g. 20G; beyond it the oldest "
+                            "results outside the newest --keep-results expire "
+                            "(NSTUDIO_STORE_BUDGET; default %(default)s)")
     serve.add_argument("--sweep-seconds", type=float,
                        default=_env("SWEEP_SECONDS", str(ServeConfig.sweep_seconds)),
                        help="retention sweep interval (NSTUDIO_SWEEP_SECONDS; default "
@@ -121,6 +130,19 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _byte_count(text: str) -> int:
+    """``1048576``, ``512M``, ``20G``, ``1.5T`` -> bytes (binary multiples)."""
+    text = str(text).strip().upper().removesuffix("B").removesuffix("I")
+    scale = 1
+    if text and text[-1] in "KMGT":
+        scale = 2 ** (10 * ("KMGT".index(text[-1]) + 1))
+        text = text[:-1]
+    try:
+        return int(float(text) * scale)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a byte count: {text!r} (e.g. 20G)") from None
+
+
 def _fail(message: str) -> int:
     print(f"nstudio: {message}", file=sys.stderr)
     return EXIT_USAGE
@@ -135,6 +157,7 @@ def _serve(args) -> int:
         bind=args.bind, store=args.store or default_store(), device=args.device,
         log_level=args.log_level, max_message_bytes=args.max_message_bytes,
         max_queue=args.max_queue, keep_results=args.keep_results,
+        keep_days=args.keep_days, store_budget=args.store_budget,
         max_queue_bytes=args.max_queue_bytes, max_unsent_bytes=args.max_unsent_bytes,
         sweep_seconds=args.sweep_seconds, curve_dir=args.curve_dir, insecure=args.insecure,
         heartbeat_seconds=args.heartbeat_seconds,
@@ -194,6 +217,8 @@ def _check_config(config: ServeConfig) -> str:
     if config.keep_results < PROTOCOL_MIN_KEEP:
         return (f"--keep-results must be at least {PROTOCOL_MIN_KEEP} (the protocol promises "
                 f"that many kept results), not {config.keep_results}")
+    if config.keep_days < 0 or config.store_budget < 0:
+        return "--keep-days and --store-budget must not be negative"
     if config.max_queue < 1:
         return f"--max-queue must be at least 1, not {config.max_queue}"
     if config.max_queue_bytes < 1 or config.max_unsent_bytes < 1:

@@ -38,8 +38,14 @@ class ServeConfig:
         max_unsent_bytes: memory that replies and events waiting for slow readers may hold
             together (``NSTUDIO_MAX_UNSENT_BYTES``, default 1 GiB). Past it a ``fetch`` is
             answered ``busy`` and a large event is dropped and logged (results stay fetchable).
-        keep_results: kept results retained, newest first (``NSTUDIO_KEEP_RESULTS``, default
-            and minimum 100); as many records of failed/cancelled jobs are kept besides.
+        keep_results: the newest kept results that are never expired (``NSTUDIO_KEEP_RESULTS``,
+            default and minimum 100, the protocol's promise); as many records of jobs without
+            a result (failed, cancelled, ``keep: false``) are kept besides.
+        keep_days: older results beyond the newest ``keep_results`` expire after this many
+            days (``NSTUDIO_KEEP_DAYS``, default 7; fractions allowed, 0 = at once).
+        store_budget: bytes the stored results may take; beyond it the oldest results outside
+            the newest ``keep_results`` expire first (``NSTUDIO_STORE_BUDGET``, default 20 GiB;
+            ``K``/``M``/``G``/``T`` suffixes on the command line).
         sweep_seconds: how often old results are swept (``NSTUDIO_SWEEP_SECONDS``, 60).
         curve_dir: folder made by ``nstudio keys``; turns CURVE on (``NSTUDIO_CURVE_DIR``).
         insecure: allow a non-loopback bind without CURVE (``NSTUDIO_INSECURE=1``).
@@ -56,6 +62,8 @@ class ServeConfig:
     max_queue_bytes: int = 2**30
     max_unsent_bytes: int = 2**30
     keep_results: int = PROTOCOL_MIN_KEEP
+    keep_days: float = 7.0
+    store_budget: int = 20 * 2**30
     sweep_seconds: float = 60.0
     curve_dir: Path | None = None
     insecure: bool = False

@@ -382,3 +382,33 @@ def test_keys_refuse_to_overwrite_without_force(tmp_path):
     forced = nstudio("keys", "--out", str(keys), "--force")
     assert forced.returncode == 0, forced.stderr
     assert (keys / "server.key_secret").read_bytes() != before[keys / "server.key_secret"]
+
+
+# Also: retention by age and size, not count alone ---------------------------------------------
+
+def test_small_jobs_do_not_evict_an_older_big_result(make_server, make_client):
+    import time
+
+    server = make_server("--keep-results", "100", "--store-budget", "1.5M",
+                         "--sweep-seconds", "0.2")
+    client = make_client(server.endpoint)
+    big = np.random.default_rng(1).integers(0, 255, 2**20, dtype=np.uint8)
+
+    def run(inputs) -> str:
+        job = client.submit(ECHO, {}, inputs)["job"]
+        assert client.events(job)[-1]["type"] == "result"
+        return job
+
+    long_job = run({"gaussians": big})             # "yesterday's two-hour reconstruction"
+    small = [run({"n": n}) for n in range(101)]
+    time.sleep(1.0)                                # several sweeps
+    kept = client.request("fetch", job=long_job)
+    assert kept["type"] == "result" and kept["outputs"]["gaussians"].tobytes() == big.tobytes()
+    # Past the size budget the oldest result outside the newest 100 goes first, and only
+    # as much as needed.
+    run({"gaussians": big})
+    wait_until(lambda: client.request("fetch", job=long_job)["type"] == "error", 10,
+               "the store budget to expire the oldest result")
+    assert client.request("fetch", job=long_job)["code"] == "not_found"
+    assert client.request("fetch", job=small[0])["outputs"]["n"] == 0
+    assert len(list((server.store / "results").iterdir())) == 102
