@@ -348,6 +348,7 @@ class Broker:
                 size = self.store.result_bytes(record.job)
             except OSError:
                 size = 0                  # _load_result says what is wrong
+            log.debug("fetch of job %s by %s: %d bytes", record.job, peer.hex(), size)
             if not self._room_for(size):
                 raise ProtocolError("busy", f"{self.unsent_bytes} bytes of replies are waiting "
                                     "for clients that read slowly (limit "

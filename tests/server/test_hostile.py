@@ -352,6 +352,8 @@ def test_replies_waiting_for_a_slow_reader_are_bounded(make_server, make_client,
     slow.inbox = []
     try:
         ids = [slow.send("fetch", job=job) for _ in range(12)]      # 96 MiB of replies
+        wait_until(lambda: server.log_path.read_text().count(f"fetch of job {job}") >= 12, 30,
+                   "the server to handle every fetch before the reader reads")
         assert client.request("ping")["type"] == "pong"             # the server is fine
         replies = [slow.reply_to(i, timeout=30) for i in ids]
     finally:
