@@ -233,7 +233,8 @@ def _split(value, arrays: list):
         if value.dtype.str not in protocol.ALLOWED_DTYPES:
             raise TypeError(f"dtype {value.dtype.str} cannot be stored")
         # C order on disk, so that the checksum of the bytes read back is the one written.
-        value = np.ascontiguousarray(value)
+        if not value.flags.c_contiguous:
+            value = value.copy(order="C")     # (np.ascontiguousarray would make 0-d arrays 1-d)
         arrays.append(value)
         return {_ND: len(arrays), "dtype": value.dtype.str, "shape": list(value.shape),
                 _SUM: _digest(_bytes_of(value))}
@@ -280,7 +281,9 @@ def _pack(value) -> bytes:
 
 
 def _bytes_of(array: np.ndarray) -> memoryview:
-    return memoryview(np.ascontiguousarray(array).reshape(-1).view(np.uint8))
+    if not array.flags.c_contiguous:
+        array = array.copy(order="C")
+    return memoryview(array.reshape(-1).view(np.uint8))
 
 
 def _digest(data) -> str:

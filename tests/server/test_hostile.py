@@ -414,3 +414,18 @@ def test_small_jobs_do_not_evict_an_older_big_result(make_server, make_client):
     assert client.request("fetch", job=long_job)["code"] == "not_found"
     assert client.request("fetch", job=small[0])["outputs"]["n"] == 0
     assert len(list((server.store / "results").iterdir())) == 102
+
+
+def test_stored_results_keep_every_shape_and_order(tmp_path):
+    from server.store import Store
+
+    store = Store(tmp_path)
+    store.open()
+    outputs = {"scalar": np.array(2.5, "<f4"), "fortran": np.asfortranarray(
+        np.arange(12, dtype="<i4").reshape(3, 4)), "strided": np.arange(10, dtype="<f8")[::3],
+        "empty": np.zeros((0, 2), "|u1"), "flags": np.array([True, False])}
+    store.save_result("j1", outputs)
+    back = store.load_result("j1")
+    for key, value in outputs.items():
+        assert (back[key].dtype.str, back[key].shape) == (value.dtype.str, value.shape), key
+        assert back[key].tobytes() == np.ascontiguousarray(value).tobytes(), key
