@@ -349,7 +349,7 @@ class Broker:
             except OSError:
                 size = 0                  # _load_result says what is wrong
             log.debug("fetch of job %s by %s: %d bytes", record.job, peer.hex(), size)
-            if not self._room_for(size):
+            if size >= _TRACK_MIN and not self._room_for(size):
                 raise ProtocolError("busy", f"{self.unsent_bytes} bytes of replies are waiting "
                                     "for clients that read slowly (limit "
                                     f"{self.config.max_unsent_bytes}, --max-unsent-bytes); "
