@@ -304,6 +304,11 @@ def _unpack_header(header_bytes: memoryview, limits: Limits) -> dict:
     except ProtocolError:
         raise
     except Exception as error:  # msgpack raises many types (ValueError, StackError, ExtraData...)
+        if any(f"exceeds max_{kind}_len" in str(error) for kind in ("array", "map")):
+            raise ProtocolError(
+                "bad_message", f"a map or list in the header has more than "
+                f"{limits.max_container_len} entries (send bulk data as array frames)"
+            ) from None
         raise ProtocolError(
             "bad_message", f"header is not valid msgpack: {type(error).__name__}: {error}"
         ) from None
