@@ -9,8 +9,8 @@ Everything comes back as numpy arrays in the PROTOCOL.md contracts, ready for a 
 `capture_steps()` is the same capture one view per step, for a modal operator.
 
 One temporary camera renders every view: it takes each view's matrix and lens settings
-(`camera_model.BlenderLens`), and the wire intrinsics come from those same settings through
-`camera_model.intrinsics_from_blender`, so render and cameras map cannot disagree.
+(`camera.BlenderLens`), and the wire intrinsics come from those same settings through
+`camera.lens_cameras_map`, so render and cameras map cannot disagree.
 
 Why EXR files: in background mode the "Render Result" image has no readable pixels, so each view
 is written as an uncompressed multilayer OpenEXR into a temporary folder (float32, linear, with
@@ -29,7 +29,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..core import camera_model, capture_math
+from ..core import capture_math
+from ..core.camera import BlenderLens, lens_cameras_map
+from .cameras import lens_of
 from . import compat
 
 log = logging.getLogger(__name__)
@@ -249,17 +251,6 @@ def capture_steps(objects=None, options: CaptureOptions | None = None, scene=Non
     return _render_views(scene, targets, vertices, faces, cams, lenses, clips, opts, t0)
 
 
-def lens_of(camera_data) -> camera_model.BlenderLens:
-    """The lens settings of a Blender camera (``bpy.types.Camera``) that decide its intrinsics.
-
-    Pixel aspect is left square: capture renders with square pixels.
-    """
-    return camera_model.BlenderLens(
-        lens_mm=float(camera_data.lens), sensor_width=float(camera_data.sensor_width),
-        sensor_height=float(camera_data.sensor_height), sensor_fit=camera_data.sensor_fit,
-        shift_x=float(camera_data.shift_x), shift_y=float(camera_data.shift_y))
-
-
 def _user_views(cameras, opts: CaptureOptions):
     """Cameras map, lenses and clip ranges of the user's camera objects (checked)."""
     cameras = list(cameras)
@@ -273,17 +264,17 @@ def _user_views(cameras, opts: CaptureOptions):
             raise ValueError(f"cameras: camera {obj.name!r} is {obj.data.type}; only perspective cameras "
                              f"can be captured")
     matrices = np.array([np.array(obj.matrix_world, dtype=np.float64) for obj in cameras])
-    lenses = [lens_of(obj.data) for obj in cameras]
+    lenses = [lens_of(obj.data) for obj in cameras]  # square pixels: capture renders with them
     clips = [(float(obj.data.clip_start), float(obj.data.clip_end)) for obj in cameras]
     try:
-        cams = capture_math.cameras_map(matrices, lenses, opts.width, opts.height,
-                                        near=min(c[0] for c in clips), far=max(c[1] for c in clips))
+        cams = lens_cameras_map(matrices, lenses, opts.width, opts.height,
+                                near=min(c[0] for c in clips), far=max(c[1] for c in clips))
     except ValueError as exc:
         raise ValueError(f"cameras: {exc}") from exc
     return cams, lenses, clips
 
 
-def _apply_lens(cam_data, lens: camera_model.BlenderLens, clip: tuple[float, float]) -> None:
+def _apply_lens(cam_data, lens: BlenderLens, clip: tuple[float, float]) -> None:
     cam_data.type = "PERSP"
     cam_data.lens_unit = "MILLIMETERS"
     cam_data.lens = lens.lens_mm

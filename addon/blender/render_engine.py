@@ -32,7 +32,9 @@ from typing import Optional
 import bpy
 import numpy as np
 
-from ..core import camera_model, gaussian_transform, render_client, viewport
+from . import cameras
+from ..core import gaussian_transform, render_client, viewport
+from ..core.camera import render_size
 from ..wire import protocol
 
 log = logging.getLogger(__name__)
@@ -135,21 +137,12 @@ def viewport_settings(scene) -> render_client.RenderSettings:
 # ------------------------------------------------------------------ gather
 
 def camera_for_frame(scene, camera_obj, width: int, height: int) -> dict:
-    """The cameras map (T = 1) of an evaluated Blender camera object at this frame.
+    """The cameras map (T = 1) of an evaluated Blender camera object at this frame (:func:`cameras.frame_cameras`).
 
     Raises:
         ValueError: no camera, or not a perspective camera.
     """
-    if camera_obj is None:
-        raise ValueError(f"scene '{scene.name}' has no active camera")
-    cam = camera_obj.data
-    if cam.type != "PERSP":
-        raise ValueError(f"camera '{camera_obj.name}' is {cam.type}; splat rendering needs a perspective camera")
-    fx, fy, cx, cy = camera_model.intrinsics_from_blender(
-        cam.lens, cam.sensor_width, cam.sensor_height, cam.sensor_fit, cam.shift_x, cam.shift_y,
-        width, height, scene.render.pixel_aspect_x, scene.render.pixel_aspect_y)
-    wfc = np.array(camera_obj.matrix_world, dtype=np.float32)[None]
-    return render_client.cameras_map(wfc, fx, fy, cx, cy, width, height, near=cam.clip_start, far=cam.clip_end)
+    return cameras.frame_cameras(scene, camera_obj, width, height)
 
 
 def _content_key(obj) -> tuple:
@@ -260,8 +253,8 @@ class NSTUDIO_SplatRenderEngine(bpy.types.RenderEngine):
 
     def render(self, depsgraph):
         scene = depsgraph.scene
-        width, height = camera_model.render_size(scene.render.resolution_x, scene.render.resolution_y,
-                                                 scene.render.resolution_percentage)
+        width, height = render_size(scene.render.resolution_x, scene.render.resolution_y,
+                                    scene.render.resolution_percentage)
         rgb = np.zeros((height, width, 3), np.float32)
         alpha = np.zeros((height, width), np.float32)
         depth = np.full((height, width), np.inf, np.float32)
@@ -295,12 +288,12 @@ class NSTUDIO_SplatRenderEngine(bpy.types.RenderEngine):
         # scene.camera is the original object even on the evaluated scene: its animation is
         # only in the evaluated copy.
         camera = scene.camera.original.evaluated_get(depsgraph) if scene.camera is not None else None
-        cameras = camera_for_frame(scene, camera, width, height)
+        cams = camera_for_frame(scene, camera, width, height)
         params = render_params(scene)
         settings = render_settings(scene)
         n = len(gaussians["means"])
         self.update_stats("", f"Rendering {n:,} Gaussians on {settings.endpoint}")
-        out = render_client.render(gaussians, cameras, params, settings,
+        out = render_client.render(gaussians, cams, params, settings,
                                    should_cancel=self.test_break,
                                    on_progress=lambda s, t: self.update_progress(s / t if t else 0.0))
         rgb, alpha, depth = out["rgb"][0], out["alpha"][0], out["depth"][0]
@@ -339,7 +332,7 @@ class NSTUDIO_SplatRenderEngine(bpy.types.RenderEngine):
             return
         region, rv3d = context.region, context.region_data
         try:
-            camera = viewport.camera_from_view(rv3d.view_matrix, rv3d.window_matrix, region.width, region.height)
+            camera = cameras.view_camera(region, rv3d)
             note = ""
         except ValueError as exc:
             camera, note = None, str(exc)

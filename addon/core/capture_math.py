@@ -6,7 +6,7 @@ What `addon/capture.py` needs and what can be tested without Blender:
   as look-at matrices in Blender's camera convention (`world_from_camera`: the camera looks down
   its -Z axis, +Y is up in the image; Z-up world, metres);
 - the Blender lens of generated cameras and the wire cameras map of a set of views, whose
-  intrinsics always come from `camera_model.intrinsics_from_blender` (the one home of the
+  intrinsics always come from `camera.intrinsics_from_blender` (the one home of the
   Blender lens -> pinhole formula), so the camera Blender renders with and the cameras sent to
   the server cannot disagree;
 - the held-out split used by `splat.reconstruct` (`test_every`);
@@ -27,7 +27,7 @@ import struct
 
 import numpy as np
 
-from .camera_model import BlenderLens, intrinsics_from_blender
+from .camera import BlenderLens, lens_intrinsics, project
 
 LAYOUTS = ("ring", "hemisphere", "sphere")
 
@@ -131,61 +131,6 @@ def layout_lens(lens_mm: float) -> BlenderLens:
                        sensor_fit="AUTO", shift_x=0.0, shift_y=0.0)
 
 
-def lens_intrinsics(lens: BlenderLens, width: int, height: int) -> tuple[float, float, float, float]:
-    """Pinhole intrinsics (fx, fy, cx, cy), pixels, of a Blender lens rendered at `width` x `height`.
-
-    A thin call of `camera_model.intrinsics_from_blender` (see there for the conventions).
-    """
-    return intrinsics_from_blender(lens.lens_mm, lens.sensor_width, lens.sensor_height, lens.sensor_fit,
-                                   lens.shift_x, lens.shift_y, width, height,
-                                   lens.pixel_aspect_x, lens.pixel_aspect_y)
-
-
-def cameras_map(world_from_camera: np.ndarray, lenses, width: int, height: int, near: float, far: float) -> dict:
-    """The PROTOCOL.md cameras map of views that each have their own Blender lens.
-
-    Args:
-        world_from_camera: camera to world, Blender camera convention, metres; any scale in the
-            rotation columns is removed, as Blender's renderer does. [T, 4, 4]
-        lenses: one `camera_model.BlenderLens` per view (T of them).
-        width: image width in pixels (every view).
-        height: image height in pixels (every view).
-        near: near clipping distance, metres.
-        far: far clipping distance, metres.
-
-    Returns:
-        The cameras map; fx, fy, cx, cy are per-view arrays. [T] <f8
-
-    Raises:
-        ValueError: the counts disagree, a matrix is not finite or degenerate, or a lens is bad.
-    """
-    m = np.array(world_from_camera, dtype=np.float64)
-    if m.ndim != 3 or m.shape[1:] != (4, 4):
-        raise ValueError(f"world_from_camera must be [T, 4, 4], got {list(m.shape)}")
-    if len(lenses) != len(m):
-        raise ValueError(f"{len(lenses)} lenses for {len(m)} camera matrices")
-    if len(m) == 0:
-        raise ValueError("no cameras")
-    if not np.isfinite(m).all():
-        raise ValueError("world_from_camera has non-finite values")
-    scale = np.linalg.norm(m[:, :3, :3], axis=1)  # length of each axis column [T, 3]
-    if (scale < 1e-12).any():
-        raise ValueError(f"camera {int(np.argwhere(scale < 1e-12)[0, 0])}: matrix has a zero-length axis")
-    m[:, :3, :3] /= scale[:, None, :]
-    intr = np.array([lens_intrinsics(lens, width, height) for lens in lenses], dtype=np.float64)  # [T, 4]
-    return {
-        "world_from_camera": m.astype(np.float32),
-        "fx": np.ascontiguousarray(intr[:, 0]),
-        "fy": np.ascontiguousarray(intr[:, 1]),
-        "cx": np.ascontiguousarray(intr[:, 2]),
-        "cy": np.ascontiguousarray(intr[:, 3]),
-        "width": int(width),
-        "height": int(height),
-        "near": float(near),
-        "far": float(far),
-    }
-
-
 def capture_cameras(
     bbox_min,
     bbox_max,
@@ -260,37 +205,6 @@ def holdout_split(count: int, test_every: int) -> tuple[np.ndarray, np.ndarray]:
         return idx, idx[:0]
     test = idx % test_every == 0
     return idx[~test], idx[test]
-
-
-def _per_camera(value, count: int) -> np.ndarray:
-    arr = np.asarray(value, dtype=np.float64)
-    return np.broadcast_to(arr, (count,)) if arr.ndim == 0 else arr
-
-
-def project(points: np.ndarray, cameras: dict) -> tuple[np.ndarray, np.ndarray]:
-    """Project world points into every camera.
-
-    Args:
-        points: world frame, metres. [P, 3]
-        cameras: PROTOCOL.md cameras map with T cameras.
-
-    Returns:
-        pixels: (x, y) image-plane coordinates; pixel (r, c) covers [c, c+1) x [r, r+1). [T, P, 2]
-        depth: distance along each camera's -Z axis, metres (<= 0 behind the camera). [T, P]
-    """
-    w2c = np.asarray(cameras["world_from_camera"], dtype=np.float64)
-    t = len(w2c)
-    c2w = np.linalg.inv(w2c)
-    pts = np.asarray(points, dtype=np.float64)
-    cam = np.einsum("tij,pj->tpi", c2w[:, :3, :3], pts) + c2w[:, None, :3, 3]
-    depth = -cam[..., 2]
-    safe = np.where(np.abs(depth) > 1e-12, depth, 1e-12)
-    fx, fy = _per_camera(cameras["fx"], t), _per_camera(cameras["fy"], t)
-    cx, cy = _per_camera(cameras["cx"], t), _per_camera(cameras["cy"], t)
-    # Blender camera: +X right, +Y up; image rows grow downwards, hence the minus on y.
-    u = fx[:, None] * cam[..., 0] / safe + cx[:, None]
-    v = -fy[:, None] * cam[..., 1] / safe + cy[:, None]
-    return np.stack([u, v], axis=-1), depth
 
 
 # --------------------------------------------------------------------------------------------

@@ -70,44 +70,6 @@ class RenderSettings:
     limits: protocol.Limits = field(default_factory=protocol.Limits)
 
 
-def cameras_map(world_from_camera: np.ndarray, fx, fy, cx, cy, width: int, height: int,
-                near: float = 0.01, far: float = 1e10, fps: Optional[float] = None) -> dict:
-    """A PROTOCOL.md cameras map with a leading axis T.
-
-    Args:
-        world_from_camera: Blender camera matrices (looks down -Z, +Y up), world frame, metres. [T, 4, 4]
-        fx: focal length x, pixels: scalar or [T].
-        fy: focal length y, pixels: scalar or [T].
-        cx: principal point x, pixels: scalar or [T].
-        cy: principal point y, pixels (row 0 at the top): scalar or [T].
-        width: image width, pixels.
-        height: image height, pixels.
-        near: near clip, metres.
-        far: far clip, metres.
-        fps: frames per second, where the cameras are a path.
-
-    Returns:
-        The map, arrays float32.
-    """
-    wfc = np.ascontiguousarray(world_from_camera, dtype=np.float32)
-    if wfc.ndim != 3 or wfc.shape[1:] != (4, 4):
-        raise ValueError(f"world_from_camera must be [T, 4, 4], got {wfc.shape}")
-
-    def intr(v, name):
-        a = np.asarray(v, dtype=np.float32)
-        if a.ndim == 0:
-            return float(a)
-        if a.shape != (len(wfc),):
-            raise ValueError(f"{name} must be a scalar or [T={len(wfc)}], got shape {a.shape}")
-        return np.ascontiguousarray(a)
-
-    cams = {"world_from_camera": wfc, "fx": intr(fx, "fx"), "fy": intr(fy, "fy"), "cx": intr(cx, "cx"),
-            "cy": intr(cy, "cy"), "width": int(width), "height": int(height), "near": float(near), "far": float(far)}
-    if fps is not None:
-        cams["fps"] = float(fps)
-    return cams
-
-
 def srgb_to_linear_premultiplied(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
     """Premultiplied sRGB-encoded colour -> premultiplied linear (Gaussians whose colours are sRGB).
 
@@ -213,7 +175,7 @@ def render(gaussians: dict, cameras: dict, params: Optional[dict] = None,
 
     Args:
         gaussians: PROTOCOL.md Gaussians map, world frame.
-        cameras: cameras map with a leading axis T (see :func:`cameras_map`).
+        cameras: cameras map with a leading axis T (see :func:`camera.cameras_map`).
         params: ``splat.render`` params (``sh_degree``, ``background``); none -> defaults.
         settings: endpoint and timeouts.
         should_cancel: polled at least every ``settings.poll_s``; True -> cancel the job.

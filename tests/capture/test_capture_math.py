@@ -8,7 +8,7 @@ import struct
 import numpy as np
 import pytest
 
-from addon.core import camera_model
+from addon.core import camera as camera_model
 from addon.core import capture_math as cm
 
 BOX = (np.array([-1.0, -0.5, 0.0]), np.array([1.0, 1.5, 1.2]))
@@ -45,7 +45,7 @@ def test_cameras_look_at_the_box_centre(layout):
     assert (pix[..., 1] > 0).all() and (pix[..., 1] < 64).all()
     assert (z > cams["near"]).all() and (z < cams["far"]).all()
     # project() (matrix inverse) agrees with the axis formula.
-    p2, z2 = cm.project(corners, cams)
+    p2, z2 = camera_model.project(corners, cams)
     np.testing.assert_allclose(p2, pix, atol=1e-3)
     if layout != "sphere":
         # Upright cameras above the centre: world +Z points up in the image (smaller row).
@@ -65,7 +65,7 @@ def test_kernels_camera_agrees():
         + kc.camera_from_world().double()[:, None, :3, 3]
     uv = cam[..., :2] / cam[..., 2:] * torch.stack([kc.fx, kc.fy], -1)[:, None].double() \
         + torch.stack([kc.cx, kc.cy], -1)[:, None].double()
-    pix, _ = cm.project(pts, cams)
+    pix, _ = camera_model.project(pts, cams)
     np.testing.assert_allclose(pix, uv.numpy(), atol=1e-3)
 
 
@@ -93,7 +93,7 @@ def test_cameras_map_has_per_view_intrinsics_and_strips_scale():
     m = cm.look_at(np.array([[4.0, -3.0, 2.0], [-3.0, -4.0, 3.0]]), np.zeros(3))
     scaled = m.copy()
     scaled[0, :3, :3] *= 2.5  # a scaled camera object: Blender renders it unscaled
-    cams = cm.cameras_map(scaled, lenses, 48, 36, near=0.1, far=100.0)
+    cams = camera_model.lens_cameras_map(scaled, lenses, 48, 36, near=0.1, far=100.0)
     np.testing.assert_allclose(cams["world_from_camera"], m, atol=1e-6)
     assert cams["world_from_camera"].dtype == np.float32
     for key in ("fx", "fy", "cx", "cy"):
@@ -104,14 +104,14 @@ def test_cameras_map_has_per_view_intrinsics_and_strips_scale():
         assert tuple(cams[k][i] for k in ("fx", "fy", "cx", "cy")) == want
     assert (cams["width"], cams["height"], cams["near"], cams["far"]) == (48, 36, 0.1, 100.0)
     # Per-view arrays work where the maths reads cameras: the look-at target lands on each principal point.
-    pix, _ = cm.project(np.zeros((1, 3)), cams)
+    pix, _ = camera_model.project(np.zeros((1, 3)), cams)
     np.testing.assert_allclose(pix[:, 0], np.stack([cams["cx"], cams["cy"]], -1), atol=1e-4)
     with pytest.raises(ValueError, match="1 lenses for 2"):
-        cm.cameras_map(m, lenses[:1], 48, 36, 0.1, 100.0)
+        camera_model.lens_cameras_map(m, lenses[:1], 48, 36, 0.1, 100.0)
     bad = m.copy()
     bad[1, :3, 0] = 0.0
     with pytest.raises(ValueError, match="camera 1: matrix has a zero-length axis"):
-        cm.cameras_map(bad, lenses, 48, 36, 0.1, 100.0)
+        camera_model.lens_cameras_map(bad, lenses, 48, 36, 0.1, 100.0)
 
 
 def test_look_at_straight_down_is_defined():

@@ -29,7 +29,7 @@ def _expected(local, obj, cam_obj, scene):
     """Render with kernels directly: world Gaussians built here with mathutils, camera via nskernels.camera."""
     from mathutils import Quaternion, Vector
 
-    from addon.core import camera_model
+    from addon.core import camera as camera_model
     from nskernels.camera import Cameras
     from nskernels.rasterize import rasterize
 

@@ -15,7 +15,7 @@ bpy = pytest.importorskip("bpy")
 import blender_support  # noqa: E402
 import final_shot_helpers as h  # noqa: E402
 
-from addon.core import camera_model, render_client, viewport
+from addon.core import camera as camera_model, render_client, viewport
 from tools import demo# noqa: E402
 
 # ------------------------------------------------------------------ view matrices -> camera
@@ -49,13 +49,13 @@ def _blender_camera(case):
     return cam
 
 
-def _as_viewport(cam) -> viewport.ViewCamera:
+def _as_viewport(cam) -> camera_model.ViewCamera:
     """Feed a camera's matrices to camera_from_view the way a camera view of the viewport does."""
     scene = bpy.context.scene
     w, h_ = scene.render.resolution_x, scene.render.resolution_y
     projection = cam.calc_matrix_camera(bpy.context.evaluated_depsgraph_get(), x=w, y=h_,
                                         scale_x=scene.render.pixel_aspect_x, scale_y=scene.render.pixel_aspect_y)
-    return viewport.camera_from_view(cam.matrix_world.inverted(), projection, w, h_)
+    return camera_model.camera_from_view(cam.matrix_world.inverted(), projection, w, h_)
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c['fit']}-{c['size'][0]}x{c['size'][1]}-{c['aspect']}")
@@ -113,9 +113,9 @@ def test_orthographic_and_malformed_views_are_refused():
     with pytest.raises(ValueError, match="orthographic"):
         _as_viewport(cam)
     with pytest.raises(ValueError, match="window_matrix must be a finite 4 x 4"):
-        viewport.camera_from_view(np.eye(4), np.full((4, 4), np.nan), 10, 10)
+        camera_model.camera_from_view(np.eye(4), np.full((4, 4), np.nan), 10, 10)
     with pytest.raises(ValueError, match="region size must be positive"):
-        viewport.camera_from_view(np.eye(4), np.eye(4), 0, 10)
+        camera_model.camera_from_view(np.eye(4), np.eye(4), 0, 10)
 
 
 # ------------------------------------------------------------------ the worker, real server
@@ -135,7 +135,7 @@ def _gaussians(n=40, seed=3, spread=1.0):
 def _camera(x=0.0, width=64, height=48, lens_px=60.0):
     """A camera 6 m down -Y looking at the origin (+Y), moved ``x`` metres sideways."""
     world_from_camera = np.array([[1, 0, 0, x], [0, 0, -1, -6.0], [0, 1, 0, 0], [0, 0, 0, 1]], np.float64)
-    return viewport.ViewCamera(world_from_camera, lens_px, lens_px, width / 2, height / 2, width, height, 0.1, 100.0)
+    return camera_model.ViewCamera(world_from_camera, lens_px, lens_px, width / 2, height / 2, width, height, 0.1, 100.0)
 
 
 def _settings(endpoint, **kw):

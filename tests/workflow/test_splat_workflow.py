@@ -17,7 +17,7 @@ import pytest
 from blender_support import tick_until
 
 from addon.blender import capture, compat, ops_splat
-from addon.core import capture_math, render_client
+from addon.core import camera, capture_math, render_client
 from tools import sample_scene
 from addon.blender.importers import gaussians as gaussian_objects
 
@@ -163,7 +163,7 @@ def test_render_splats_operator_writes_an_image_sequence(live, server, tmp_path)
     frames = [png_pixels(p)[::-1] for p in paths]  # row 0 at the top, as the cameras map counts rows
     # Where each blob's centre projects (an independent pinhole projection of the scene camera),
     # the frame is covered and shows that blob's colour (red, green, blue); the corners stay empty.
-    pixels, _ = capture_math.project(means, ops_splat.camera_path(scene, animation=True))
+    pixels, _ = camera.project(means, ops_splat.camera_path(scene, animation=True))
     for rgba, centres in zip(frames, pixels):
         assert rgba.shape == (36, 48, 4)
         for channel, (x, y) in enumerate(centres):
