@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..core import capture_math
+from ..core import capture_math, colour
 from ..core.camera import BlenderLens, lens_cameras_map
 from .cameras import lens_of
 from . import compat
@@ -336,13 +336,13 @@ def _render_views(scene, targets, vertices, faces, cams, lenses, clips, opts: Ca
             _remove_quietly(cam_data, bpy.data.cameras)
 
     # 4. Blender writes premultiplied colour; the wire wants straight alpha. A trace of alpha
-    # (< 1/255) where no surface was hit is not coverage: Workbench in Blender 4.2 leaves 2^-11
-    # on the whole empty background.
-    images[(images[..., 3] < 1.0 / 255.0) & (depths >= 1e9)] = 0.0
+    # (below colour.COVERAGE_FLOOR) where no surface was hit is not coverage: Workbench in
+    # Blender 4.2 leaves 2^-11 on the whole empty background.
+    images[(images[..., 3] < colour.COVERAGE_FLOOR) & (depths >= 1e9)] = 0.0
     alpha = images[..., 3:4]
-    images[..., :3] = capture_math.straight_alpha(images[..., :3], alpha)
+    images[..., :3] = colour.straight_alpha(images[..., :3], alpha)
     images[..., 3] = np.clip(images[..., 3], 0.0, 1.0)
-    depths[(images[..., 3] < 1.0 / 255.0) | (depths >= 1e9)] = np.inf
+    depths[(images[..., 3] < colour.COVERAGE_FLOOR) | (depths >= 1e9)] = np.inf
 
     # 5. Initial points on the surfaces, coloured by the renders where they are visible.
     points = np.zeros((0, 3), dtype=np.float32)

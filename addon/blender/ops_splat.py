@@ -45,7 +45,7 @@ from bpy.props import BoolProperty, EnumProperty, FloatVectorProperty, IntProper
 from ..core import client as client_mod
 from ..core import handlers
 from . import session
-from ..core.capture_math import straight_alpha
+from ..core.colour import frame_to_rgba8
 from ..core.formats.gaussians import K_BY_DEGREE
 
 log = logging.getLogger(__name__)
@@ -129,30 +129,6 @@ def reconstruct_inputs(captured: dict) -> dict:
         inputs["points"] = np.ascontiguousarray(points, dtype=np.float32)
         inputs["colors"] = np.ascontiguousarray(np.clip(captured["colors"], 0.0, 1.0), dtype=np.float32)
     return inputs
-
-
-def linear_to_srgb(x: np.ndarray) -> np.ndarray:
-    """The sRGB transfer function (IEC 61966-2-1) on linear values, clipped to [0, 1]."""
-    x = np.clip(x, 0.0, 1.0)
-    return np.where(x <= 0.0031308, 12.92 * x, 1.055 * np.power(x, 1.0 / 2.4) - 0.055)
-
-
-def frame_to_rgba8(rgb: np.ndarray, alpha: np.ndarray, srgb_encoded: bool = False) -> np.ndarray:
-    """A premultiplied ``splat.render`` frame -> straight-alpha sRGB bytes, as PNG stores them.
-
-    Args:
-        rgb: premultiplied colour, row 0 at the top; linear, or sRGB-encoded when the
-            Gaussians were (then it is not encoded a second time). [H, W, 3]
-        alpha: coverage. [H, W]
-        srgb_encoded: the Gaussians' colour space is sRGB.
-
-    Returns:
-        RGBA uint8, row 0 at the top. [H, W, 4]
-    """
-    a = np.clip(alpha, 0.0, 1.0)[..., None]
-    straight = straight_alpha(rgb, a)
-    out = np.concatenate([straight.clip(0.0, 1.0) if srgb_encoded else linear_to_srgb(straight), a], axis=-1)
-    return np.round(out * 255.0).astype(np.uint8)
 
 
 def write_png(path: str, rgba: np.ndarray) -> None:

@@ -33,7 +33,7 @@ import bpy
 import numpy as np
 
 from . import cameras
-from ..core import gaussian_transform, render_client, viewport
+from ..core import colour, gaussian_transform, render_client, viewport
 from ..core.camera import render_size
 from ..wire import protocol
 
@@ -298,7 +298,7 @@ class NSTUDIO_SplatRenderEngine(bpy.types.RenderEngine):
                                    on_progress=lambda s, t: self.update_progress(s / t if t else 0.0))
         rgb, alpha, depth = out["rgb"][0], out["alpha"][0], out["depth"][0]
         if spaces and all(s == "srgb" for s in spaces):
-            rgb = render_client.srgb_to_linear_premultiplied(rgb, alpha)
+            rgb = colour.srgb_to_linear_premultiplied(rgb, alpha)
         elif "srgb" in spaces:
             log.warning("scene '%s' mixes linear and sRGB Gaussian objects; rendering all as linear", scene.name)
         return rgb, alpha, depth

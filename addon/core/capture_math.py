@@ -299,25 +299,6 @@ def colour_points(
 
 
 # --------------------------------------------------------------------------------------------
-# Images
-# --------------------------------------------------------------------------------------------
-
-
-def straight_alpha(rgb: np.ndarray, alpha: np.ndarray, eps: float = 1e-6) -> np.ndarray:
-    """Premultiplied colour -> straight colour; 0 where alpha is at most ``eps`` (no coverage).
-
-    Args:
-        rgb: premultiplied colour. [..., 3]
-        alpha: coverage, broadcastable against ``rgb`` (e.g. [..., 1]).
-        eps: alpha at or below this counts as empty.
-
-    Returns:
-        Straight colour. [..., 3]
-    """
-    return np.where(alpha > eps, rgb / np.maximum(alpha, eps), 0.0)
-
-
-# --------------------------------------------------------------------------------------------
 # OpenEXR (uncompressed scanline files, single- or multi-part, as Blender writes them)
 # --------------------------------------------------------------------------------------------
 

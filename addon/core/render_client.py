@@ -70,22 +70,6 @@ class RenderSettings:
     limits: protocol.Limits = field(default_factory=protocol.Limits)
 
 
-def srgb_to_linear_premultiplied(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
-    """Premultiplied sRGB-encoded colour -> premultiplied linear (Gaussians whose colours are sRGB).
-
-    Args:
-        rgb: premultiplied colour, sRGB-encoded. [H, W, 3]
-        alpha: [H, W]
-
-    Returns:
-        Premultiplied linear colour, float32. [H, W, 3]
-    """
-    a = alpha[..., None]
-    straight = np.where(a > 0, rgb / np.maximum(a, 1e-12), 0.0).clip(0.0, None)
-    lin = np.where(straight <= 0.04045, straight / 12.92, ((straight + 0.055) / 1.055) ** 2.4)
-    return (lin * a).astype(np.float32)
-
-
 class Connection:
     """One DEALER socket to the server, with deadline-based receive.
 

@@ -27,7 +27,7 @@ from typing import Optional
 
 import numpy as np
 
-from . import render_client
+from . import colour, render_client
 from .camera import ViewCamera
 
 log = logging.getLogger(__name__)
@@ -99,7 +99,7 @@ def frame_rgba(rgb: np.ndarray, alpha: np.ndarray, srgb: bool = False) -> np.nda
         Premultiplied linear RGBA, rows bottom-up, float32 C-contiguous. [H, W, 4]
     """
     if srgb:
-        rgb = render_client.srgb_to_linear_premultiplied(rgb, alpha)
+        rgb = colour.srgb_to_linear_premultiplied(rgb, alpha)
     h, w = alpha.shape
     rgba = np.empty((h, w, 4), np.float32)
     rgba[..., :3] = rgb[::-1]

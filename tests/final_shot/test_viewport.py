@@ -15,7 +15,7 @@ bpy = pytest.importorskip("bpy")
 import blender_support  # noqa: E402
 import final_shot_helpers as h  # noqa: E402
 
-from addon.core import camera as camera_model, render_client, viewport
+from addon.core import camera as camera_model, colour, render_client, viewport
 from tools import demo# noqa: E402
 
 # ------------------------------------------------------------------ view matrices -> camera
@@ -180,7 +180,7 @@ def test_worker_frame_equals_the_synchronous_render(server):
     np.testing.assert_allclose(got_alpha, alpha, atol=1e-6)
     np.testing.assert_allclose(got_rgb, rgb, atol=1e-6)
     assert frame.rgba.flags.c_contiguous and frame.rgba.dtype == np.float32
-    np.testing.assert_allclose(_image(srgb_frame)[0], render_client.srgb_to_linear_premultiplied(rgb, alpha),
+    np.testing.assert_allclose(_image(srgb_frame)[0], colour.srgb_to_linear_premultiplied(rgb, alpha),
                                atol=1e-6)
     assert [s.outcome for s in renderer.spans()] == ["frame", "frame"]
     assert renderer.status().state == "stopped" and not renderer.is_alive()

@@ -17,7 +17,7 @@ import pytest
 from blender_support import tick_until
 
 from addon.blender import capture, compat, ops_splat
-from addon.core import camera, capture_math, render_client
+from addon.core import camera, capture_math, colour, render_client
 from tools import sample_scene
 from addon.blender.importers import gaussians as gaussian_objects
 
@@ -178,8 +178,8 @@ def test_render_frames_are_encoded_once_for_srgb_gaussians():
     # A half-covered pixel whose straight colour is 0.25: linear Gaussians are sRGB-encoded for
     # the PNG (0.25 -> 0.5371 -> 137); sRGB Gaussians' colours already are (0.25 -> 64).
     rgb, alpha = np.full((1, 1, 3), 0.125, np.float32), np.full((1, 1), 0.5, np.float32)
-    assert ops_splat.frame_to_rgba8(rgb, alpha)[0, 0].tolist() == [137, 137, 137, 128]
-    assert ops_splat.frame_to_rgba8(rgb, alpha, srgb_encoded=True)[0, 0].tolist() == [64, 64, 64, 128]
+    assert colour.frame_to_rgba8(rgb, alpha)[0, 0].tolist() == [137, 137, 137, 128]
+    assert colour.frame_to_rgba8(rgb, alpha, srgb_encoded=True)[0, 0].tolist() == [64, 64, 64, 128]
     # Which applies follows the objects' recorded colour space (all sRGB, else linear).
     a, b = (bpy.data.objects.new(name, None) for name in ("A", "B"))
     a[gaussian_objects.PROP_COLOR_SPACE] = b[gaussian_objects.PROP_COLOR_SPACE] = "srgb"
