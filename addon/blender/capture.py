@@ -14,7 +14,7 @@ One temporary camera renders every view: it takes each view's matrix and lens se
 
 Why EXR files: in background mode the "Render Result" image has no readable pixels, so each view
 is written as an uncompressed multilayer OpenEXR into a temporary folder (float32, linear, with
-the Depth pass) and read back in bulk by `capture_math.read_exr`. Scene settings that capture
+the Depth pass) and read back in bulk by `formats.exr.read_exr`. Scene settings that capture
 changes are restored and the temporary camera and files are removed, also on errors.
 """
 
@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..core import capture_math, colour
+from ..core.formats.exr import read_exr
 from ..core.camera import BlenderLens, lens_cameras_map
 from .cameras import lens_of
 from . import compat
@@ -325,7 +326,7 @@ def _render_views(scene, targets, vertices, faces, cams, lenses, clips, opts: Ca
                 bpy.ops.render.render(write_still=True)
                 if not os.path.exists(path):
                     raise RuntimeError(f"view {i + 1}/{t}: Blender did not write the render (interrupted?)")
-                ch = capture_math.read_exr(path)
+                ch = read_exr(path)
                 layer = _layer_prefix(ch)
                 images[i] = np.stack([ch[f"{layer}Combined.{c}"] for c in "RGBA"], axis=-1)
                 depths[i] = ch[f"{layer}Depth.Z"]
