@@ -22,7 +22,9 @@ FEATURE_MODULES = (
     "operators",
     "ui",
     "ops_gaussians",
-    "ops_splat",
+    "splat_train",
+    "splat_render",
+    "splat_panel",
 )
 
 _registered: list = []

@@ -366,6 +366,25 @@ def current() -> Optional[Session]:
     return _session
 
 
+def require_connected() -> Session:
+    """The connected session, or a RuntimeError a person can act on."""
+    live = current()
+    if live is None or not live.client.connected:
+        raise RuntimeError("not connected to a Neural Studio server: press Connect in the Neural Studio panel")
+    return live
+
+
+def require_pipeline(pipeline: str) -> Session:
+    """The connected session whose server can run ``pipeline``, or a RuntimeError saying why not."""
+    live = require_connected()
+    info = ((live.client.welcome or {}).get("pipelines") or {}).get(pipeline)
+    if info is None:
+        raise RuntimeError(f"the server has no '{pipeline}' pipeline")
+    if not info.get("available", False):
+        raise RuntimeError(f"'{pipeline}' cannot run on the server: {info.get('reason') or 'no reason given'}")
+    return live
+
+
 def last_log_path() -> str:
     """The local server's log file of the latest session that started one ("" if none)."""
     return _last_log_path

@@ -106,12 +106,12 @@ def test_register_and_unregister_leave_nothing_behind(addon_disabled):
 def test_a_feature_module_that_fails_to_register_leaves_nothing_behind(addon_disabled, monkeypatch):
     import addon
     from addon import blender as blender_layer
-    from addon.blender import ops_splat
+    from addon.blender import splat_render
 
     def broken():
         raise RuntimeError("broken feature")
 
-    monkeypatch.setattr(ops_splat, "register", broken)  # the last module: everything else is registered
+    monkeypatch.setattr(splat_render, "register", broken)  # a late module: nearly everything else is registered
     with pytest.raises(RuntimeError, match="broken feature"):
         addon.register()
     assert _our_types() == []

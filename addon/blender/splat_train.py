@@ -1,23 +1,19 @@
-"""Splat workflow operators: capture a scene and train Gaussians on it, render Gaussians (bpy layer).
+"""Splat training feature (bpy layer): "Capture and Train Gaussians" and its result handlers.
 
-Both operators are thin (STYLE.md): they gather what the job needs into protocol arrays, hand it
-to the add-on's session (the one client and job manager, `addon.blender.session`) and return; the
+The operator is thin (STYLE.md): it gathers what the job needs into protocol arrays, hands it to
+the add-on's session (the one client and job manager, `addon.blender.session`) and returns; the
 server streams events back and the result handlers registered here turn them into Blender data
 on the main thread, inside the session timer's time budget.
 
-- ``neural_studio.capture_and_train``: renders training views of the selected objects (or the
-  whole scene) with `addon.blender.capture`, creates an empty Gaussian object as the job's target, and
-  submits ``splat.reconstruct``. Every ``partial`` replaces the target's Gaussians (the viewport
-  shows training live); the ``result`` writes the final Gaussians and stores the metrics as
-  custom properties (``nstudio_psnr``, ``nstudio_ssim``, ``nstudio_count``, ``nstudio_seconds``,
-  ``nstudio_steps``). Both are written one attribute per timer step
-  (`addon.blender.importers.gaussians.update_gaussian_object_steps`), so a million Gaussians never hold
-  the UI for long. A cancelled job keeps the last partial already applied, whole (the server
-  also sends one on cancel, with the state at the step the cancel landed).
-- ``neural_studio.render_splats``: renders the selected Gaussian objects (moved to the world
-  frame and merged) from the scene camera over the frame range (or the current frame) through
-  ``splat.render``; the result becomes PNG files and a Blender image (an image sequence for
-  more than one frame).
+``nstudio.capture_and_train`` renders training views of the selected objects (or the whole scene)
+with `addon.blender.capture`, creates an empty Gaussian object as the job's target, and submits
+``splat.reconstruct``. Every ``partial`` replaces the target's Gaussians (the viewport shows
+training live); the ``result`` writes the final Gaussians and stores the metrics as custom
+properties (``nstudio_psnr``, ``nstudio_ssim``, ``nstudio_count``, ``nstudio_seconds``,
+``nstudio_steps``). Both are written one attribute per timer step
+(`addon.blender.importers.gaussians.update_gaussian_object_steps`), so a million Gaussians never
+hold the UI for long. A cancelled job keeps the last partial already applied, whole (the server
+also sends one on cancel, with the state at the step the cancel landed).
 
 Capture runs on the main thread, one view at a time. Invoked from the UI (after its dialog),
 the capture operator is modal: a window-manager timer renders one view per step
@@ -33,112 +29,29 @@ placement, lens, sensor and shift at the capture resolution). A view takes about
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 
 import bpy
-import numpy as np
-from bpy.props import BoolProperty, EnumProperty, FloatVectorProperty, IntProperty, StringProperty
+from bpy.props import BoolProperty, EnumProperty, IntProperty
 
 from ..core import client as client_mod
 from ..core import handlers
+from ..core.splat_requests import empty_gaussians, reconstruct_inputs, reconstruct_params
 from . import session
-from ..core.colour import frame_to_rgba8
-from ..core.formats.png import write_png
-from ..core.formats.gaussians import K_BY_DEGREE
 
 log = logging.getLogger(__name__)
 
 RECONSTRUCT = "splat.reconstruct"
-RENDER = "splat.render"
 
-# Custom properties written on the target objects / images.
+# Custom properties written on the target objects.
 PROP_JOB = "nstudio_job"
 PROP_PARTIALS = "nstudio_partials"
 PROP_STEP = "nstudio_step"
 PROP_STATE = "nstudio_train_state"
 METRIC_PROPS = {"psnr": "nstudio_psnr", "ssim": "nstudio_ssim", "count": "nstudio_count",
                 "seconds": "nstudio_seconds", "steps": "nstudio_steps"}
-PROP_RENDER_DIR = "nstudio_render_dir"
-PROP_RENDER_FRAME_START = "nstudio_frame_start"
-#: On the target image: the rendered Gaussians' colours are sRGB-encoded already.
-PROP_RENDER_SRGB = "nstudio_frames_srgb"
-PROP_RENDER_FRAMES = "nstudio_frames"
 
 
-# =============================================================================================
-# Pure helpers (numpy only)
-# =============================================================================================
-
-
-def empty_gaussians(sh_degree: int = 0) -> dict:
-    """A Gaussians map with no Gaussians: the target object before the first partial arrives.
-
-    Args:
-        sh_degree: SH degree 0-3 of the (empty) shN array.
-
-    Returns:
-        The PROTOCOL.md Gaussians map with N = 0.
-    """
-    k = K_BY_DEGREE[sh_degree]
-    return {"means": np.zeros((0, 3), np.float32), "quats": np.zeros((0, 4), np.float32),
-            "scales": np.zeros((0, 3), np.float32), "opacities": np.zeros((0,), np.float32),
-            "sh0": np.zeros((0, 3), np.float32), "shN": np.zeros((0, k, 3), np.float32)}
-
-
-def reconstruct_params(steps: int, sh_degree: int, test_every: int, max_gaussians: int,
-                       partial_every: int | None = None, preview_every: int | None = None) -> dict:
-    """The ``splat.reconstruct`` params for the operator's settings.
-
-    Args:
-        steps: optimisation steps.
-        sh_degree: SH degree of the result.
-        test_every: hold out every k-th view; 0 = none.
-        max_gaussians: cap on the Gaussian count.
-        partial_every: steps between live partials (default: about 20 per run, at least 25
-            steps apart so sending them stays a small part of the training time).
-        preview_every: steps between preview images (default: about 30 per run).
-
-    Returns:
-        The params map.
-    """
-    if partial_every is None:
-        partial_every = max(25, steps // 20)
-    if preview_every is None:
-        preview_every = max(10, steps // 30)
-    return {"steps": int(steps), "sh_degree": int(sh_degree), "test_every": int(test_every),
-            "max_gaussians": int(max_gaussians), "partial_every": int(partial_every),
-            "preview_every": int(preview_every)}
-
-
-def reconstruct_inputs(captured: dict) -> dict:
-    """The ``splat.reconstruct`` inputs from an `addon.blender.capture.capture` result.
-
-    Args:
-        captured: ``images`` [T, H, W, 4] linear straight alpha, ``cameras`` (T cameras),
-            ``points`` [P, 3], ``colors`` [P, 3].
-
-    Returns:
-        The inputs map (points/colors only when there are any).
-    """
-    inputs = {"images": np.ascontiguousarray(captured["images"], dtype=np.float32),
-              "cameras": captured["cameras"]}
-    points = captured.get("points")
-    if points is not None and len(points):
-        inputs["points"] = np.ascontiguousarray(points, dtype=np.float32)
-        inputs["colors"] = np.ascontiguousarray(np.clip(captured["colors"], 0.0, 1.0), dtype=np.float32)
-    return inputs
-
-
-def frame_path(directory: str, frame: int) -> str:
-    """File of one rendered frame: ``<directory>/splats_0001.png``."""
-    return os.path.join(directory, f"splats_{frame:04d}.png")
-
-
-# =============================================================================================
-# Result handlers
-# =============================================================================================
-
+# ------------------------------------------------------------------ result handlers
 
 def _target_object(job):
     obj = bpy.data.objects.get(job.target) if job.target else None
@@ -203,89 +116,7 @@ def _apply_result(job, steps, metrics: dict):
     log.info("%s: %s Gaussians, held-out PSNR %.2f dB", obj.name, metrics.get("count"), metrics.get("psnr", float("nan")))
 
 
-def _render_image(job):
-    image = bpy.data.images.get(job.target) if job.target else None
-    if image is None:
-        log.warning("splat.render job %s: target image %r is gone; frames not written", job.key, job.target)
-    return image
-
-
-def _show_frame(image, rgba8: np.ndarray) -> None:
-    """Put one frame into the Blender image (float pixels, row 0 at the bottom)."""
-    h, w = rgba8.shape[:2]
-    if tuple(image.size) != (w, h):
-        image.scale(w, h)
-    image.pixels.foreach_set(session.preview_pixels(rgba8))
-    image.update()
-
-
-def on_render_partial(job, outputs: dict) -> None:
-    """A ``splat.render`` frame as it arrives: shown in the target image (a live preview).
-
-    Partials may be dropped when newer ones arrive, so files are written from the result only.
-    """
-    image = _render_image(job)
-    if image is None or "rgb" not in outputs:
-        return
-    _show_frame(image, frame_to_rgba8(np.asarray(outputs["rgb"]), np.asarray(outputs["alpha"]),
-                                      bool(image.get(PROP_RENDER_SRGB, False))))
-
-
-def on_render_result(job, outputs: dict):
-    """The ``splat.render`` result: one PNG per frame, then the image points at the files.
-
-    Returns a generator: one frame written per step, so a long animation never holds
-    Blender's main thread for long.
-    """
-    image = _render_image(job)
-    if image is None:
-        return None
-    return _write_frames(image, outputs)
-
-
-def _write_frames(image, outputs: dict):
-    directory = image.get(PROP_RENDER_DIR) or os.path.join(tempfile.gettempdir(), "neural_studio", "splats")
-    start = int(image.get(PROP_RENDER_FRAME_START, 1))
-    os.makedirs(directory, exist_ok=True)
-    rgb, alpha = outputs["rgb"], outputs["alpha"]
-    srgb = bool(image.get(PROP_RENDER_SRGB, False))
-    paths = []
-    for i in range(len(rgb)):
-        path = frame_path(directory, start + i)
-        write_png(path, frame_to_rgba8(np.asarray(rgb[i]), np.asarray(alpha[i]), srgb))
-        paths.append(path)
-        yield path
-    # Point the image at the files (a sequence for an animation), so it is saved with the .blend.
-    image.source = "FILE"
-    image.filepath = paths[0]
-    if len(paths) > 1:
-        image.source = "SEQUENCE"
-    image.reload()
-    image[PROP_RENDER_FRAMES] = len(paths)
-    log.info("splat.render: %d frame(s) written to %s", len(paths), directory)
-    yield "image"
-
-
-# =============================================================================================
-# Gathering (bpy)
-# =============================================================================================
-
-
-def _live_session():
-    """The connected session, or a RuntimeError a person can act on."""
-    live = session.current()
-    if live is None or not live.client.connected:
-        raise RuntimeError("not connected to a Neural Studio server: press Connect in the Neural Studio panel")
-    return live
-
-
-def _check_available(live, pipeline: str) -> None:
-    info = ((live.client.welcome or {}).get("pipelines") or {}).get(pipeline)
-    if info is None:
-        raise RuntimeError(f"the server has no '{pipeline}' pipeline")
-    if not info.get("available", False):
-        raise RuntimeError(f"'{pipeline}' cannot run on the server: {info.get('reason') or 'no reason given'}")
-
+# ------------------------------------------------------------------ gathering and submitting
 
 def capture_objects(context, source: str) -> list:
     """The objects a capture covers: the selected mesh-like objects, or every visible one.
@@ -360,7 +191,7 @@ def start_reconstruction(context, objects, options, steps: int = 3000, sh_degree
     """
     from . import capture as capture_mod
 
-    _check_available(_live_session(), RECONSTRUCT)
+    session.require_pipeline(RECONSTRUCT)
     captured = capture_mod.capture(objects, options, scene=context.scene, cameras=cameras, on_view=on_view)
     params = reconstruct_params(steps, sh_degree, test_every, max_gaussians, partial_every, preview_every)
     params.update(extra_params or {})
@@ -386,8 +217,7 @@ def submit_reconstruction(context, captured: dict, params: dict, name: str):
     """
     from .importers import gaussians as gaussian_objects
 
-    live = _live_session()
-    _check_available(live, RECONSTRUCT)
+    live = session.require_pipeline(RECONSTRUCT)
     obj = gaussian_objects.create_gaussian_object(name, empty_gaussians(int(params.get("sh_degree", 3))),
                                                   collection=context.scene.collection, color_space="linear")
     obj[PROP_PARTIALS] = 0
@@ -401,92 +231,7 @@ def submit_reconstruction(context, captured: dict, params: dict, name: str):
     return record, obj
 
 
-def camera_path(scene, animation: bool) -> dict:
-    """The scene camera as a ``splat.render`` cameras map: every frame of the range, or the current one.
-
-    Returns:
-        cameras map with T frames (``fps``, ``near``/``far`` from the camera's clipping).
-
-    Raises:
-        ValueError: no perspective scene camera, or an empty frame range.
-    """
-    from .importers import camera_path as camera_path_mod
-
-    if animation:
-        start, end = scene.frame_start, scene.frame_end
-    else:
-        start = end = scene.frame_current
-    cams = camera_path_mod.camera_path_from_scene(scene, scene.camera, start, end)
-    cams["near"] = float(scene.camera.data.clip_start)
-    cams["far"] = float(scene.camera.data.clip_end)
-    return cams
-
-
-def world_gaussians(objects) -> dict:
-    """The Gaussians of several objects, moved to the world frame and merged into one set."""
-    from ..core import gaussian_transform
-    from .importers import gaussians as gaussian_objects
-
-    sets = [gaussian_transform.transform_gaussians(gaussian_objects.read_gaussians(o),
-                                                   np.array(o.matrix_world, dtype=np.float64))
-            for o in objects if len(o.data.vertices)]
-    if not sets:
-        raise ValueError("the selected Gaussian objects hold no Gaussians yet")
-    return gaussian_transform.merge_gaussians(sets)
-
-
-def frames_are_srgb(objects) -> bool:
-    """Whether renders of ``objects`` come out sRGB-encoded: all of them hold sRGB Gaussians.
-
-    The same rule as the F12 render engine: a mix of spaces is rendered as linear (and said).
-    """
-    from .importers import gaussians as gaussian_objects
-
-    spaces = {o.get(gaussian_objects.PROP_COLOR_SPACE, "linear") for o in objects}
-    if len(spaces) > 1:
-        log.warning("Render Splats: the objects mix colour spaces %s; writing them as linear", sorted(spaces))
-    return spaces == {"srgb"}
-
-
-def start_render(context, objects, animation: bool, directory: str, background=None):
-    """Submit ``splat.render`` of ``objects`` from the scene camera; frames go to ``directory``.
-
-    Returns:
-        (job record, target image).
-
-    Raises:
-        RuntimeError, ValueError, addon.core.client.ClientError: as :func:`start_reconstruction`.
-    """
-    live = _live_session()
-    _check_available(live, RENDER)
-    scene = context.scene
-    cams = camera_path(scene, animation)
-    gaussians = world_gaussians(objects)
-    params = {} if background is None else {"background": [float(c) for c in background]}
-    name = f"{scene.name} Splat Render"
-    image = bpy.data.images.get(name)
-    if image is None:
-        image = bpy.data.images.new(name, cams["width"], cams["height"], alpha=True)
-    image.use_fake_user = True  # keeps the image (and its settings) in the saved file
-    image[PROP_RENDER_DIR] = directory
-    image[PROP_RENDER_FRAME_START] = scene.frame_start if animation else scene.frame_current
-    image[PROP_RENDER_SRGB] = frames_are_srgb(objects)
-    record = live.submit(scene, RENDER, params=params, inputs={"gaussians": gaussians, "cameras": cams},
-                         target=image.name)
-    return record, image
-
-
-def resolve_directory(path: str) -> str:
-    """An output folder: a ``//`` path relative to the saved .blend, else the temp folder."""
-    if path.startswith("//") and not bpy.data.filepath:
-        return os.path.join(tempfile.gettempdir(), "neural_studio", path[2:] or "splats")
-    return os.path.abspath(bpy.path.abspath(path))
-
-
-# =============================================================================================
-# Operators
-# =============================================================================================
-
+# ------------------------------------------------------------------ operator
 
 class NSTUDIO_OT_capture_and_train(bpy.types.Operator):
     """Render training views of the selected objects (or the scene) and train Gaussians on them on the server"""
@@ -538,7 +283,7 @@ class NSTUDIO_OT_capture_and_train(bpy.types.Operator):
             options = capture_mod.CaptureOptions(layout=self.layout, count=self.views, width=self.resolution,
                                                  height=self.resolution, engine=self.engine, samples=self.samples)
             total = len(cameras) if cameras else self.views
-            _check_available(_live_session(), RECONSTRUCT)
+            session.require_pipeline(RECONSTRUCT)
             if self.interactive and context.window is not None:
                 steps = capture_mod.capture_steps(objects, options, context.scene, cameras)
                 return self._start_modal(context, steps, total, target_name(objects))
@@ -629,65 +374,12 @@ class NSTUDIO_OT_capture_and_train(bpy.types.Operator):
                               f"'{obj.name}' on the server ({self.steps} steps)")
 
 
-class NSTUDIO_OT_render_splats(bpy.types.Operator):
-    """Render the selected Gaussian objects from the scene camera on the server into an image (sequence)"""
-
-    bl_idname = "neural_studio.render_splats"
-    bl_label = "Render Splats"
-    bl_options = {"REGISTER"}
-
-    animation: BoolProperty(name="Animation", default=False, description="Render the scene's frame range")
-    directory: StringProperty(name="Output Folder", default="//splats/", subtype="DIR_PATH")
-    use_background: BoolProperty(name="Background", default=False, description="Fill empty pixels with a colour")
-    background: FloatVectorProperty(name="Colour", subtype="COLOR", size=3, min=0.0, max=1.0,
-                                    default=(0.05, 0.05, 0.05))
-
-    @classmethod
-    def poll(cls, context):
-        from .importers import gaussians as gaussian_objects
-
-        return any(gaussian_objects.is_gaussian_object(o) for o in context.selected_objects)
-
-    def execute(self, context):
-        from .importers import gaussians as gaussian_objects
-
-        objects = [o for o in context.selected_objects if gaussian_objects.is_gaussian_object(o)]
-        try:
-            record, image = start_render(context, objects, self.animation, resolve_directory(self.directory),
-                                         self.background if self.use_background else None)
-        except (RuntimeError, ValueError, client_mod.ClientError) as exc:
-            self.report({"ERROR"}, str(exc))
-            return {"CANCELLED"}
-        self.report({"INFO"}, f"rendering {len(objects)} Gaussian object(s) into image '{image.name}'")
-        return {"FINISHED"}
-
-
-class NSTUDIO_PT_splats(bpy.types.Panel):
-    bl_label = "Gaussian Splats"
-    bl_idname = "NSTUDIO_PT_splats"
-    bl_space_type = "VIEW_3D"
-    bl_region_type = "UI"
-    bl_category = "Neural Studio"
-
-    def draw(self, context):
-        layout = self.layout
-        layout.operator(NSTUDIO_OT_capture_and_train.bl_idname, icon="RENDER_RESULT")
-        layout.operator(NSTUDIO_OT_render_splats.bl_idname, icon="RENDER_STILL")
-        obj = context.active_object
-        if obj is not None and METRIC_PROPS["psnr"] in obj:
-            col = layout.column(align=True)
-            col.label(text=f"PSNR {obj[METRIC_PROPS['psnr']]:.2f} dB, SSIM {obj.get(METRIC_PROPS['ssim'], 0.0):.3f}")
-            col.label(text=f"{obj.get(METRIC_PROPS['count'], 0):,} Gaussians in {obj.get(METRIC_PROPS['seconds'], 0.0):.0f} s")
-
-
-CLASSES = (NSTUDIO_OT_capture_and_train, NSTUDIO_OT_render_splats, NSTUDIO_PT_splats)
+CLASSES = (NSTUDIO_OT_capture_and_train,)
 
 
 def register() -> None:
     handlers.register_result_handler(RECONSTRUCT, on_reconstruct_result, on_partial=on_reconstruct_partial)
-    handlers.register_result_handler(RENDER, on_render_result, on_partial=on_render_partial)
 
 
 def unregister() -> None:
-    handlers.unregister_result_handler(RENDER)
     handlers.unregister_result_handler(RECONSTRUCT)
