@@ -119,12 +119,12 @@ def _in_scene(scene, coll) -> bool:
 
 
 def _hide_proxies_in_render(objects) -> None:
-    from .importers import gaussians as gaussian_objects
+    from . import gaussian_nodes
 
     for obj in objects:
         for mod in obj.modifiers:
             if mod.type == "NODES" and mod.node_group is not None and \
-                    mod.node_group.name.startswith(gaussian_objects.PROXY_GROUP_NAME):
+                    mod.node_group.name.startswith(gaussian_nodes.PROXY_GROUP_NAME):
                 mod.show_render = False
 
 
