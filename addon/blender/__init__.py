@@ -17,6 +17,8 @@ import importlib
 FEATURE_MODULES = (
     "preferences",
     "session",
+    "render_settings",
+    "scene_gaussians",
     "render_engine",
     "final_shot",
     "operators",

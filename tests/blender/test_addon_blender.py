@@ -35,7 +35,7 @@ def _our_types():
 
 def _footprint() -> dict:
     """Everything the add-on adds to Blender outside its classes: by kind, sorted names."""
-    from addon.blender import render_engine
+    from addon.blender import viewport_draw
 
     def ours(functions):
         return sorted(f"{f.__module__}.{f.__name__}" for f in functions
@@ -51,7 +51,7 @@ def _footprint() -> dict:
         "menus": {menu: ours(getattr(bpy.types, menu)._dyn_ui_initialize())
                   for menu in ("TOPBAR_MT_file_import", "TOPBAR_MT_file_export")
                   if ours(getattr(bpy.types, menu)._dyn_ui_initialize())},
-        "timers": [f.__name__ for f in (session.timer_tick, render_engine._viewport_tick)
+        "timers": [f.__name__ for f in (session.timer_tick, viewport_draw._viewport_tick)
                    if bpy.app.timers.is_registered(f)],
         "result_handlers": list(handlers.registered_pipelines()),
     }
@@ -89,8 +89,8 @@ def test_register_and_unregister_leave_nothing_behind(addon_disabled):
         footprint = _footprint()
         assert footprint["scene_properties"] == ["neural_studio_jobs", "nstudio_final_shot"]
         assert footprint["app_handlers"] == {
-            "depsgraph_update_post": ["addon.blender.final_shot._sync_companions", "addon.blender.render_engine._on_depsgraph_update"],
-            "load_post": ["addon.blender.render_engine._on_load_post", "addon.blender.session.on_load_post"],
+            "depsgraph_update_post": ["addon.blender.final_shot._sync_companions", "addon.blender.scene_gaussians._on_depsgraph_update"],
+            "load_post": ["addon.blender.scene_gaussians._on_load_post", "addon.blender.session.on_load_post"],
         }
         assert footprint["menus"] == {"TOPBAR_MT_file_export": ["addon.blender.ops_gaussians.menu_export"],
                                       "TOPBAR_MT_file_import": ["addon.blender.ops_gaussians.menu_import"]}

@@ -78,7 +78,7 @@ def test_engine_render_matches_direct_rasterize(blender_addon, server, tmp_path)
 
 
 def test_unreachable_server_is_reported(blender_addon, tmp_path):
-    from addon.blender import render_engine
+    from addon.blender import render_engine, render_settings
     from addon.blender.importers.gaussians import create_gaussian_object
 
     scene = bpy.context.scene
@@ -87,7 +87,7 @@ def test_unreachable_server_is_reported(blender_addon, tmp_path):
     create_gaussian_object("Splats", _tiny_gaussians(), collection=scene.collection)
     scene.render.engine = "NSTUDIO_SPLATS"
     scene.nstudio_final_shot.endpoint = "tcp://127.0.0.1:9"  # nothing listens on the discard port
-    settings = render_engine.render_settings(scene)
+    settings = render_settings.render_settings(scene)
     assert settings.endpoint == "tcp://127.0.0.1:9"
     from addon.core import render_client
 

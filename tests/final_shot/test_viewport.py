@@ -306,38 +306,38 @@ def test_session_coarse_then_full_frame_and_redraw_decisions(server):
 # ------------------------------------------------------------------ Blender side
 
 def test_scene_gaussians_is_stable_until_something_changes(blender_addon):
-    from addon.blender import render_engine
+    from addon.blender import scene_gaussians
     from addon.blender.importers.gaussians import create_gaussian_object
 
     scene = bpy.context.scene
     obj = create_gaussian_object("Splats", _gaussians(), collection=scene.collection)
     bpy.context.view_layer.update()
-    first, _ = render_engine.scene_gaussians(bpy.context.evaluated_depsgraph_get())
-    again, _ = render_engine.scene_gaussians(bpy.context.evaluated_depsgraph_get())
+    first, _ = scene_gaussians.scene_gaussians(bpy.context.evaluated_depsgraph_get())
+    again, _ = scene_gaussians.scene_gaussians(bpy.context.evaluated_depsgraph_get())
     assert again is first  # the viewport sees "no change" for unrelated updates
     obj.location = (0.0, 0.0, 1.0)
     bpy.context.view_layer.update()
-    moved, _ = render_engine.scene_gaussians(bpy.context.evaluated_depsgraph_get())
+    moved, _ = scene_gaussians.scene_gaussians(bpy.context.evaluated_depsgraph_get())
     assert moved is not first
     np.testing.assert_allclose(moved["means"], first["means"] + [0.0, 0.0, 1.0], atol=1e-6)
 
 
 def test_unregister_stops_viewport_workers_and_the_redraw_timer(blender_addon, server):
-    from addon.blender import render_engine
+    from addon.blender import render_engine, viewport_draw
 
-    session = render_engine.new_viewport_session(_settings(server.endpoint))
-    render_engine._ensure_viewport_timer()
+    session = viewport_draw.new_viewport_session(_settings(server.endpoint))
+    viewport_draw._ensure_viewport_timer()
     session.set_scene(_gaussians())
     seq = session.view(_camera(), time.monotonic())
     session.renderer.wait_frame(seq, 60)
     assert session.renderer.is_alive()
-    assert bpy.app.timers.is_registered(render_engine._viewport_tick)
+    assert bpy.app.timers.is_registered(viewport_draw._viewport_tick)
     with blender_support.addon_disabled():
         assert not session.renderer.is_alive()
         assert session.renderer.status().state == "stopped"
-        assert not bpy.app.timers.is_registered(render_engine._viewport_tick)
+        assert not bpy.app.timers.is_registered(viewport_draw._viewport_tick)
     # Enabled again: no timer until a viewport uses the engine; with none, the tick ends itself.
-    assert not bpy.app.timers.is_registered(render_engine._viewport_tick)
-    assert render_engine._viewport_tick() is None
+    assert not bpy.app.timers.is_registered(viewport_draw._viewport_tick)
+    assert viewport_draw._viewport_tick() is None
     assert bpy.types.RenderEngine.bl_rna_get_subclass_py(render_engine.ENGINE_ID).bl_use_eevee_viewport is False
     assert math.isfinite(session.renderer.latest().seconds)
