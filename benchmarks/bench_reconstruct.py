@@ -199,7 +199,7 @@ def main(argv=None) -> int:
     train_s = train[-1][0] - train[0][0]
 
     # 3. Stricter figures from the held-out renders: only covered pixels, and in sRGB
-    from addon.core.capture_math import holdout_split
+    from addon.core.capture_layout import holdout_split
     from addon.core.colour import linear_to_srgb
     from pipelines.splat import render
 

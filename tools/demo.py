@@ -308,7 +308,7 @@ def _run(args, out: Path, endpoint: str, server: ServerProcess, stages: Stages) 
     import bpy
 
     from addon.blender import capture as capture_mod
-    from addon.core import capture_math
+    from addon.core import capture_layout
     from addon.blender import final_shot, splat_train
     from tools import sample_scene
 
@@ -334,7 +334,7 @@ def _run(args, out: Path, endpoint: str, server: ServerProcess, stages: Stages) 
         record, splats, captured = splat_train.start_reconstruction(
             bpy.context, built.subjects, options, steps=args.steps, sh_degree=args.sh_degree,
             test_every=args.test_every, max_gaussians=args.max_gaussians, name="Demo Splats")
-        held_out = len(capture_math.holdout_split(args.views, args.test_every)[1])
+        held_out = len(capture_layout.holdout_split(args.views, args.test_every)[1])
         say(f"   {args.views} views ({held_out} held out) at {args.resolution}x{args.resolution}, "
             f"{len(captured['points'])} initial points, rendered in {captured['seconds']:.1f} s")
 

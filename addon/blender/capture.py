@@ -1,6 +1,6 @@
 """Capture a Blender scene as posed images for `splat.reconstruct` (the Blender layer).
 
-`capture()` places temporary cameras around the chosen objects (layouts from `capture_math`) or
+`capture()` places temporary cameras around the chosen objects (layouts from `capture_layout`) or
 renders from the user's own camera objects (their placement, lens, sensor and shift), renders each
 view headless with the scene's own lights, world and materials (Cycles, EEVEE or Workbench,
 transparent film so the alpha channel says where the objects are), also renders the Z pass,
@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..core import capture_math, colour
+from ..core import capture_layout, colour, surface_points
 from ..core.formats.exr import read_exr
 from ..core.camera import BlenderLens, lens_cameras_map
 from .cameras import lens_of
@@ -241,11 +241,11 @@ def capture_steps(objects=None, options: CaptureOptions | None = None, scene=Non
     if len(faces) == 0:
         raise ValueError("nothing to capture: the objects have no faces")
     if cameras is None:
-        cams = capture_math.capture_cameras(
+        cams = capture_layout.capture_cameras(
             vertices.min(axis=0), vertices.max(axis=0), layout=opts.layout, count=opts.count,
             width=opts.width, height=opts.height, lens_mm=opts.lens_mm, margin=opts.margin,
         )
-        lenses = [capture_math.layout_lens(opts.lens_mm)] * opts.count
+        lenses = [capture_layout.layout_lens(opts.lens_mm)] * opts.count
         clips = [(cams["near"], cams["far"])] * opts.count
     else:
         cams, lenses, clips = _user_views(cameras, opts)
@@ -349,8 +349,8 @@ def _render_views(scene, targets, vertices, faces, cams, lenses, clips, opts: Ca
     points = np.zeros((0, 3), dtype=np.float32)
     colors = np.zeros((0, 3), dtype=np.float32)
     if opts.points > 0:
-        pts, _ = capture_math.sample_surface(vertices, faces, opts.points, seed=opts.seed)
-        cols, seen = capture_math.colour_points(pts, images, depths, cams, opts.depth_tolerance)
+        pts, _ = surface_points.sample_surface(vertices, faces, opts.points, seed=opts.seed)
+        cols, seen = surface_points.colour_points(pts, images, depths, cams, opts.depth_tolerance)
         # Points no camera sees (hidden faces, the inside of a closed shell) only add clutter.
         points, colors = pts[seen > 0], cols[seen > 0]
     seconds = time.monotonic() - t0

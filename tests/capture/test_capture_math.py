@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from addon.core import camera as camera_model
-from addon.core import capture_math as cm
+from addon.core import capture_layout as cm
+from addon.core import surface_points as sp
 
 BOX = (np.array([-1.0, -0.5, 0.0]), np.array([1.0, 1.5, 1.2]))
 
@@ -131,7 +132,7 @@ def test_sampling_is_area_weighted_and_uniform():
     verts = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0], [5, 0, 0], [8, 0, 0], [5, 1, 0]], dtype=np.float64)
     faces = np.array([[0, 1, 2], [3, 4, 5]])
     n = 40_000
-    pts, face = cm.sample_surface(verts, faces, n, seed=11)
+    pts, face = sp.sample_surface(verts, faces, n, seed=11)
     frac = (face == 1).mean()
     sigma = math.sqrt(0.75 * 0.25 / n)  # binomial standard deviation, about 0.0022
     assert abs(frac - 0.75) < 4 * sigma
@@ -141,10 +142,10 @@ def test_sampling_is_area_weighted_and_uniform():
     # Uniform inside a triangle: the part with x < 0.5 holds 3/4 of the unit right triangle's area.
     m = len(small)
     assert abs((small[:, 0] < 0.5).mean() - 0.75) < 4 * math.sqrt(0.75 * 0.25 / m)
-    again, _ = cm.sample_surface(verts, faces, n, seed=11)
+    again, _ = sp.sample_surface(verts, faces, n, seed=11)
     np.testing.assert_array_equal(pts, again)
     with pytest.raises(ValueError):
-        cm.sample_surface(verts, np.array([[0, 1, 9]]), 10)
+        sp.sample_surface(verts, np.array([[0, 1, 9]]), 10)
 
 
 def test_colour_points_uses_depth_for_visibility():
@@ -158,7 +159,7 @@ def test_colour_points_uses_depth_for_visibility():
     images[1] = [0.0, 0.0, 0.0, 0.0]  # camera 1 sees nothing
     depths = np.full((2, 33, 33), np.inf, np.float32)
     depths[0] = 2.0  # planar depth of the near point on the axis
-    cols, seen = cm.colour_points(np.array([near_pt, far_pt]), images, depths, cams)
+    cols, seen = sp.colour_points(np.array([near_pt, far_pt]), images, depths, cams)
     assert seen.tolist() == [1, 0]
     np.testing.assert_allclose(cols[0], [1.0, 0.5, 0.25])
     np.testing.assert_allclose(cols[1], [0.5, 0.5, 0.5])

@@ -17,7 +17,7 @@ import pytest
 from blender_support import tick_until
 
 from addon.blender import capture, compat, splat_render, splat_train
-from addon.core import camera, capture_math, colour, render_client, splat_requests
+from addon.core import camera, capture_layout, colour, render_client, splat_requests
 from tools import sample_scene
 from addon.blender.importers import gaussians as gaussian_objects
 
@@ -81,7 +81,7 @@ def test_capture_train_import_matches_held_out_views(live, server):
 
     # 3. Render the imported Gaussians on the server from the held-out cameras and compare with
     # Blender's own renders of those views (linear, premultiplied: composited over black).
-    _, test = capture_math.holdout_split(VIEWS, TEST_EVERY)
+    _, test = capture_layout.holdout_split(VIEWS, TEST_EVERY)
     cams = dict(captured["cameras"])
     cams["world_from_camera"] = np.ascontiguousarray(cams["world_from_camera"][test])
     world = splat_render.world_gaussians([obj])
