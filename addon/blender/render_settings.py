@@ -49,32 +49,35 @@ class NSTUDIO_FinalShotSettings(bpy.types.PropertyGroup):
 
 
 def render_settings(scene) -> render_client.RenderSettings:
-    """Endpoint (and CURVE keys) for a scene: its own setting, else the add-on preferences, else
-    ``$NSTUDIO_ENDPOINT``, else the protocol default.
+    """Endpoint and CURVE keys for a scene's splat renders (F12 and the viewport).
+
+    The endpoint is the scene's own setting, else the add-on preferences', else
+    ``$NSTUDIO_ENDPOINT``, else the protocol default. The CURVE keys are the preferences' whenever
+    they are set, whichever endpoint is used: a scene pointed at a studio's render server needs
+    them as much as the preferences' own endpoint does.
 
     Raises:
-        ValueError: the preferences' endpoint or CURVE key files cannot be used (the message says which).
+        ValueError: the endpoint or the CURVE key files cannot be used (the message says which).
     """
-    own = scene.nstudio_final_shot.endpoint.strip() if hasattr(scene, "nstudio_final_shot") else ""
-    if own:
-        return render_client.RenderSettings(endpoint=own)
     from ..core import client
     from . import preferences, session
 
+    own = scene.nstudio_final_shot.endpoint.strip() if hasattr(scene, "nstudio_final_shot") else ""
     try:
         prefs = preferences.get()
     except RuntimeError:
         prefs = None
-    if prefs is not None:
-        try:
-            conn = session.SessionConfig.from_preferences(prefs).connection()
-        except client.ClientError as exc:
-            raise ValueError(f"add-on preferences: {exc}") from exc
-        curve = None
-        if conn.curve is not None:
-            curve = (conn.curve.server_public, conn.curve.client_public, conn.curve.client_secret)
-        return render_client.RenderSettings(endpoint=conn.endpoint, curve=curve)
-    return render_client.RenderSettings(endpoint=os.environ.get(ENDPOINT_ENV) or protocol.DEFAULT_ENDPOINT)
+    if prefs is None:
+        return render_client.RenderSettings(endpoint=own or os.environ.get(ENDPOINT_ENV) or protocol.DEFAULT_ENDPOINT)
+    config = session.SessionConfig.from_preferences(prefs)
+    if own:
+        config = dataclasses.replace(config, endpoint=own)
+    try:
+        conn = config.connection()
+    except client.ClientError as exc:
+        where = f"scene '{scene.name}' splat render settings" if own else "add-on preferences"
+        raise ValueError(f"{where}: {exc}") from exc
+    return render_client.RenderSettings(endpoint=conn.endpoint, curve=conn.curve)
 
 
 def render_params(scene) -> dict:

@@ -2,7 +2,8 @@
 
 Blender calls ``RenderEngine.render()`` in its render job thread, so blocking there does not
 freeze the UI. This helper opens its own DEALER socket (sockets stay in the thread that made
-them), says ``hello``, checks that ``splat.render`` is available, submits with ``keep: false``
+them; `addon.core.connection` builds it exactly as for the async client: CURVE keys, heartbeats,
+``hello``), says ``hello``, checks that ``splat.render`` is available, submits with ``keep: false``
 (final frames are written by Blender; the server need not store them) and waits for the result
 in short polls, so a cancel from Blender (``RenderEngine.test_break()``) reaches the server
 within a fraction of a second.
@@ -22,9 +23,9 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 import numpy as np
-import zmq
 
 from ..wire import protocol
+from . import connection
 
 log = logging.getLogger(__name__)
 
@@ -55,18 +56,20 @@ class RenderSettings:
         connect_timeout_s: no ``welcome`` within this long -> "unreachable".
         silence_timeout_s: nothing at all (not even ``pong``) from the server for this long while
             a job runs -> the server is declared gone. Pings go out every ``ping_interval_s``.
-        ping_interval_s: ping period while waiting.
+        ping_interval_s: ping period while waiting (`connection.PING_INTERVAL_S`, as the async client).
         poll_s: longest wait between two cancel checks.
-        curve: optional (server_public, client_public, client_secret) CURVE keys for a remote server.
+        curve: CURVE keys (`connection.CurveKeys`) for a server with CURVE on; None for one without.
+        socket: transport settings (`connection.SocketOptions`, the async client's defaults).
         limits: decode limits for the (large) replies.
     """
 
     endpoint: str = protocol.DEFAULT_ENDPOINT
     connect_timeout_s: float = 5.0
     silence_timeout_s: float = 15.0
-    ping_interval_s: float = 2.0
+    ping_interval_s: float = connection.PING_INTERVAL_S
     poll_s: float = 0.1
-    curve: Optional[tuple[bytes, bytes, bytes]] = None
+    curve: Optional[connection.CurveKeys] = None
+    socket: connection.SocketOptions = connection.SocketOptions()
     limits: protocol.Limits = field(default_factory=protocol.Limits)
 
 
@@ -87,15 +90,10 @@ class Connection:
     def __init__(self, settings: RenderSettings, should_cancel: Callable[[], bool] = lambda: False):
         self.settings = settings
         self.should_cancel = should_cancel
-        self.socket = zmq.Context.instance().socket(zmq.DEALER)
-        self.socket.setsockopt(zmq.LINGER, 0)
-        if settings.curve is not None:
-            self.socket.curve_serverkey, self.socket.curve_publickey, self.socket.curve_secretkey = settings.curve
         try:
-            self.socket.connect(settings.endpoint)
-        except zmq.ZMQError as exc:
-            self.socket.close(linger=0)
-            raise RenderError("unreachable", f"cannot connect to {settings.endpoint!r}: {exc}") from exc
+            self.socket = connection.open_socket(settings.endpoint, settings.curve, settings.socket)
+        except connection.ClientError as exc:
+            raise RenderError("unreachable", str(exc)) from exc
 
     def close(self) -> None:
         self.socket.close(linger=0)
@@ -186,7 +184,7 @@ def render(gaussians: dict, cameras: dict, params: Optional[dict] = None,
 def _handshake(conn: Connection) -> dict:
     s = conn.settings
     # The only way to know a server is there (ZeroMQ connects lazily).
-    hello = protocol.make_header("hello", client=CLIENT_NAME, protocols=[protocol.VERSION])
+    hello = connection.hello(CLIENT_NAME)
     conn.send(hello)
     deadline = time.monotonic() + s.connect_timeout_s
     while True:
