@@ -189,7 +189,7 @@ def resolve_directory(path: str) -> str:
 class NSTUDIO_OT_render_splats(bpy.types.Operator):
     """Render the selected Gaussian objects from the scene camera on the server into an image (sequence)"""
 
-    bl_idname = "neural_studio.render_splats"
+    bl_idname = "nstudio.render_splats"
     bl_label = "Render Splats"
     bl_options = {"REGISTER"}
 

@@ -236,7 +236,7 @@ def submit_reconstruction(context, captured: dict, params: dict, name: str):
 class NSTUDIO_OT_capture_and_train(bpy.types.Operator):
     """Render training views of the selected objects (or the scene) and train Gaussians on them on the server"""
 
-    bl_idname = "neural_studio.capture_and_train"
+    bl_idname = "nstudio.capture_and_train"
     bl_label = "Capture and Train Gaussians"
     bl_options = {"REGISTER"}
 

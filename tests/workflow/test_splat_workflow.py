@@ -150,7 +150,7 @@ def test_render_splats_operator_writes_an_image_sequence(live, server, tmp_path)
     bpy.context.view_layer.objects.active = obj
     assert built.camera is scene.camera
 
-    assert bpy.ops.neural_studio.render_splats(animation=True, directory=str(tmp_path)) == {"FINISHED"}
+    assert bpy.ops.nstudio.render_splats(animation=True, directory=str(tmp_path)) == {"FINISHED"}
     record = next(r for r in live.manager.jobs.values() if r.pipeline == splat_render.RENDER)
     image = bpy.data.images[record.target]
     tick_until(lambda: record.finished and not live.manager.busy and image.get(splat_render.PROP_RENDER_FRAMES),
@@ -239,12 +239,12 @@ def test_capture_and_train_operator_submits_and_reports_errors(live, server):
         obj.select_set(False)
     # Nothing selected: a clear error at the operator boundary, nothing created or submitted.
     with pytest.raises(RuntimeError, match="nothing to capture: select the objects"):
-        bpy.ops.neural_studio.capture_and_train(source="SELECTED")
+        bpy.ops.nstudio.capture_and_train(source="SELECTED")
     assert not live.manager.jobs
 
     sphere = next(o for o in built.subjects if o.name == "Sphere")
     sphere.select_set(True)
-    result = bpy.ops.neural_studio.capture_and_train(source="SELECTED", layout="ring", views=4, resolution=16,
+    result = bpy.ops.nstudio.capture_and_train(source="SELECTED", layout="ring", views=4, resolution=16,
                                                      samples=2, steps=5000, test_every=0, sh_degree=0)
     assert result == {"FINISHED"}
     record = next(iter(live.manager.jobs.values()))
@@ -256,7 +256,7 @@ def test_capture_and_train_operator_submits_and_reports_errors(live, server):
     live.manager.cancel(record.id)
     tick_until(lambda: record.finished and not live.manager.busy, 30.0, "the cancel", server=server)
     assert record.state == "cancelled"
-    item = next(i for i in bpy.context.scene.neural_studio_jobs if i.job_id == record.id)
+    item = next(i for i in bpy.context.scene.nstudio_jobs if i.job_id == record.id)
     assert item.state == "cancelled" and item.target == target.name
 
 
@@ -268,7 +268,7 @@ def test_capture_and_train_from_selected_cameras(live, server):
     objects_before = len(bpy.data.objects)
     # "Selected Cameras" with no camera selected: a clear error, nothing created or submitted.
     with pytest.raises(RuntimeError, match="Selected Cameras layout: no camera object is selected"):
-        bpy.ops.neural_studio.capture_and_train(source="SCENE", layout="cameras")
+        bpy.ops.nstudio.capture_and_train(source="SCENE", layout="cameras")
     assert not live.manager.jobs and len(bpy.data.objects) == objects_before
 
     # The scene camera and a second one with another lens and a shift, both aimed at the subjects.
@@ -281,7 +281,7 @@ def test_capture_and_train_from_selected_cameras(live, server):
     sphere = next(o for o in built.subjects if o.name == "Sphere")
     for obj in (sphere, built.camera, second):
         obj.select_set(True)
-    result = bpy.ops.neural_studio.capture_and_train(source="SELECTED", layout="cameras", resolution=16, samples=2,
+    result = bpy.ops.nstudio.capture_and_train(source="SELECTED", layout="cameras", resolution=16, samples=2,
                                                      steps=5000, test_every=0, sh_degree=0)
     assert result == {"FINISHED"}
     record = next(iter(live.manager.jobs.values()))
