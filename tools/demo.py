@@ -380,6 +380,10 @@ def _run(args, out: Path, endpoint: str, server: ServerProcess, stages: Stages) 
 
     with stages.stage("save blend"):
         blend_path = out / "demo.blend"
+        # The demo's server and its random port are gone once the demo ends: the saved file's
+        # final shot uses the add-on's endpoint (preferences, $NSTUDIO_ENDPOINT or the default),
+        # so reopening it and pressing F12 with `nstudio serve` running just works.
+        companion.nstudio_final_shot.property_unset("endpoint")
         bpy.ops.wm.save_as_mainfile(filepath=str(blend_path))
         say(f"   {blend_path}")
 

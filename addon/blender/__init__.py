@@ -21,6 +21,7 @@ FEATURE_MODULES = (
     "scene_gaussians",
     "render_engine",
     "final_shot",
+    "frame_guard",
     "operators",
     "ui",
     "ops_gaussians",

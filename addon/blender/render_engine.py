@@ -28,7 +28,7 @@ from typing import Optional
 import bpy
 import numpy as np
 
-from . import cameras, viewport_draw
+from . import cameras, frame_guard, viewport_draw
 from .render_settings import ENGINE_ID, render_params, render_settings, viewport_settings
 from .scene_gaussians import note_geometry_updates, scene_gaussians
 from ..core import colour, render_client, viewport
@@ -109,11 +109,16 @@ class NSTUDIO_SplatRenderEngine(bpy.types.RenderEngine):
             log.info("splat render of '%s' cancelled", scene.name)
             return
         except (render_client.RenderError, ValueError) as exc:
+            # No result at all: a frame with its Gaussian objects missing must never be written.
+            # Rendered on its own, the error stops Blender before it writes; inside a final
+            # shot's composite, frame_guard removes the main scene's frame once it is written.
             message = f"Neural Studio splat render: {exc}"
             log.error(message)
+            frame_guard.note_failure(scene.name, scene.frame_current, message)
             self.report({"ERROR"}, message)
             self.error_set(message)
-            frame = None
+            return
+        frame_guard.note_success(scene.name, scene.frame_current)
         if frame is not None:
             rgb, alpha, depth = frame
         combined, z = blender_passes(rgb, alpha, depth)

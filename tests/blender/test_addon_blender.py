@@ -91,6 +91,8 @@ def test_register_and_unregister_leave_nothing_behind(addon_disabled):
         assert footprint["app_handlers"] == {
             "depsgraph_update_post": ["addon.blender.final_shot._sync_companions", "addon.blender.scene_gaussians._on_depsgraph_update"],
             "load_post": ["addon.blender.scene_gaussians._on_load_post", "addon.blender.session.on_load_post"],
+            "render_pre": ["addon.blender.frame_guard._on_render_pre"],
+            "render_write": ["addon.blender.frame_guard._on_render_write"],
         }
         assert footprint["menus"] == {"TOPBAR_MT_file_export": ["addon.blender.ops_gaussians.menu_export"],
                                       "TOPBAR_MT_file_import": ["addon.blender.ops_gaussians.menu_import"]}

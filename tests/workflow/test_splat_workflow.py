@@ -209,6 +209,8 @@ def test_demo_runs_end_to_end(blender_addon, tmp_path):
     assert gaussian_objects.is_gaussian_object(splats) and len(splats.data.vertices) > 0
     assert splats.get(splat_train.METRIC_PROPS["psnr"]) is not None
     assert compat.scene_compositor(scene) is not None
+    # The demo's throwaway server endpoint is not saved: F12 on the reopened file uses the add-on's.
+    assert bpy.data.scenes["Scene Splats"].nstudio_final_shot.endpoint == ""
 
     # Blender alone, with the captured objects hidden and no splats: ground, cube and world only.
     for name in ("Torus", "Sphere", "Cone", "Demo Splats"):
