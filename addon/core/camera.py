@@ -372,7 +372,7 @@ class ViewCamera:
                                          self.width, self.height, near=self.near, far=self.far)
 
     def project(self, points: np.ndarray) -> np.ndarray:
-        """Pixel positions (column, row from the top) of world points in front of the camera.
+        """Pixel positions (column, row from the top) of world points in front of the camera (:func:`project`).
 
         Args:
             points: world frame, metres. [N, 3]
@@ -380,13 +380,9 @@ class ViewCamera:
         Returns:
             (u, v) in pixels. [N, 2]
         """
-        pts = np.asarray(points, np.float64)
-        camera_from_world = np.linalg.inv(self.world_from_camera)
-        local = pts @ camera_from_world[:3, :3].T + camera_from_world[:3, 3]
-        depth = -local[:, 2]  # Blender cameras look down -Z
-        u = self.fx * local[:, 0] / depth + self.cx
-        v = self.fy * -local[:, 1] / depth + self.cy  # +Y up in the camera, rows go down
-        return np.stack([u, v], axis=-1)
+        exact = {"world_from_camera": np.asarray(self.world_from_camera, np.float64)[None],
+                 "fx": self.fx, "fy": self.fy, "cx": self.cx, "cy": self.cy}  # float64, unlike the wire map
+        return project(points, exact)[0][0]
 
 
 def camera_from_view(view_matrix, window_matrix, width: int, height: int) -> ViewCamera:
