@@ -199,7 +199,8 @@ def main(argv=None) -> int:
     train_s = train[-1][0] - train[0][0]
 
     # 3. Stricter figures from the held-out renders: only covered pixels, and in sRGB
-    from addon.core.capture_math import holdout_split
+    from addon.core.capture_layout import holdout_split
+    from addon.core.colour import linear_to_srgb
     from pipelines.splat import render
 
     _, test = holdout_split(len(inputs["images"]), args.test_every)
@@ -212,12 +213,8 @@ def main(argv=None) -> int:
     def _psnr(a, b):
         return 10 * math.log10(1.0 / max(float(np.mean((a - b) ** 2)), 1e-12))
 
-    def _srgb(x):
-        x = np.clip(x, 0, 1)
-        return np.where(x <= 0.0031308, 12.92 * x, 1.055 * x ** (1 / 2.4) - 0.055)
-
     psnr_cov = _psnr(frames["rgb"][covered], gt_rgb[covered])
-    psnr_srgb = _psnr(_srgb(frames["rgb"]), _srgb(gt_rgb))
+    psnr_srgb = _psnr(linear_to_srgb(frames["rgb"]), linear_to_srgb(gt_rgb))
 
     # 4. Figures
     print("\nresults (held-out views, linear colour):")

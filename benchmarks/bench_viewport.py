@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from blender_support import LoopbackServer  # noqa: E402
 
-from addon.core import render_client, viewport# noqa: E402
+from addon.core import camera, render_client, viewport  # noqa: E402
 
 
 def _gaussians(n: int) -> dict:
@@ -35,10 +35,10 @@ def _gaussians(n: int) -> dict:
             "shN": np.zeros((n, 0, 3), np.float32)}
 
 
-def _camera(i: int, width: int, height: int) -> viewport.ViewCamera:
+def _camera(i: int, width: int, height: int) -> camera.ViewCamera:
     world_from_camera = np.eye(4)
     world_from_camera[:3, 3] = (0.01 * i, 0.0, 4.0)
-    return viewport.ViewCamera(world_from_camera, width, width, width / 2, height / 2, width, height, 0.1, 100.0)
+    return camera.ViewCamera(world_from_camera, width, width, width / 2, height / 2, width, height, 0.1, 100.0)
 
 
 def main() -> None:

@@ -109,13 +109,26 @@ class LoopbackServer(demo.ServerProcess):
     Args:
         folder: holds ``store/`` and ``server-<port>.log``.
         port: port to bind (default: a free one).
+        curve_dir: keys made by :func:`make_curve_keys`: the server runs with CURVE on
+            (``--curve-dir``) and is waited for with the client key pair in that folder.
     """
 
-    def __init__(self, folder: Path, port: int | None = None):
+    def __init__(self, folder: Path, port: int | None = None, curve_dir: Path | None = None):
         self.folder = Path(folder)
         self.port = port or demo.free_loopback_port()
         self.store = self.folder / "store"
+        self.curve_dir = None if curve_dir is None else Path(curve_dir)
         super().__init__(f"tcp://127.0.0.1:{self.port}", self.store, "cpu", self.folder / f"server-{self.port}.log")
+        if self.curve_dir is not None:
+            self.argv += ["--curve-dir", str(self.curve_dir)]
+
+    def curve_keys(self):
+        """The client's `addon.core.connection.CurveKeys` for this server (None without CURVE)."""
+        from addon.core.connection import CurveKeys
+
+        if self.curve_dir is None:
+            return None
+        return CurveKeys.from_files(str(self.curve_dir / "server.key"), str(self.curve_dir / "client.key_secret"))
 
     def start(self, timeout_s: float = 60.0) -> "LoopbackServer":
         """Start the process and wait until it answers ``hello``.
@@ -139,6 +152,10 @@ class LoopbackServer(demo.ServerProcess):
 
         sock = zmq.Context.instance().socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
+        keys = self.curve_keys()
+        if keys is not None:
+            sock.curve_serverkey, sock.curve_publickey, sock.curve_secretkey = (
+                keys.server_public, keys.client_public, keys.client_secret)
         sock.connect(self.endpoint)
         deadline = time.monotonic() + timeout_s
         try:
@@ -161,7 +178,19 @@ class LoopbackServer(demo.ServerProcess):
 
     def restarted(self) -> "LoopbackServer":
         """A new server on the same port and store (after :meth:`kill` or :meth:`stop`), started."""
-        return LoopbackServer(self.folder, port=self.port).start()
+        return LoopbackServer(self.folder, port=self.port, curve_dir=self.curve_dir).start()
+
+
+def make_curve_keys(folder: Path) -> Path:
+    """CURVE keys for a server and one allowed client, made by ``nstudio keys --out folder``."""
+    import subprocess
+
+    folder = Path(folder)
+    head = [str(NSTUDIO)] if NSTUDIO.is_file() else [sys.executable, "-m", "server"]
+    made = subprocess.run([*head, "keys", "--out", str(folder)], capture_output=True, text=True, timeout=60)
+    if made.returncode != 0:
+        raise RuntimeError(f"nstudio keys failed: {made.stderr}")
+    return folder
 
 
 def serve(folder: Path):

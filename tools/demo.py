@@ -308,8 +308,8 @@ def _run(args, out: Path, endpoint: str, server: ServerProcess, stages: Stages) 
     import bpy
 
     from addon.blender import capture as capture_mod
-    from addon.core import capture_math
-    from addon.blender import final_shot, ops_splat
+    from addon.core import capture_layout
+    from addon.blender import final_shot, splat_train
     from tools import sample_scene
 
     with stages.stage("start server"):
@@ -331,16 +331,16 @@ def _run(args, out: Path, endpoint: str, server: ServerProcess, stages: Stages) 
         options = capture_mod.CaptureOptions(layout="hemisphere", count=args.views, width=args.resolution,
                                              height=args.resolution, engine="CYCLES", samples=args.samples,
                                              points=args.points, seed=args.seed)
-        record, splats, captured = ops_splat.start_reconstruction(
+        record, splats, captured = splat_train.start_reconstruction(
             bpy.context, built.subjects, options, steps=args.steps, sh_degree=args.sh_degree,
             test_every=args.test_every, max_gaussians=args.max_gaussians, name="Demo Splats")
-        held_out = len(capture_math.holdout_split(args.views, args.test_every)[1])
+        held_out = len(capture_layout.holdout_split(args.views, args.test_every)[1])
         say(f"   {args.views} views ({held_out} held out) at {args.resolution}x{args.resolution}, "
             f"{len(captured['points'])} initial points, rendered in {captured['seconds']:.1f} s")
 
     with stages.stage("reconstruct on server"):
         drive_job(live, record, server)
-        say(f"   {splats.get(ops_splat.PROP_PARTIALS, 0)} live partial updates applied to '{splats.name}'")
+        say(f"   {splats.get(splat_train.PROP_PARTIALS, 0)} live partial updates applied to '{splats.name}'")
 
     with stages.stage("import gaussians"):
         # The result handler has already written the Gaussians into the object; read them back
@@ -351,7 +351,7 @@ def _run(args, out: Path, endpoint: str, server: ServerProcess, stages: Stages) 
         gaussians = gaussian_objects.read_gaussians(splats)
         ply_path = out / "splats.ply"
         ply.write_ply(ply_path, gaussians)
-        metrics = {key: splats.get(prop) for key, prop in ops_splat.METRIC_PROPS.items()}
+        metrics = {key: splats.get(prop) for key, prop in splat_train.METRIC_PROPS.items()}
         say(f"   '{splats.name}': {len(gaussians['means'])} Gaussians; PLY {ply_path}")
 
     with stages.stage("final shot render"):
@@ -380,6 +380,10 @@ def _run(args, out: Path, endpoint: str, server: ServerProcess, stages: Stages) 
 
     with stages.stage("save blend"):
         blend_path = out / "demo.blend"
+        # The demo's server and its random port are gone once the demo ends: the saved file's
+        # final shot uses the add-on's endpoint (preferences, $NSTUDIO_ENDPOINT or the default),
+        # so reopening it and pressing F12 with `nstudio serve` running just works.
+        companion.nstudio_final_shot.property_unset("endpoint")
         bpy.ops.wm.save_as_mainfile(filepath=str(blend_path))
         say(f"   {blend_path}")
 

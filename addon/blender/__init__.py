@@ -17,12 +17,17 @@ import importlib
 FEATURE_MODULES = (
     "preferences",
     "session",
+    "render_settings",
+    "scene_gaussians",
     "render_engine",
     "final_shot",
+    "frame_guard",
     "operators",
     "ui",
     "ops_gaussians",
-    "ops_splat",
+    "splat_train",
+    "splat_render",
+    "splat_panel",
 )
 
 _registered: list = []

@@ -1,6 +1,6 @@
 """Capture a Blender scene as posed images for `splat.reconstruct` (the Blender layer).
 
-`capture()` places temporary cameras around the chosen objects (layouts from `capture_math`) or
+`capture()` places temporary cameras around the chosen objects (layouts from `capture_layout`) or
 renders from the user's own camera objects (their placement, lens, sensor and shift), renders each
 view headless with the scene's own lights, world and materials (Cycles, EEVEE or Workbench,
 transparent film so the alpha channel says where the objects are), also renders the Z pass,
@@ -9,12 +9,12 @@ Everything comes back as numpy arrays in the PROTOCOL.md contracts, ready for a 
 `capture_steps()` is the same capture one view per step, for a modal operator.
 
 One temporary camera renders every view: it takes each view's matrix and lens settings
-(`camera_model.BlenderLens`), and the wire intrinsics come from those same settings through
-`camera_model.intrinsics_from_blender`, so render and cameras map cannot disagree.
+(`camera.BlenderLens`), and the wire intrinsics come from those same settings through
+`camera.lens_cameras_map`, so render and cameras map cannot disagree.
 
 Why EXR files: in background mode the "Render Result" image has no readable pixels, so each view
 is written as an uncompressed multilayer OpenEXR into a temporary folder (float32, linear, with
-the Depth pass) and read back in bulk by `capture_math.read_exr`. Scene settings that capture
+the Depth pass) and read back in bulk by `formats.exr.read_exr`. Scene settings that capture
 changes are restored and the temporary camera and files are removed, also on errors.
 """
 
@@ -29,7 +29,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..core import camera_model, capture_math
+from ..core import capture_layout, colour, surface_points
+from ..core.formats.exr import read_exr
+from ..core.camera import BlenderLens, lens_cameras_map
+from .cameras import lens_of
 from . import compat
 
 log = logging.getLogger(__name__)
@@ -238,26 +241,15 @@ def capture_steps(objects=None, options: CaptureOptions | None = None, scene=Non
     if len(faces) == 0:
         raise ValueError("nothing to capture: the objects have no faces")
     if cameras is None:
-        cams = capture_math.capture_cameras(
+        cams = capture_layout.capture_cameras(
             vertices.min(axis=0), vertices.max(axis=0), layout=opts.layout, count=opts.count,
             width=opts.width, height=opts.height, lens_mm=opts.lens_mm, margin=opts.margin,
         )
-        lenses = [capture_math.layout_lens(opts.lens_mm)] * opts.count
+        lenses = [capture_layout.layout_lens(opts.lens_mm)] * opts.count
         clips = [(cams["near"], cams["far"])] * opts.count
     else:
         cams, lenses, clips = _user_views(cameras, opts)
     return _render_views(scene, targets, vertices, faces, cams, lenses, clips, opts, t0)
-
-
-def lens_of(camera_data) -> camera_model.BlenderLens:
-    """The lens settings of a Blender camera (``bpy.types.Camera``) that decide its intrinsics.
-
-    Pixel aspect is left square: capture renders with square pixels.
-    """
-    return camera_model.BlenderLens(
-        lens_mm=float(camera_data.lens), sensor_width=float(camera_data.sensor_width),
-        sensor_height=float(camera_data.sensor_height), sensor_fit=camera_data.sensor_fit,
-        shift_x=float(camera_data.shift_x), shift_y=float(camera_data.shift_y))
 
 
 def _user_views(cameras, opts: CaptureOptions):
@@ -273,17 +265,17 @@ def _user_views(cameras, opts: CaptureOptions):
             raise ValueError(f"cameras: camera {obj.name!r} is {obj.data.type}; only perspective cameras "
                              f"can be captured")
     matrices = np.array([np.array(obj.matrix_world, dtype=np.float64) for obj in cameras])
-    lenses = [lens_of(obj.data) for obj in cameras]
+    lenses = [lens_of(obj.data) for obj in cameras]  # square pixels: capture renders with them
     clips = [(float(obj.data.clip_start), float(obj.data.clip_end)) for obj in cameras]
     try:
-        cams = capture_math.cameras_map(matrices, lenses, opts.width, opts.height,
-                                        near=min(c[0] for c in clips), far=max(c[1] for c in clips))
+        cams = lens_cameras_map(matrices, lenses, opts.width, opts.height,
+                                near=min(c[0] for c in clips), far=max(c[1] for c in clips))
     except ValueError as exc:
         raise ValueError(f"cameras: {exc}") from exc
     return cams, lenses, clips
 
 
-def _apply_lens(cam_data, lens: camera_model.BlenderLens, clip: tuple[float, float]) -> None:
+def _apply_lens(cam_data, lens: BlenderLens, clip: tuple[float, float]) -> None:
     cam_data.type = "PERSP"
     cam_data.lens_unit = "MILLIMETERS"
     cam_data.lens = lens.lens_mm
@@ -334,7 +326,7 @@ def _render_views(scene, targets, vertices, faces, cams, lenses, clips, opts: Ca
                 bpy.ops.render.render(write_still=True)
                 if not os.path.exists(path):
                     raise RuntimeError(f"view {i + 1}/{t}: Blender did not write the render (interrupted?)")
-                ch = capture_math.read_exr(path)
+                ch = read_exr(path)
                 layer = _layer_prefix(ch)
                 images[i] = np.stack([ch[f"{layer}Combined.{c}"] for c in "RGBA"], axis=-1)
                 depths[i] = ch[f"{layer}Depth.Z"]
@@ -345,20 +337,20 @@ def _render_views(scene, targets, vertices, faces, cams, lenses, clips, opts: Ca
             _remove_quietly(cam_data, bpy.data.cameras)
 
     # 4. Blender writes premultiplied colour; the wire wants straight alpha. A trace of alpha
-    # (< 1/255) where no surface was hit is not coverage: Workbench in Blender 4.2 leaves 2^-11
-    # on the whole empty background.
-    images[(images[..., 3] < 1.0 / 255.0) & (depths >= 1e9)] = 0.0
+    # (below colour.COVERAGE_FLOOR) where no surface was hit is not coverage: Workbench in
+    # Blender 4.2 leaves 2^-11 on the whole empty background.
+    images[(images[..., 3] < colour.COVERAGE_FLOOR) & (depths >= 1e9)] = 0.0
     alpha = images[..., 3:4]
-    images[..., :3] = capture_math.straight_alpha(images[..., :3], alpha)
+    images[..., :3] = colour.straight_alpha(images[..., :3], alpha)
     images[..., 3] = np.clip(images[..., 3], 0.0, 1.0)
-    depths[(images[..., 3] < 1.0 / 255.0) | (depths >= 1e9)] = np.inf
+    depths[(images[..., 3] < colour.COVERAGE_FLOOR) | (depths >= 1e9)] = np.inf
 
     # 5. Initial points on the surfaces, coloured by the renders where they are visible.
     points = np.zeros((0, 3), dtype=np.float32)
     colors = np.zeros((0, 3), dtype=np.float32)
     if opts.points > 0:
-        pts, _ = capture_math.sample_surface(vertices, faces, opts.points, seed=opts.seed)
-        cols, seen = capture_math.colour_points(pts, images, depths, cams, opts.depth_tolerance)
+        pts, _ = surface_points.sample_surface(vertices, faces, opts.points, seed=opts.seed)
+        cols, seen = surface_points.colour_points(pts, images, depths, cams, opts.depth_tolerance)
         # Points no camera sees (hidden faces, the inside of a closed shell) only add clutter.
         points, colors = pts[seen > 0], cols[seen > 0]
     seconds = time.monotonic() - t0

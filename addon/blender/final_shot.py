@@ -27,7 +27,8 @@ import logging
 
 import bpy
 
-from . import compat, render_engine
+from . import compat
+from .render_settings import ENGINE_ID
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +87,7 @@ def _ensure_companion(scene):
     companion = bpy.data.scenes.get(name)
     if companion is None:
         companion = bpy.data.scenes.new(name)
-    companion.render.engine = render_engine.ENGINE_ID
+    companion.render.engine = ENGINE_ID
     companion.nstudio_final_shot.source_scene = scene.name
     companion.render.film_transparent = True
     sync_companion(scene, companion)
@@ -119,12 +120,12 @@ def _in_scene(scene, coll) -> bool:
 
 
 def _hide_proxies_in_render(objects) -> None:
-    from .importers import gaussians as gaussian_objects
+    from . import gaussian_nodes
 
     for obj in objects:
         for mod in obj.modifiers:
             if mod.type == "NODES" and mod.node_group is not None and \
-                    mod.node_group.name.startswith(gaussian_objects.PROXY_GROUP_NAME):
+                    mod.node_group.name.startswith(gaussian_nodes.PROXY_GROUP_NAME):
                 mod.show_render = False
 
 
@@ -203,7 +204,7 @@ def setup_final_shot(scene, view_layer=None):
         FinalShotError: the scene is itself a companion scene, has no camera, or holds no
             Gaussian objects.
     """
-    if scene.render.engine == render_engine.ENGINE_ID:
+    if scene.render.engine == ENGINE_ID:
         raise FinalShotError(f"scene '{scene.name}' renders with the splat engine itself; run this on the main scene")
     if scene.camera is None:
         raise FinalShotError(f"scene '{scene.name}' has no active camera")
@@ -236,7 +237,7 @@ def setup_final_shot(scene, view_layer=None):
 def _sync_companions(*_args) -> None:
     for companion in bpy.data.scenes:
         settings = getattr(companion, "nstudio_final_shot", None)
-        if settings is None or not settings.source_scene or companion.render.engine != render_engine.ENGINE_ID:
+        if settings is None or not settings.source_scene or companion.render.engine != ENGINE_ID:
             continue
         source = bpy.data.scenes.get(settings.source_scene)
         if source is not None and source != companion:

@@ -21,7 +21,7 @@ from . import echo, preferences, session
 class NSTUDIO_OT_connect(bpy.types.Operator):
     """Connect to the Neural Studio server (starting a local one if the preferences say so)"""
 
-    bl_idname = "neural_studio.connect"
+    bl_idname = "nstudio.connect"
     bl_label = "Connect"
 
     def execute(self, context):
@@ -38,7 +38,7 @@ class NSTUDIO_OT_connect(bpy.types.Operator):
 class NSTUDIO_OT_disconnect(bpy.types.Operator):
     """Disconnect from the server (and stop the local server if the add-on started it)"""
 
-    bl_idname = "neural_studio.disconnect"
+    bl_idname = "nstudio.disconnect"
     bl_label = "Disconnect"
 
     def execute(self, context):
@@ -49,7 +49,7 @@ class NSTUDIO_OT_disconnect(bpy.types.Operator):
 class NSTUDIO_OT_show_server_log(bpy.types.Operator):
     """Load the local server's log into the text block "Neural Studio Server Log" """
 
-    bl_idname = "neural_studio.show_server_log"
+    bl_idname = "nstudio.show_server_log"
     bl_label = "Show Server Log"
 
     def execute(self, context):
@@ -74,7 +74,7 @@ class NSTUDIO_OT_show_server_log(bpy.types.Operator):
 class NSTUDIO_OT_cancel_job(bpy.types.Operator):
     """Ask the server to cancel this job"""
 
-    bl_idname = "neural_studio.cancel_job"
+    bl_idname = "nstudio.cancel_job"
     bl_label = "Cancel Job"
 
     job_id: StringProperty(name="Job", description="Server job id")
@@ -98,13 +98,13 @@ class NSTUDIO_OT_cancel_job(bpy.types.Operator):
 class NSTUDIO_OT_remove_job(bpy.types.Operator):
     """Remove a finished job from the list (its Blender data stays)"""
 
-    bl_idname = "neural_studio.remove_job"
+    bl_idname = "nstudio.remove_job"
     bl_label = "Remove Job"
 
     job_id: StringProperty(name="Job")
 
     def execute(self, context):
-        jobs = context.scene.neural_studio_jobs
+        jobs = context.scene.nstudio_jobs
         for index, item in enumerate(jobs):
             if item.job_id == self.job_id or item.request_id == self.job_id:
                 live = session.current()
@@ -119,7 +119,7 @@ class NSTUDIO_OT_remove_job(bpy.types.Operator):
 class NSTUDIO_OT_echo_test(bpy.types.Operator):
     """Round-trip the active mesh's vertices (or random points) through the server's system.echo"""
 
-    bl_idname = "neural_studio.echo_test"
+    bl_idname = "nstudio.echo_test"
     bl_label = "Echo Test"
 
     count: IntProperty(name="Random Points", default=1000, min=1, description="Used without an active mesh")

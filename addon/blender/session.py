@@ -2,7 +2,7 @@
 
 A `bpy.app.timers` callback (persistent, so it survives file loads) polls the client with a zero
 timeout, routes events to the job manager, applies results within a ~20 ms budget, and mirrors
-job records into `Scene.neural_studio_jobs` (saved in the .blend). Everything runs on Blender's
+job records into `Scene.nstudio_jobs` (saved in the .blend). Everything runs on Blender's
 main thread; no other thread touches bpy. A persistent load_post handler re-attaches the jobs
 saved in a file that is opened while connected; connecting re-attaches the open file's jobs.
 """
@@ -201,7 +201,7 @@ class Session:
             client.NotConnected: No connection.
         """
         record = self.manager.submit(pipeline, params=params, inputs=inputs, target=target, keep=keep)
-        item = scene.neural_studio_jobs.add()
+        item = scene.nstudio_jobs.add()
         item.request_id = record.request_id
         item.pipeline = pipeline
         _write_item(item, record)  # also writes the target
@@ -254,7 +254,7 @@ class Session:
         self._synced.clear()
         count = 0
         for scene in bpy.data.scenes:
-            for item in scene.neural_studio_jobs:
+            for item in scene.nstudio_jobs:
                 if not item.job_id:
                     if item.state == "submitting":
                         item.state = "failed"
@@ -272,7 +272,7 @@ class Session:
 def find_item(record: jobs_mod.JobRecord):
     """The scene item of a job record (by job id, else by submit request id), or None."""
     for scene in bpy.data.scenes:
-        for item in scene.neural_studio_jobs:
+        for item in scene.nstudio_jobs:
             if (record.id and item.job_id == record.id) or (record.request_id and item.request_id == record.request_id):
                 return item
     return None
@@ -366,6 +366,25 @@ def current() -> Optional[Session]:
     return _session
 
 
+def require_connected() -> Session:
+    """The connected session, or a RuntimeError a person can act on."""
+    live = current()
+    if live is None or not live.client.connected:
+        raise RuntimeError("not connected to a Neural Studio server: press Connect in the Neural Studio panel")
+    return live
+
+
+def require_pipeline(pipeline: str) -> Session:
+    """The connected session whose server can run ``pipeline``, or a RuntimeError saying why not."""
+    live = require_connected()
+    info = ((live.client.welcome or {}).get("pipelines") or {}).get(pipeline)
+    if info is None:
+        raise RuntimeError(f"the server has no '{pipeline}' pipeline")
+    if not info.get("available", False):
+        raise RuntimeError(f"'{pipeline}' cannot run on the server: {info.get('reason') or 'no reason given'}")
+    return live
+
+
 def last_log_path() -> str:
     """The local server's log file of the latest session that started one ("" if none)."""
     return _last_log_path
@@ -428,7 +447,7 @@ def _on_exit() -> None:
 
 
 def register() -> None:
-    bpy.types.Scene.neural_studio_jobs = CollectionProperty(type=NSTUDIO_JobItem)
+    bpy.types.Scene.nstudio_jobs = CollectionProperty(type=NSTUDIO_JobItem)
     bpy.app.handlers.load_post.append(on_load_post)
     bpy.app.timers.register(timer_tick, first_interval=IDLE_INTERVAL_S, persistent=True)
     atexit.register(_on_exit)
@@ -440,4 +459,4 @@ def unregister() -> None:
     if bpy.app.timers.is_registered(timer_tick):
         bpy.app.timers.unregister(timer_tick)
     bpy.app.handlers.load_post.remove(on_load_post)
-    del bpy.types.Scene.neural_studio_jobs
+    del bpy.types.Scene.nstudio_jobs

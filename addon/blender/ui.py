@@ -45,16 +45,16 @@ class NSTUDIO_PT_status(bpy.types.Panel):
         row = layout.row()
         row.label(text=state.capitalize(), icon=_STATE_ICONS.get(state, "QUESTION"))
         if live is None:
-            row.operator("neural_studio.connect", text="Connect", icon="LINKED")
+            row.operator("nstudio.connect", text="Connect", icon="LINKED")
         else:
-            row.operator("neural_studio.disconnect", text="", icon="X")
+            row.operator("nstudio.disconnect", text="", icon="X")
             layout.label(text=live.config.endpoint)
             if live.client.last_error:
                 layout.label(text=live.client.last_error, icon="ERROR")
             if live.server is not None and live.server.returncode is not None:
                 layout.label(text=f"Local server exited with code {live.server.returncode}", icon="ERROR")
         if session.last_log_path():
-            layout.operator("neural_studio.show_server_log", icon="TEXT")
+            layout.operator("nstudio.show_server_log", icon="TEXT")
         welcome = live.client.welcome if live else None
         if not welcome:
             return
@@ -78,8 +78,8 @@ class NSTUDIO_PT_jobs(bpy.types.Panel):
     def draw(self, context):
         layout = self.layout
         live = session.current()
-        layout.operator("neural_studio.echo_test", icon="FILE_REFRESH")
-        jobs = context.scene.neural_studio_jobs
+        layout.operator("nstudio.echo_test", icon="FILE_REFRESH")
+        jobs = context.scene.nstudio_jobs
         if not len(jobs):
             layout.label(text="No jobs")
             return
@@ -89,9 +89,9 @@ class NSTUDIO_PT_jobs(bpy.types.Panel):
             row = box.row()
             row.label(text=f"{item.pipeline}  {key[:8]}", icon=_JOB_ICONS.get(item.state, "QUESTION"))
             if item.state in ("queued", "running") and live is not None:
-                row.operator("neural_studio.cancel_job", text="", icon="CANCEL").job_id = key
+                row.operator("nstudio.cancel_job", text="", icon="CANCEL").job_id = key
             elif item.state in ("done", "failed", "cancelled"):
-                row.operator("neural_studio.remove_job", text="", icon="X").job_id = key
+                row.operator("nstudio.remove_job", text="", icon="X").job_id = key
             factor = 1.0 if item.state == "done" else (item.step / item.total if item.total else 0.0)
             text = f"{item.stage} {item.step}/{item.total}" if item.total else item.state
             box.progress(factor=factor, type="BAR", text=text)

@@ -14,8 +14,8 @@ Sockets stay in the thread that calls this object (Blender's main thread).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional
@@ -23,6 +23,8 @@ from typing import Callable, Optional
 import zmq
 
 from ..wire import protocol
+from . import connection
+from .connection import ClientError, CurveKeys
 
 log = logging.getLogger(__name__)
 
@@ -35,55 +37,8 @@ CONNECTED = "connected"  # welcome received, peer alive
 RECONNECTING = "reconnecting"  # peer declared dead; a new socket is due after a backoff
 
 
-class ClientError(Exception):
-    """A request could not be sent (bad configuration, not connected, send queue full)."""
-
-
 class NotConnected(ClientError):
     """No live connection to a server right now."""
-
-
-@dataclass(frozen=True)
-class CurveKeys:
-    """ZeroMQ CURVE keys (Z85-encoded) for talking to a remote server.
-
-    Attributes:
-        server_public: The server's public key.
-        client_public: This client's public key (on the server's allow-list).
-        client_secret: This client's secret key.
-    """
-
-    server_public: bytes
-    client_public: bytes
-    client_secret: bytes
-
-    @classmethod
-    def from_files(cls, server_public_file: str, client_secret_file: str) -> "CurveKeys":
-        """Load keys from ZeroMQ certificate files (as written by `nstudio keys`/zmq.auth).
-
-        Args:
-            server_public_file: The server's public certificate (`server.key`).
-            client_secret_file: This client's secret certificate (`client.key_secret`), which
-                holds the client's public and secret keys.
-
-        Raises:
-            ClientError: A file is missing or holds no usable key (the file is named).
-        """
-        import zmq.auth
-
-        for label, path in (("server public key", server_public_file), ("client secret key", client_secret_file)):
-            if not path:
-                raise ClientError(f"CURVE: no {label} file configured")
-            if not os.path.isfile(path):
-                raise ClientError(f"CURVE: {label} file not found: {path}")
-        try:
-            server_public, _ = zmq.auth.load_certificate(server_public_file)
-            client_public, client_secret = zmq.auth.load_certificate(client_secret_file)
-        except (ValueError, OSError) as exc:
-            raise ClientError(f"CURVE: cannot read key files: {exc}") from exc
-        if client_secret is None:
-            raise ClientError(f"CURVE: {client_secret_file} holds no secret key (use the .key_secret file)")
-        return cls(server_public, client_public, client_secret)
 
 
 @dataclass(frozen=True)
@@ -94,15 +49,14 @@ class ConnectionConfig:
         endpoint: ZeroMQ endpoint, e.g. "tcp://127.0.0.1:5557" or "ipc:///tmp/ns.sock".
         client_name: Sent in `hello`.
         handshake_timeout_s: No `welcome` this long after `hello` -> new socket after backoff.
-        ping_interval_s: Send a `ping` when nothing was received for this long.
+        ping_interval_s: Send a `ping` when nothing was received for this long (`connection.PING_INTERVAL_S`).
         expiry_s: Nothing received for this long -> the server is declared dead.
         backoff_min_s: First reconnect delay; doubles per failed attempt...
         backoff_max_s: ...up to this.
         watch_poll_s: While jobs from an earlier connection are unfinished, ask `status` this often
             (their events went to the old socket; the status reply says when to fetch).
-        heartbeat_ivl_ms: ZMTP heartbeat interval (ZMQ_HEARTBEAT_IVL).
-        heartbeat_timeout_ms: ZMTP heartbeat timeout (ZMQ_HEARTBEAT_TIMEOUT).
-        heartbeat_ttl_ms: ZMTP heartbeat TTL asked of the peer (ZMQ_HEARTBEAT_TTL).
+        socket: transport settings (`connection.SocketOptions`: ZMTP heartbeats); the transport's
+            own reconnect delay is capped at ``backoff_max_s``.
         curve: CURVE keys for a remote server; None for loopback/ipc.
         limits: Size limits for decoding replies (results can be several GB).
     """
@@ -110,20 +64,17 @@ class ConnectionConfig:
     endpoint: str = protocol.DEFAULT_ENDPOINT
     client_name: str = CLIENT_NAME
     handshake_timeout_s: float = 3.0
-    ping_interval_s: float = 1.0
+    ping_interval_s: float = connection.PING_INTERVAL_S
     expiry_s: float = 5.0
     backoff_min_s: float = 0.25
     backoff_max_s: float = 4.0
     watch_poll_s: float = 1.0
-    heartbeat_ivl_ms: int = 1000
-    heartbeat_timeout_ms: int = 5000
-    heartbeat_ttl_ms: int = 10000
+    socket: connection.SocketOptions = connection.SocketOptions()
     curve: Optional[CurveKeys] = None
     limits: protocol.Limits = field(default_factory=protocol.Limits)
 
     def __post_init__(self):
-        if not isinstance(self.endpoint, str) or "://" not in self.endpoint:
-            raise ClientError(f"endpoint must look like 'tcp://host:port' or 'ipc://path', got {self.endpoint!r}")
+        connection.check_endpoint(self.endpoint)
         for name in ("handshake_timeout_s", "ping_interval_s", "expiry_s", "backoff_min_s", "backoff_max_s", "watch_poll_s"):
             if getattr(self, name) <= 0:
                 raise ClientError(f"{name} must be > 0, got {getattr(self, name)!r}")
@@ -187,30 +138,19 @@ class Client:
         self.welcome = None
 
     def _open_socket(self) -> None:
-        socket = self._context.socket(zmq.DEALER)
-        socket.setsockopt(zmq.LINGER, 0)
-        socket.setsockopt(zmq.HEARTBEAT_IVL, self.config.heartbeat_ivl_ms)
-        socket.setsockopt(zmq.HEARTBEAT_TIMEOUT, self.config.heartbeat_timeout_ms)
-        socket.setsockopt(zmq.HEARTBEAT_TTL, self.config.heartbeat_ttl_ms)
-        # Reconnect attempts of the transport itself; our own backoff replaces dead sockets.
-        socket.setsockopt(zmq.RECONNECT_IVL, 100)
-        socket.setsockopt(zmq.RECONNECT_IVL_MAX, int(self.config.backoff_max_s * 1000))
-        if self.config.curve is not None:
-            socket.curve_serverkey = self.config.curve.server_public
-            socket.curve_publickey = self.config.curve.client_public
-            socket.curve_secretkey = self.config.curve.client_secret
+        # Transport reconnects stay within our own backoff, which replaces dead sockets.
+        options = dataclasses.replace(self.config.socket, reconnect_ivl_max_ms=int(self.config.backoff_max_s * 1000))
         try:
-            socket.connect(self.config.endpoint)
-        except zmq.ZMQError as exc:
-            socket.close(linger=0)
+            socket = connection.open_socket(self.config.endpoint, self.config.curve, options, self._context)
+        except ClientError:
             self.state = DISCONNECTED
-            raise ClientError(f"cannot connect to {self.config.endpoint!r}: {exc}") from exc
+            raise
         self._socket = socket
         self._fetch_ids.clear()  # replies to the old socket's fetches never come
         self.generation += 1
         self.state = CONNECTING
         now = self._clock()
-        hello = protocol.make_header("hello", client=self.config.client_name, protocols=[protocol.VERSION])
+        hello = connection.hello(self.config.client_name)
         self._hello_id = hello["id"]
         self._hello_at = now
         self._send(hello)

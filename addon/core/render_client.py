@@ -2,7 +2,8 @@
 
 Blender calls ``RenderEngine.render()`` in its render job thread, so blocking there does not
 freeze the UI. This helper opens its own DEALER socket (sockets stay in the thread that made
-them), says ``hello``, checks that ``splat.render`` is available, submits with ``keep: false``
+them; `addon.core.connection` builds it exactly as for the async client: CURVE keys, heartbeats,
+``hello``), says ``hello``, checks that ``splat.render`` is available, submits with ``keep: false``
 (final frames are written by Blender; the server need not store them) and waits for the result
 in short polls, so a cancel from Blender (``RenderEngine.test_break()``) reaches the server
 within a fraction of a second.
@@ -22,9 +23,9 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 import numpy as np
-import zmq
 
 from ..wire import protocol
+from . import connection
 
 log = logging.getLogger(__name__)
 
@@ -55,73 +56,21 @@ class RenderSettings:
         connect_timeout_s: no ``welcome`` within this long -> "unreachable".
         silence_timeout_s: nothing at all (not even ``pong``) from the server for this long while
             a job runs -> the server is declared gone. Pings go out every ``ping_interval_s``.
-        ping_interval_s: ping period while waiting.
+        ping_interval_s: ping period while waiting (`connection.PING_INTERVAL_S`, as the async client).
         poll_s: longest wait between two cancel checks.
-        curve: optional (server_public, client_public, client_secret) CURVE keys for a remote server.
+        curve: CURVE keys (`connection.CurveKeys`) for a server with CURVE on; None for one without.
+        socket: transport settings (`connection.SocketOptions`, the async client's defaults).
         limits: decode limits for the (large) replies.
     """
 
     endpoint: str = protocol.DEFAULT_ENDPOINT
     connect_timeout_s: float = 5.0
     silence_timeout_s: float = 15.0
-    ping_interval_s: float = 2.0
+    ping_interval_s: float = connection.PING_INTERVAL_S
     poll_s: float = 0.1
-    curve: Optional[tuple[bytes, bytes, bytes]] = None
+    curve: Optional[connection.CurveKeys] = None
+    socket: connection.SocketOptions = connection.SocketOptions()
     limits: protocol.Limits = field(default_factory=protocol.Limits)
-
-
-def cameras_map(world_from_camera: np.ndarray, fx, fy, cx, cy, width: int, height: int,
-                near: float = 0.01, far: float = 1e10, fps: Optional[float] = None) -> dict:
-    """A PROTOCOL.md cameras map with a leading axis T.
-
-    Args:
-        world_from_camera: Blender camera matrices (looks down -Z, +Y up), world frame, metres. [T, 4, 4]
-        fx: focal length x, pixels: scalar or [T].
-        fy: focal length y, pixels: scalar or [T].
-        cx: principal point x, pixels: scalar or [T].
-        cy: principal point y, pixels (row 0 at the top): scalar or [T].
-        width: image width, pixels.
-        height: image height, pixels.
-        near: near clip, metres.
-        far: far clip, metres.
-        fps: frames per second, where the cameras are a path.
-
-    Returns:
-        The map, arrays float32.
-    """
-    wfc = np.ascontiguousarray(world_from_camera, dtype=np.float32)
-    if wfc.ndim != 3 or wfc.shape[1:] != (4, 4):
-        raise ValueError(f"world_from_camera must be [T, 4, 4], got {wfc.shape}")
-
-    def intr(v, name):
-        a = np.asarray(v, dtype=np.float32)
-        if a.ndim == 0:
-            return float(a)
-        if a.shape != (len(wfc),):
-            raise ValueError(f"{name} must be a scalar or [T={len(wfc)}], got shape {a.shape}")
-        return np.ascontiguousarray(a)
-
-    cams = {"world_from_camera": wfc, "fx": intr(fx, "fx"), "fy": intr(fy, "fy"), "cx": intr(cx, "cx"),
-            "cy": intr(cy, "cy"), "width": int(width), "height": int(height), "near": float(near), "far": float(far)}
-    if fps is not None:
-        cams["fps"] = float(fps)
-    return cams
-
-
-def srgb_to_linear_premultiplied(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
-    """Premultiplied sRGB-encoded colour -> premultiplied linear (Gaussians whose colours are sRGB).
-
-    Args:
-        rgb: premultiplied colour, sRGB-encoded. [H, W, 3]
-        alpha: [H, W]
-
-    Returns:
-        Premultiplied linear colour, float32. [H, W, 3]
-    """
-    a = alpha[..., None]
-    straight = np.where(a > 0, rgb / np.maximum(a, 1e-12), 0.0).clip(0.0, None)
-    lin = np.where(straight <= 0.04045, straight / 12.92, ((straight + 0.055) / 1.055) ** 2.4)
-    return (lin * a).astype(np.float32)
 
 
 class Connection:
@@ -141,15 +90,10 @@ class Connection:
     def __init__(self, settings: RenderSettings, should_cancel: Callable[[], bool] = lambda: False):
         self.settings = settings
         self.should_cancel = should_cancel
-        self.socket = zmq.Context.instance().socket(zmq.DEALER)
-        self.socket.setsockopt(zmq.LINGER, 0)
-        if settings.curve is not None:
-            self.socket.curve_serverkey, self.socket.curve_publickey, self.socket.curve_secretkey = settings.curve
         try:
-            self.socket.connect(settings.endpoint)
-        except zmq.ZMQError as exc:
-            self.socket.close(linger=0)
-            raise RenderError("unreachable", f"cannot connect to {settings.endpoint!r}: {exc}") from exc
+            self.socket = connection.open_socket(settings.endpoint, settings.curve, settings.socket)
+        except connection.ClientError as exc:
+            raise RenderError("unreachable", str(exc)) from exc
 
     def close(self) -> None:
         self.socket.close(linger=0)
@@ -213,7 +157,7 @@ def render(gaussians: dict, cameras: dict, params: Optional[dict] = None,
 
     Args:
         gaussians: PROTOCOL.md Gaussians map, world frame.
-        cameras: cameras map with a leading axis T (see :func:`cameras_map`).
+        cameras: cameras map with a leading axis T (see :func:`camera.cameras_map`).
         params: ``splat.render`` params (``sh_degree``, ``background``); none -> defaults.
         settings: endpoint and timeouts.
         should_cancel: polled at least every ``settings.poll_s``; True -> cancel the job.
@@ -240,7 +184,7 @@ def render(gaussians: dict, cameras: dict, params: Optional[dict] = None,
 def _handshake(conn: Connection) -> dict:
     s = conn.settings
     # The only way to know a server is there (ZeroMQ connects lazily).
-    hello = protocol.make_header("hello", client=CLIENT_NAME, protocols=[protocol.VERSION])
+    hello = connection.hello(CLIENT_NAME)
     conn.send(hello)
     deadline = time.monotonic() + s.connect_timeout_s
     while True:

@@ -3,8 +3,8 @@
 bpy-free (numpy, zmq). The NSTUDIO_SPLATS engine's ``view_update``/``view_draw``
 (:mod:`render_engine`) are a thin layer over three parts:
 
-- :func:`camera_from_view`: a 3D view's matrices (``RegionView3D.view_matrix`` and
-  ``.window_matrix``) and the region's size -> a pinhole :class:`ViewCamera` in PROTOCOL.md's
+- :func:`camera.camera_from_view`: a 3D view's matrices (``RegionView3D.view_matrix`` and
+  ``.window_matrix``) and the region's size -> a pinhole :class:`camera.ViewCamera` in PROTOCOL.md's
   conventions (Blender camera axes, pixels with row 0 at the top).
 - :class:`ViewportRenderer`: a worker thread with its own DEALER socket
   (:class:`render_client.Connection`) that renders the newest submitted view with ``keep: false``.
@@ -27,126 +27,10 @@ from typing import Optional
 
 import numpy as np
 
-from . import render_client
+from . import colour, render_client
+from .camera import ViewCamera
 
 log = logging.getLogger(__name__)
-
-#: Far plane used when a view's projection has none (an infinite far clip).
-FAR_FALLBACK = 1e10
-
-
-# ------------------------------------------------------------------ view -> camera
-
-@dataclass(frozen=True)
-class ViewCamera:
-    """One pinhole camera: what the server renders for a viewport.
-
-    Attributes:
-        world_from_camera: Blender camera convention (looks down -Z, +Y up), world frame, metres. [4, 4]
-        fx: focal length, x pixels.
-        fy: focal length, y pixels.
-        cx: principal point x, pixels (width / 2 is centred).
-        cy: principal point y, pixels, row 0 at the top.
-        width: image width, pixels.
-        height: image height, pixels.
-        near: near clip, metres.
-        far: far clip, metres.
-    """
-
-    world_from_camera: np.ndarray
-    fx: float
-    fy: float
-    cx: float
-    cy: float
-    width: int
-    height: int
-    near: float
-    far: float
-
-    def scaled(self, factor: float) -> "ViewCamera":
-        """The same view at ``factor`` times the resolution (at least 1 x 1 pixel)."""
-        if not 0.0 < factor <= 1.0:
-            raise ValueError(f"scale factor must be in (0, 1], got {factor!r}")
-        if factor == 1.0:
-            return self
-        width = max(1, round(self.width * factor))
-        height = max(1, round(self.height * factor))
-        # Pixel coordinates scale linearly: u' = u * width' / width (and likewise for v).
-        sx, sy = width / self.width, height / self.height
-        return ViewCamera(self.world_from_camera, self.fx * sx, self.fy * sy, self.cx * sx, self.cy * sy,
-                          width, height, self.near, self.far)
-
-    def cameras_map(self) -> dict:
-        """PROTOCOL.md cameras map (T = 1) for ``splat.render``."""
-        return render_client.cameras_map(self.world_from_camera[None], self.fx, self.fy, self.cx, self.cy,
-                                         self.width, self.height, near=self.near, far=self.far)
-
-    def project(self, points: np.ndarray) -> np.ndarray:
-        """Pixel positions (column, row from the top) of world points in front of the camera.
-
-        Args:
-            points: world frame, metres. [N, 3]
-
-        Returns:
-            (u, v) in pixels. [N, 2]
-        """
-        pts = np.asarray(points, np.float64)
-        camera_from_world = np.linalg.inv(self.world_from_camera)
-        local = pts @ camera_from_world[:3, :3].T + camera_from_world[:3, 3]
-        depth = -local[:, 2]  # Blender cameras look down -Z
-        u = self.fx * local[:, 0] / depth + self.cx
-        v = self.fy * -local[:, 1] / depth + self.cy  # +Y up in the camera, rows go down
-        return np.stack([u, v], axis=-1)
-
-
-def camera_from_view(view_matrix, window_matrix, width: int, height: int) -> ViewCamera:
-    """The pinhole camera of a perspective 3D view (or a camera view) drawn into a region.
-
-    ``view_matrix`` is camera_from_world in Blender's camera axes; ``window_matrix`` is the
-    OpenGL-style projection Blender draws the region with (asymmetric for lens shift and for the
-    camera view's zoom and offset). For camera-space x, y, z (z < 0 in front):
-    ``ndc_x = P00 * x / -z - P02`` and ``ndc_y = P11 * y / -z - P12``; pixel column
-    ``u = (ndc_x + 1) * width / 2`` and row ``v = (1 - ndc_y) * height / 2``, hence
-    ``fx = P00 * width / 2``, ``cx = (1 - P02) * width / 2``, ``fy = P11 * height / 2`` and
-    ``cy = (1 + P12) * height / 2``; ``near = P23 / (P22 - 1)`` and ``far = P23 / (P22 + 1)``.
-
-    Args:
-        view_matrix: ``RegionView3D.view_matrix``, camera_from_world. [4, 4]
-        window_matrix: ``RegionView3D.window_matrix``, the projection. [4, 4]
-        width: region width, pixels.
-        height: region height, pixels.
-
-    Returns:
-        The camera; ``world_from_camera`` is the inverse of ``view_matrix``.
-
-    Raises:
-        ValueError: the matrices are not finite 4 x 4, the size is not positive, or the view is
-            orthographic (``splat.render`` takes pinhole cameras).
-    """
-    view = np.asarray(view_matrix, dtype=np.float64)
-    proj = np.asarray(window_matrix, dtype=np.float64)
-    for name, mat in (("view_matrix", view), ("window_matrix", proj)):
-        if mat.shape != (4, 4) or not np.isfinite(mat).all():
-            raise ValueError(f"{name} must be a finite 4 x 4 matrix, got shape {mat.shape}")
-    if int(width) <= 0 or int(height) <= 0:
-        raise ValueError(f"region size must be positive, got {width} x {height}")
-    if abs(proj[3, 3]) > 1e-6 or abs(proj[3, 2] + 1.0) > 1e-6:
-        raise ValueError("the view is orthographic; the splat server render needs a perspective view "
-                         "(View > Perspective/Orthographic, or a perspective camera)")
-    width, height = int(width), int(height)
-    fx = proj[0, 0] * width / 2.0
-    fy = proj[1, 1] * height / 2.0
-    cx = (1.0 - proj[0, 2]) * width / 2.0
-    cy = (1.0 + proj[1, 2]) * height / 2.0
-    near = proj[2, 3] / (proj[2, 2] - 1.0)
-    far = proj[2, 3] / (proj[2, 2] + 1.0) if abs(proj[2, 2] + 1.0) > 1e-12 else FAR_FALLBACK
-    if not (fx > 0 and fy > 0 and 0 < near < far):
-        raise ValueError(f"window_matrix is not a perspective projection (fx={fx:g}, fy={fy:g}, "
-                         f"near={near:g}, far={far:g})")
-    world_from_camera = np.linalg.inv(view)
-    return ViewCamera(world_from_camera, float(fx), float(fy), float(cx), float(cy), width, height,
-                      float(near), float(min(far, FAR_FALLBACK)))
-
 
 # ------------------------------------------------------------------ worker
 
@@ -215,7 +99,7 @@ def frame_rgba(rgb: np.ndarray, alpha: np.ndarray, srgb: bool = False) -> np.nda
         Premultiplied linear RGBA, rows bottom-up, float32 C-contiguous. [H, W, 4]
     """
     if srgb:
-        rgb = render_client.srgb_to_linear_premultiplied(rgb, alpha)
+        rgb = colour.srgb_to_linear_premultiplied(rgb, alpha)
     h, w = alpha.shape
     rgba = np.empty((h, w, 4), np.float32)
     rgba[..., :3] = rgb[::-1]

@@ -35,7 +35,7 @@ def _our_types():
 
 def _footprint() -> dict:
     """Everything the add-on adds to Blender outside its classes: by kind, sorted names."""
-    from addon.blender import render_engine
+    from addon.blender import viewport_draw
 
     def ours(functions):
         return sorted(f"{f.__module__}.{f.__name__}" for f in functions
@@ -51,7 +51,7 @@ def _footprint() -> dict:
         "menus": {menu: ours(getattr(bpy.types, menu)._dyn_ui_initialize())
                   for menu in ("TOPBAR_MT_file_import", "TOPBAR_MT_file_export")
                   if ours(getattr(bpy.types, menu)._dyn_ui_initialize())},
-        "timers": [f.__name__ for f in (session.timer_tick, render_engine._viewport_tick)
+        "timers": [f.__name__ for f in (session.timer_tick, viewport_draw._viewport_tick)
                    if bpy.app.timers.is_registered(f)],
         "result_handlers": list(handlers.registered_pipelines()),
     }
@@ -61,12 +61,12 @@ NOTHING = {"types": [], "scene_properties": [], "app_handlers": {}, "menus": {},
 
 
 def _item(job_key):
-    return next(i for i in bpy.context.scene.neural_studio_jobs if job_key in (i.job_id, i.request_id))
+    return next(i for i in bpy.context.scene.nstudio_jobs if job_key in (i.job_id, i.request_id))
 
 
 def _connect(prefs, endpoint):
     prefs.endpoint = endpoint
-    assert bpy.ops.neural_studio.connect() == {"FINISHED"}
+    assert bpy.ops.nstudio.connect() == {"FINISHED"}
     tick_until(lambda: session.current().client.connected, 30, "the welcome")
     return session.current()
 
@@ -81,16 +81,18 @@ def test_register_and_unregister_leave_nothing_behind(addon_disabled):
     addon_utils.enable("addon", default_set=True, handle_error=None)
     try:
         assert _our_types() == [cls.__name__ for cls in _all_classes()]
-        assert hasattr(bpy.types, "NSTUDIO_PT_status") and hasattr(bpy.ops.neural_studio, "connect")
-        assert hasattr(bpy.types.Scene, "neural_studio_jobs")
+        assert hasattr(bpy.types, "NSTUDIO_PT_status") and hasattr(bpy.ops.nstudio, "connect")
+        assert hasattr(bpy.types.Scene, "nstudio_jobs")
         assert bpy.app.timers.is_registered(session.timer_tick)
         assert session.on_load_post in bpy.app.handlers.load_post
         assert handlers.get_handler("system.echo") is not None
         footprint = _footprint()
-        assert footprint["scene_properties"] == ["neural_studio_jobs", "nstudio_final_shot"]
+        assert footprint["scene_properties"] == ["nstudio_final_shot", "nstudio_jobs"]
         assert footprint["app_handlers"] == {
-            "depsgraph_update_post": ["addon.blender.final_shot._sync_companions", "addon.blender.render_engine._on_depsgraph_update"],
-            "load_post": ["addon.blender.render_engine._on_load_post", "addon.blender.session.on_load_post"],
+            "depsgraph_update_post": ["addon.blender.final_shot._sync_companions", "addon.blender.scene_gaussians._on_depsgraph_update"],
+            "load_post": ["addon.blender.scene_gaussians._on_load_post", "addon.blender.session.on_load_post"],
+            "render_pre": ["addon.blender.frame_guard._on_render_pre"],
+            "render_write": ["addon.blender.frame_guard._on_render_write"],
         }
         assert footprint["menus"] == {"TOPBAR_MT_file_export": ["addon.blender.ops_gaussians.menu_export"],
                                       "TOPBAR_MT_file_import": ["addon.blender.ops_gaussians.menu_import"]}
@@ -103,15 +105,47 @@ def test_register_and_unregister_leave_nothing_behind(addon_disabled):
     assert blender_layer._registered == []
 
 
+def test_every_operator_class_and_scene_property_of_ours_uses_the_nstudio_prefix(addon_disabled):
+    """One prefix (`nstudio`) for what ends up in keymaps and scripts: found by diffing Blender itself."""
+    import addon_utils
+
+    def snapshot():
+        ops = {f"{mod}.{op}" for mod in dir(bpy.ops) if not mod.startswith("_")
+               for op in dir(getattr(bpy.ops, mod)) if not op.startswith("_")}
+        scene_props = {p.identifier for p in bpy.types.Scene.bl_rna.properties}
+        types = set(dir(bpy.types))
+        return ops, scene_props, types
+
+    ops0, props0, types0 = snapshot()
+    addon_utils.enable("addon", default_set=True, handle_error=None)
+    try:
+        ops1, props1, types1 = snapshot()
+        classes = _all_classes()
+    finally:
+        addon_utils.disable("addon", default_set=True, handle_error=None)
+    new_ops, new_props, new_types = ops1 - ops0, props1 - props0, types1 - types0
+    assert "nstudio.connect" in new_ops and "nstudio_jobs" in new_props  # the diff sees our additions
+    assert sorted(op for op in new_ops if not op.startswith("nstudio.")) == []
+    assert sorted(p for p in new_props if not p.startswith("nstudio_")) == []
+    assert sorted(t for t in new_types if not t.startswith("NSTUDIO_")) == []
+    for cls in classes:
+        if issubclass(cls, bpy.types.Operator):
+            assert cls.__name__.startswith("NSTUDIO_OT_") and cls.bl_idname.startswith("nstudio."), cls
+        elif issubclass(cls, bpy.types.Panel):
+            assert cls.__name__.startswith("NSTUDIO_PT_"), cls
+        else:
+            assert cls.__name__.startswith("NSTUDIO_"), cls
+
+
 def test_a_feature_module_that_fails_to_register_leaves_nothing_behind(addon_disabled, monkeypatch):
     import addon
     from addon import blender as blender_layer
-    from addon.blender import ops_splat
+    from addon.blender import splat_render
 
     def broken():
         raise RuntimeError("broken feature")
 
-    monkeypatch.setattr(ops_splat, "register", broken)  # the last module: everything else is registered
+    monkeypatch.setattr(splat_render, "register", broken)  # a late module: nearly everything else is registered
     with pytest.raises(RuntimeError, match="broken feature"):
         addon.register()
     assert _our_types() == []
@@ -144,7 +178,7 @@ def test_local_server_connects_shows_catalogue_and_log_and_stops_with_the_addon(
     assert welcome["pipelines"]["system.echo"]["available"] is True
     assert {"splat.render", "splat.reconstruct"} <= set(welcome["pipelines"])
 
-    assert bpy.ops.neural_studio.show_server_log() == {"FINISHED"}
+    assert bpy.ops.nstudio.show_server_log() == {"FINISHED"}
     text = bpy.data.texts[session.LOG_TEXT_NAME].as_string()
     assert f"serving on tcp://127.0.0.1:{port}" in text
 
@@ -174,7 +208,7 @@ def test_echo_round_trips_arrays_into_a_mesh(enabled_addon, shared_server):
 
 def test_echo_test_operator_round_trips_the_active_mesh(enabled_addon, shared_server):
     with pytest.raises(RuntimeError, match="not connected to a server"):
-        bpy.ops.neural_studio.echo_test()
+        bpy.ops.nstudio.echo_test()
     mesh = bpy.data.meshes.new("Source")
     vertices = np.random.default_rng(5).normal(size=(37, 3)).astype(np.float32)
     mesh.from_pydata(vertices.tolist(), [], [])
@@ -182,8 +216,8 @@ def test_echo_test_operator_round_trips_the_active_mesh(enabled_addon, shared_se
     bpy.context.scene.collection.objects.link(obj)
     bpy.context.view_layer.objects.active = obj
     _connect(enabled_addon, shared_server.endpoint)
-    assert bpy.ops.neural_studio.echo_test(steps=2) == {"FINISHED"}
-    key = bpy.context.scene.neural_studio_jobs[-1].request_id
+    assert bpy.ops.nstudio.echo_test(steps=2) == {"FINISHED"}
+    key = bpy.context.scene.nstudio_jobs[-1].request_id
     tick_until(lambda: _item(key).applied, 30, "the echo result applied")
     echoed = bpy.data.objects[_item(key).target].data
     got = np.empty(len(echoed.vertices) * 3, np.float32)
@@ -199,10 +233,10 @@ def test_remove_job_and_disconnect_operators(enabled_addon, shared_server):
     record = live.submit(bpy.context.scene, "system.echo", inputs={"points": np.zeros((3, 3), np.float32)})
     tick_until(lambda: _item(record.request_id).applied, 30, "the echo result applied")
     with pytest.raises(RuntimeError, match="unknown job 'no-such-job'"):
-        bpy.ops.neural_studio.remove_job(job_id="no-such-job")
-    assert bpy.ops.neural_studio.remove_job(job_id=record.id) == {"FINISHED"}
-    assert len(bpy.context.scene.neural_studio_jobs) == 0 and record.id not in live.manager.jobs
-    assert bpy.ops.neural_studio.disconnect() == {"FINISHED"}
+        bpy.ops.nstudio.remove_job(job_id="no-such-job")
+    assert bpy.ops.nstudio.remove_job(job_id=record.id) == {"FINISHED"}
+    assert len(bpy.context.scene.nstudio_jobs) == 0 and record.id not in live.manager.jobs
+    assert bpy.ops.nstudio.disconnect() == {"FINISHED"}
     assert session.current() is None and live.client.state == client_mod.DISCONNECTED
 
 
@@ -249,7 +283,7 @@ def test_cancel_from_the_operator(enabled_addon, shared_server):
     live = _connect(enabled_addon, shared_server.endpoint)
     record = live.submit(bpy.context.scene, "system.echo", params={"steps": 400, "step_seconds": 0.05})
     tick_until(lambda: _item(record.request_id).state == "running", 30, "the job to run")
-    assert bpy.ops.neural_studio.cancel_job(job_id=record.id) == {"FINISHED"}
+    assert bpy.ops.nstudio.cancel_job(job_id=record.id) == {"FINISHED"}
     tick_until(lambda: _item(record.id).state == "cancelled", 10, "the cancel")
 
 
@@ -275,8 +309,8 @@ REOPEN_SCRIPT = textwrap.dedent("""
     addon_utils.enable("addon", default_set=True, handle_error=None)  # register after opening
     from addon.blender import session
     bpy.context.preferences.addons["addon"].preferences.endpoint = sys.argv[2]
-    assert bpy.ops.neural_studio.connect() == {"FINISHED"}
-    item = bpy.context.scene.neural_studio_jobs[0]
+    assert bpy.ops.nstudio.connect() == {"FINISHED"}
+    item = bpy.context.scene.nstudio_jobs[0]
     deadline = time.monotonic() + 60
     while not item.applied and time.monotonic() < deadline:
         session.timer_tick()

@@ -80,7 +80,7 @@ INSTALL_SCRIPT = textwrap.dedent("""
         "enabled": addon_utils.check(name)[1],
         "module_file": getattr(module, "__file__", None),
         "panel": hasattr(bpy.types, "NSTUDIO_PT_status"),
-        "connect_op": hasattr(bpy.ops.neural_studio, "connect"),
+        "connect_op": hasattr(bpy.ops.nstudio, "connect"),
         "prefs": name in bpy.context.preferences.addons,
         "wheels_installed": sorted(d for d in os.listdir(site) if d in ("zmq", "msgpack")) if os.path.isdir(site) else [],
         "client_imports": bool(sys.modules.get(name + ".core.client")),

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from addon.blender import gaussian_nodes
 from addon.blender.importers import gaussians as gi
 
 bpy = pytest.importorskip("bpy")
@@ -21,7 +22,7 @@ def test_rendered_colour_and_alpha(tmp_path, as_points):
          "scales": np.zeros((1, 3), np.float32), "opacities": np.zeros(1, np.float32),  # alpha 0.5
          "sh0": ((colour - 0.5) / C0)[None].astype(np.float32), "shN": np.zeros((1, 0, 3), np.float32)}
     obj = gi.create_gaussian_object("G", g)
-    gi.set_proxy_inputs(obj, point_threshold=0 if as_points else 10)
+    gaussian_nodes.set_proxy_inputs(obj, point_threshold=0 if as_points else 10)
     scene.render.engine = "CYCLES"
     scene.cycles.device, scene.cycles.samples, scene.cycles.use_denoising = "CPU", 16, False
     scene.render.resolution_x = scene.render.resolution_y = 16

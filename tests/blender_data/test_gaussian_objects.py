@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from addon.core import gaussians_layout as layout
+from addon.blender import gaussian_nodes
 from addon.blender.importers import gaussians as gi
 from tests.formats.conftest import make_gaussians
 
@@ -81,7 +82,7 @@ def test_update_changes_count_and_degree():
     assert len(obj.data.vertices) == 77 and obj[gi.PROP_SH_DEGREE] == 3
     assert_bit_equal(gi.read_gaussians(obj), g2)
     assert old_mesh not in bpy.data.meshes or bpy.data.meshes[old_mesh] is obj.data
-    assert obj.modifiers[gi.PROXY_MODIFIER_NAME].node_group.name == gi.PROXY_GROUP_NAME
+    assert obj.modifiers[gaussian_nodes.PROXY_MODIFIER_NAME].node_group.name == gaussian_nodes.PROXY_GROUP_NAME
     # same count and layout: written in place
     g3 = make_gaussians(77, 15, seed=3)
     mesh = obj.data
@@ -114,7 +115,7 @@ def test_proxy_instances_are_the_ellipsoids():
     n = 20
     g = make_gaussians(n, 3, seed=5)
     obj = gi.create_gaussian_object("Proxy", g)
-    gi.set_proxy_inputs(obj, scale_factor=2.0)
+    gaussian_nodes.set_proxy_inputs(obj, scale_factor=2.0)
     m, verts, clouds = proxy_output(obj)
     assert len(m) == n and not clouds
     assert set(verts.tolist()) == {42}  # default ico-sphere: 2 subdivisions
@@ -126,8 +127,8 @@ def test_proxy_instances_are_the_ellipsoids():
     # the material reads the raw attributes on the instance domain
     names = instance_attribute_names(obj)
     assert names is None or {layout.SH0, layout.OPACITY} <= names
-    ng = bpy.data.node_groups[gi.PROXY_GROUP_NAME]
-    assert any(nd.bl_idname == "GeometryNodeSetMaterial" and nd.inputs["Material"].default_value.name == gi.PROXY_MATERIAL_NAME
+    ng = bpy.data.node_groups[gaussian_nodes.PROXY_GROUP_NAME]
+    assert any(nd.bl_idname == "GeometryNodeSetMaterial" and nd.inputs["Material"].default_value.name == gaussian_nodes.PROXY_MATERIAL_NAME
                for nd in ng.nodes)
 
 
@@ -135,17 +136,17 @@ def test_proxy_switches_to_points_above_threshold():
     n = 30
     g = make_gaussians(n, 0, seed=6)
     obj = gi.create_gaussian_object("Many", g)
-    gi.set_proxy_inputs(obj, point_threshold=n - 1, scale_factor=1.5)
+    gaussian_nodes.set_proxy_inputs(obj, point_threshold=n - 1, scale_factor=1.5)
     m, _, clouds = proxy_output(obj)
     assert len(m) == 0 and len(clouds) == 1
     radius = clouds[0]
     assert radius.shape == (n,)
     np.testing.assert_allclose(radius, 1.5 * np.exp(g["scales"].astype(np.float64).mean(axis=1)), rtol=1e-5)
-    gi.set_proxy_inputs(obj, subdivisions=1)
+    gaussian_nodes.set_proxy_inputs(obj, subdivisions=1)
     m, _, clouds = proxy_output(obj)
     assert len(m) == 0 and len(clouds) == 1  # still points
     # at the threshold exactly: still ellipsoids
-    gi.set_proxy_inputs(obj, point_threshold=n)
+    gaussian_nodes.set_proxy_inputs(obj, point_threshold=n)
     m, _, clouds = proxy_output(obj)
     assert len(m) == n and not clouds
 
@@ -154,5 +155,5 @@ def test_proxy_built_once_per_file():
     a = gi.create_gaussian_object("A", make_gaussians(3, 0))
     b = gi.create_gaussian_object("B", make_gaussians(4, 0))
     assert a.modifiers[0].node_group == b.modifiers[0].node_group
-    assert len([ng for ng in bpy.data.node_groups if ng.name.startswith(gi.PROXY_GROUP_NAME)]) == 1
-    assert len([m for m in bpy.data.materials if m.name.startswith(gi.PROXY_MATERIAL_NAME)]) == 1
+    assert len([ng for ng in bpy.data.node_groups if ng.name.startswith(gaussian_nodes.PROXY_GROUP_NAME)]) == 1
+    assert len([m for m in bpy.data.materials if m.name.startswith(gaussian_nodes.PROXY_MATERIAL_NAME)]) == 1

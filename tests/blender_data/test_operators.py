@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from addon.core import camera_model
+from addon.core import camera as camera_model
 from addon.blender import compat
 from addon.core.formats import camera_path, ply
 from addon.blender.importers import gaussians as gi

@@ -148,12 +148,13 @@ class _Sink:
 
 
 def test_reconstruct_handlers_apply_in_steps_and_a_cancel_keeps_a_whole_partial(blender_addon):
-    """splat.reconstruct events through the real job manager and ops_splat's registered handlers."""
-    from addon.blender import ops_splat
+    """splat.reconstruct events through the real job manager and splat_train's registered handlers."""
+    from addon.blender import splat_train
+    from addon.core import splat_requests
 
-    obj = gi.create_gaussian_object("Target", ops_splat.empty_gaussians(1))
+    obj = gi.create_gaussian_object("Target", splat_requests.empty_gaussians(1))
     manager = jobs_mod.JobManager(_Sink(), release=lambda outputs: None)
-    record = manager.submit(ops_splat.RECONSTRUCT, target=obj.name)
+    record = manager.submit(splat_train.RECONSTRUCT, target=obj.name)
     manager.handle({"type": "accepted", "re": record.request_id, "job": "J1", "position": 0})
     first, second = make_gaussians(BIG, 3, seed=1), make_gaussians(BIG, 3, seed=2)
 
@@ -164,7 +165,7 @@ def test_reconstruct_handlers_apply_in_steps_and_a_cancel_keeps_a_whole_partial(
     assert ticks > 5  # applied over many ticks, not in one
     target = bpy.data.objects["Target"]
     assert_bit_equal(gi.read_gaussians(target), first)
-    assert (target[ops_splat.PROP_PARTIALS], target[ops_splat.PROP_STEP]) == (1, 10)
+    assert (target[splat_train.PROP_PARTIALS], target[splat_train.PROP_STEP]) == (1, 10)
 
     # A second partial is half applied (in place) when the job is cancelled: it still ends whole.
     manager.handle({"type": "partial", "job": "J1", "outputs": {"gaussians": second, "step": 20}})
@@ -178,15 +179,15 @@ def test_reconstruct_handlers_apply_in_steps_and_a_cancel_keeps_a_whole_partial(
     assert record.state == "cancelled" and record.partials_applied == 2
     target = bpy.data.objects["Target"]
     assert_bit_equal(gi.read_gaussians(target), second)
-    assert (target[ops_splat.PROP_PARTIALS], target[ops_splat.PROP_STATE]) == (2, "training")
+    assert (target[splat_train.PROP_PARTIALS], target[splat_train.PROP_STATE]) == (2, "training")
 
 
 def test_reconstruct_result_for_a_target_deleted_midway_is_dropped(blender_addon):
-    from addon.blender import ops_splat
+    from addon.blender import splat_train
 
     gi.create_gaussian_object("Target", make_gaussians(10, 0))
     manager = jobs_mod.JobManager(_Sink(), release=lambda outputs: None)
-    record = manager.submit(ops_splat.RECONSTRUCT, target="Target")
+    record = manager.submit(splat_train.RECONSTRUCT, target="Target")
     manager.handle({"type": "accepted", "re": record.request_id, "job": "J2", "position": 0})
     manager.handle({"type": "result", "job": "J2",
                     "outputs": {"gaussians": make_gaussians(BIG, 3), "metrics": {"psnr": 30.0, "count": BIG}}})

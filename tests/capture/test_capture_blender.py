@@ -7,7 +7,7 @@ import pytest
 
 bpy = pytest.importorskip("bpy")
 
-from addon.core import capture_math# noqa: E402
+from addon.core import camera as camera_model, capture_layout  # noqa: E402
 from addon.blender.capture import CaptureOptions, capture, capture_steps  # noqa: E402
 
 pytestmark = pytest.mark.blender
@@ -105,7 +105,7 @@ def test_capture_hides_other_objects_and_checks_options():
     cube, plane = _build_scene()
     out = capture([cube], CaptureOptions(count=2, width=17, height=17, engine="WORKBENCH", points=0))
     # Only the cube: its bounding sphere frames the view and the plane is hidden from the render.
-    expected_centre = capture_math.capture_cameras(CUBE[0], CUBE[1], count=2, width=17, height=17)
+    expected_centre = capture_layout.capture_cameras(CUBE[0], CUBE[1], count=2, width=17, height=17)
     np.testing.assert_allclose(out["cameras"]["world_from_camera"], expected_centre["world_from_camera"], atol=1e-5)
     assert len(out["points"]) == 0
     assert plane.hide_render is False
@@ -135,7 +135,7 @@ def _scene_state(scene):
 def test_capture_from_user_cameras_matches_blender_projection():
     from bpy_extras.object_utils import world_to_camera_view
 
-    from addon.core import camera_model
+
 
     for obj in list(bpy.data.objects):
         if obj.type == "MESH":
@@ -175,7 +175,7 @@ def test_capture_from_user_cameras_matches_blender_projection():
 
     # Blender's own projection of the ball's centre, at the capture resolution.
     scene.render.resolution_x, scene.render.resolution_y, scene.render.resolution_percentage = width, height, 100
-    pixels, _ = capture_math.project(np.array([centre]), cams)
+    pixels, _ = camera_model.project(np.array([centre]), cams)
     ys, xs = np.mgrid[0:height, 0:width] + 0.5  # pixel centres
     for i, cam in enumerate((a, b)):
         ndc = world_to_camera_view(scene, cam, ball.location)

@@ -1,15 +1,15 @@
-"""Capture maths without Blender: cameras, splits, surface sampling, point colouring, EXR reading."""
+"""Capture maths without Blender: cameras, splits, surface sampling, point colouring."""
 
 from __future__ import annotations
 
 import math
-import struct
 
 import numpy as np
 import pytest
 
-from addon.core import camera_model
-from addon.core import capture_math as cm
+from addon.core import camera as camera_model
+from addon.core import capture_layout as cm
+from addon.core import surface_points as sp
 
 BOX = (np.array([-1.0, -0.5, 0.0]), np.array([1.0, 1.5, 1.2]))
 
@@ -45,7 +45,7 @@ def test_cameras_look_at_the_box_centre(layout):
     assert (pix[..., 1] > 0).all() and (pix[..., 1] < 64).all()
     assert (z > cams["near"]).all() and (z < cams["far"]).all()
     # project() (matrix inverse) agrees with the axis formula.
-    p2, z2 = cm.project(corners, cams)
+    p2, z2 = camera_model.project(corners, cams)
     np.testing.assert_allclose(p2, pix, atol=1e-3)
     if layout != "sphere":
         # Upright cameras above the centre: world +Z points up in the image (smaller row).
@@ -65,7 +65,7 @@ def test_kernels_camera_agrees():
         + kc.camera_from_world().double()[:, None, :3, 3]
     uv = cam[..., :2] / cam[..., 2:] * torch.stack([kc.fx, kc.fy], -1)[:, None].double() \
         + torch.stack([kc.cx, kc.cy], -1)[:, None].double()
-    pix, _ = cm.project(pts, cams)
+    pix, _ = camera_model.project(pts, cams)
     np.testing.assert_allclose(pix, uv.numpy(), atol=1e-3)
 
 
@@ -93,7 +93,7 @@ def test_cameras_map_has_per_view_intrinsics_and_strips_scale():
     m = cm.look_at(np.array([[4.0, -3.0, 2.0], [-3.0, -4.0, 3.0]]), np.zeros(3))
     scaled = m.copy()
     scaled[0, :3, :3] *= 2.5  # a scaled camera object: Blender renders it unscaled
-    cams = cm.cameras_map(scaled, lenses, 48, 36, near=0.1, far=100.0)
+    cams = camera_model.lens_cameras_map(scaled, lenses, 48, 36, near=0.1, far=100.0)
     np.testing.assert_allclose(cams["world_from_camera"], m, atol=1e-6)
     assert cams["world_from_camera"].dtype == np.float32
     for key in ("fx", "fy", "cx", "cy"):
@@ -104,14 +104,14 @@ def test_cameras_map_has_per_view_intrinsics_and_strips_scale():
         assert tuple(cams[k][i] for k in ("fx", "fy", "cx", "cy")) == want
     assert (cams["width"], cams["height"], cams["near"], cams["far"]) == (48, 36, 0.1, 100.0)
     # Per-view arrays work where the maths reads cameras: the look-at target lands on each principal point.
-    pix, _ = cm.project(np.zeros((1, 3)), cams)
+    pix, _ = camera_model.project(np.zeros((1, 3)), cams)
     np.testing.assert_allclose(pix[:, 0], np.stack([cams["cx"], cams["cy"]], -1), atol=1e-4)
     with pytest.raises(ValueError, match="1 lenses for 2"):
-        cm.cameras_map(m, lenses[:1], 48, 36, 0.1, 100.0)
+        camera_model.lens_cameras_map(m, lenses[:1], 48, 36, 0.1, 100.0)
     bad = m.copy()
     bad[1, :3, 0] = 0.0
     with pytest.raises(ValueError, match="camera 1: matrix has a zero-length axis"):
-        cm.cameras_map(bad, lenses, 48, 36, 0.1, 100.0)
+        camera_model.lens_cameras_map(bad, lenses, 48, 36, 0.1, 100.0)
 
 
 def test_look_at_straight_down_is_defined():
@@ -132,7 +132,7 @@ def test_sampling_is_area_weighted_and_uniform():
     verts = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0], [5, 0, 0], [8, 0, 0], [5, 1, 0]], dtype=np.float64)
     faces = np.array([[0, 1, 2], [3, 4, 5]])
     n = 40_000
-    pts, face = cm.sample_surface(verts, faces, n, seed=11)
+    pts, face = sp.sample_surface(verts, faces, n, seed=11)
     frac = (face == 1).mean()
     sigma = math.sqrt(0.75 * 0.25 / n)  # binomial standard deviation, about 0.0022
     assert abs(frac - 0.75) < 4 * sigma
@@ -142,10 +142,10 @@ def test_sampling_is_area_weighted_and_uniform():
     # Uniform inside a triangle: the part with x < 0.5 holds 3/4 of the unit right triangle's area.
     m = len(small)
     assert abs((small[:, 0] < 0.5).mean() - 0.75) < 4 * math.sqrt(0.75 * 0.25 / m)
-    again, _ = cm.sample_surface(verts, faces, n, seed=11)
+    again, _ = sp.sample_surface(verts, faces, n, seed=11)
     np.testing.assert_array_equal(pts, again)
     with pytest.raises(ValueError):
-        cm.sample_surface(verts, np.array([[0, 1, 9]]), 10)
+        sp.sample_surface(verts, np.array([[0, 1, 9]]), 10)
 
 
 def test_colour_points_uses_depth_for_visibility():
@@ -159,42 +159,7 @@ def test_colour_points_uses_depth_for_visibility():
     images[1] = [0.0, 0.0, 0.0, 0.0]  # camera 1 sees nothing
     depths = np.full((2, 33, 33), np.inf, np.float32)
     depths[0] = 2.0  # planar depth of the near point on the axis
-    cols, seen = cm.colour_points(np.array([near_pt, far_pt]), images, depths, cams)
+    cols, seen = sp.colour_points(np.array([near_pt, far_pt]), images, depths, cams)
     assert seen.tolist() == [1, 0]
     np.testing.assert_allclose(cols[0], [1.0, 0.5, 0.25])
     np.testing.assert_allclose(cols[1], [0.5, 0.5, 0.5])
-
-
-def _write_exr(path, width, height, channels):
-    """A minimal single-part uncompressed scanline OpenEXR writer (float32), for reader tests."""
-    def attr(name, kind, data):
-        return name.encode() + b"\0" + kind.encode() + b"\0" + struct.pack("<i", len(data)) + data
-    names = sorted(channels)
-    chlist = b"".join(n.encode() + b"\0" + struct.pack("<iB3xii", 2, 0, 1, 1) for n in names) + b"\0"
-    box = struct.pack("<4i", 0, 0, width - 1, height - 1)
-    header = (attr("channels", "chlist", chlist) + attr("compression", "compression", b"\0")
-              + attr("dataWindow", "box2i", box) + attr("displayWindow", "box2i", box)
-              + attr("lineOrder", "lineOrder", b"\0") + attr("pixelAspectRatio", "float", struct.pack("<f", 1))
-              + attr("screenWindowCenter", "v2f", struct.pack("<2f", 0, 0))
-              + attr("screenWindowWidth", "float", struct.pack("<f", 1)) + b"\0")
-    head = struct.pack("<iI", 20000630, 2) + header
-    row_bytes = 8 + 4 * width * len(names)
-    start = len(head) + 8 * height
-    table = struct.pack(f"<{height}Q", *[start + y * row_bytes for y in range(height)])
-    rows = b"".join(struct.pack("<ii", y, 4 * width * len(names))
-                    + b"".join(channels[n][y].astype("<f4").tobytes() for n in names) for y in range(height))
-    with open(path, "wb") as fh:
-        fh.write(head + table + rows)
-
-
-def test_read_exr_single_part(tmp_path):
-    rng = np.random.default_rng(0)
-    chans = {c: rng.random((5, 7)).astype(np.float32) for c in "RGBAZ"}
-    _write_exr(tmp_path / "x.exr", 7, 5, chans)
-    out = cm.read_exr(tmp_path / "x.exr")
-    assert sorted(out) == sorted(chans)
-    for c in chans:
-        np.testing.assert_array_equal(out[c], chans[c])
-    (tmp_path / "bad.exr").write_bytes(b"not an exr")
-    with pytest.raises(ValueError):
-        cm.read_exr(tmp_path / "bad.exr")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from addon.core import camera_model
+from addon.core import camera as camera_model
 
 bpy = pytest.importorskip("bpy")
 

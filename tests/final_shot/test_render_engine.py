@@ -29,7 +29,7 @@ def _expected(local, obj, cam_obj, scene):
     """Render with kernels directly: world Gaussians built here with mathutils, camera via nskernels.camera."""
     from mathutils import Quaternion, Vector
 
-    from addon.core import camera_model
+    from addon.core import camera as camera_model
     from nskernels.camera import Cameras
     from nskernels.rasterize import rasterize
 
@@ -77,8 +77,54 @@ def test_engine_render_matches_direct_rasterize(blender_addon, server, tmp_path)
     np.testing.assert_allclose(got[..., :3], rgb, atol=1e-4)
 
 
+@pytest.fixture(scope="module")
+def curve_server(tmp_path_factory):
+    """A real server with CURVE on (keys from ``nstudio keys``), answering; stopped after this module."""
+    import blender_support
+
+    folder = tmp_path_factory.mktemp("curve-server")
+    server = blender_support.LoopbackServer(folder, curve_dir=blender_support.make_curve_keys(folder / "keys")).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_scene_endpoint_to_a_curve_server_keeps_the_preferences_keys(blender_addon, curve_server, tmp_path):
+    """F12 with the scene's own endpoint on a CURVE server: the preferences' keys still apply."""
+    import blender_support
+    from addon.blender import render_engine, render_settings
+    from addon.blender.importers.gaussians import create_gaussian_object
+    from addon.core import render_client
+
+    scene = bpy.context.scene
+    h.set_resolution(scene)
+    h.add_camera(scene)
+    local = _tiny_gaussians()
+    create_gaussian_object("Splats", local, collection=scene.collection)
+    scene.render.engine = "NSTUDIO_SPLATS"
+    scene.render.use_compositing = False
+    scene.render.film_transparent = True
+    scene.nstudio_final_shot.endpoint = curve_server.endpoint
+    prefs = blender_support.preferences()
+    prefs.server_public_key = str(curve_server.curve_dir / "server.key")
+    prefs.client_secret_key = str(curve_server.curve_dir / "client.key_secret")
+    try:
+        settings = render_settings.render_settings(scene)
+        assert settings.endpoint == curve_server.endpoint
+        assert settings.curve == curve_server.curve_keys()
+        h.render_exr(scene, tmp_path / "curve.exr")
+        got = h.read_exr(tmp_path / "curve.exr")
+        want = render_client.render(local, render_engine.camera_for_frame(scene, scene.camera, h.WIDTH, h.HEIGHT),
+                                    settings=settings)
+    finally:
+        blender_support.reset_preferences()
+    assert want["alpha"][0].max() > 0.5  # the set is in view
+    np.testing.assert_allclose(got[..., 3], want["alpha"][0], atol=1e-4)
+
+
 def test_unreachable_server_is_reported(blender_addon, tmp_path):
-    from addon.blender import render_engine
+    from addon.blender import render_engine, render_settings
     from addon.blender.importers.gaussians import create_gaussian_object
 
     scene = bpy.context.scene
@@ -87,7 +133,7 @@ def test_unreachable_server_is_reported(blender_addon, tmp_path):
     create_gaussian_object("Splats", _tiny_gaussians(), collection=scene.collection)
     scene.render.engine = "NSTUDIO_SPLATS"
     scene.nstudio_final_shot.endpoint = "tcp://127.0.0.1:9"  # nothing listens on the discard port
-    settings = render_engine.render_settings(scene)
+    settings = render_settings.render_settings(scene)
     assert settings.endpoint == "tcp://127.0.0.1:9"
     from addon.core import render_client
 

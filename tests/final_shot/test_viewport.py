@@ -15,7 +15,7 @@ bpy = pytest.importorskip("bpy")
 import blender_support  # noqa: E402
 import final_shot_helpers as h  # noqa: E402
 
-from addon.core import camera_model, render_client, viewport
+from addon.core import camera as camera_model, colour, render_client, viewport
 from tools import demo# noqa: E402
 
 # ------------------------------------------------------------------ view matrices -> camera
@@ -49,13 +49,13 @@ def _blender_camera(case):
     return cam
 
 
-def _as_viewport(cam) -> viewport.ViewCamera:
+def _as_viewport(cam) -> camera_model.ViewCamera:
     """Feed a camera's matrices to camera_from_view the way a camera view of the viewport does."""
     scene = bpy.context.scene
     w, h_ = scene.render.resolution_x, scene.render.resolution_y
     projection = cam.calc_matrix_camera(bpy.context.evaluated_depsgraph_get(), x=w, y=h_,
                                         scale_x=scene.render.pixel_aspect_x, scale_y=scene.render.pixel_aspect_y)
-    return viewport.camera_from_view(cam.matrix_world.inverted(), projection, w, h_)
+    return camera_model.camera_from_view(cam.matrix_world.inverted(), projection, w, h_)
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c['fit']}-{c['size'][0]}x{c['size'][1]}-{c['aspect']}")
@@ -113,9 +113,9 @@ def test_orthographic_and_malformed_views_are_refused():
     with pytest.raises(ValueError, match="orthographic"):
         _as_viewport(cam)
     with pytest.raises(ValueError, match="window_matrix must be a finite 4 x 4"):
-        viewport.camera_from_view(np.eye(4), np.full((4, 4), np.nan), 10, 10)
+        camera_model.camera_from_view(np.eye(4), np.full((4, 4), np.nan), 10, 10)
     with pytest.raises(ValueError, match="region size must be positive"):
-        viewport.camera_from_view(np.eye(4), np.eye(4), 0, 10)
+        camera_model.camera_from_view(np.eye(4), np.eye(4), 0, 10)
 
 
 # ------------------------------------------------------------------ the worker, real server
@@ -135,7 +135,7 @@ def _gaussians(n=40, seed=3, spread=1.0):
 def _camera(x=0.0, width=64, height=48, lens_px=60.0):
     """A camera 6 m down -Y looking at the origin (+Y), moved ``x`` metres sideways."""
     world_from_camera = np.array([[1, 0, 0, x], [0, 0, -1, -6.0], [0, 1, 0, 0], [0, 0, 0, 1]], np.float64)
-    return viewport.ViewCamera(world_from_camera, lens_px, lens_px, width / 2, height / 2, width, height, 0.1, 100.0)
+    return camera_model.ViewCamera(world_from_camera, lens_px, lens_px, width / 2, height / 2, width, height, 0.1, 100.0)
 
 
 def _settings(endpoint, **kw):
@@ -180,7 +180,7 @@ def test_worker_frame_equals_the_synchronous_render(server):
     np.testing.assert_allclose(got_alpha, alpha, atol=1e-6)
     np.testing.assert_allclose(got_rgb, rgb, atol=1e-6)
     assert frame.rgba.flags.c_contiguous and frame.rgba.dtype == np.float32
-    np.testing.assert_allclose(_image(srgb_frame)[0], render_client.srgb_to_linear_premultiplied(rgb, alpha),
+    np.testing.assert_allclose(_image(srgb_frame)[0], colour.srgb_to_linear_premultiplied(rgb, alpha),
                                atol=1e-6)
     assert [s.outcome for s in renderer.spans()] == ["frame", "frame"]
     assert renderer.status().state == "stopped" and not renderer.is_alive()
@@ -306,38 +306,38 @@ def test_session_coarse_then_full_frame_and_redraw_decisions(server):
 # ------------------------------------------------------------------ Blender side
 
 def test_scene_gaussians_is_stable_until_something_changes(blender_addon):
-    from addon.blender import render_engine
+    from addon.blender import scene_gaussians
     from addon.blender.importers.gaussians import create_gaussian_object
 
     scene = bpy.context.scene
     obj = create_gaussian_object("Splats", _gaussians(), collection=scene.collection)
     bpy.context.view_layer.update()
-    first, _ = render_engine.scene_gaussians(bpy.context.evaluated_depsgraph_get())
-    again, _ = render_engine.scene_gaussians(bpy.context.evaluated_depsgraph_get())
+    first, _ = scene_gaussians.scene_gaussians(bpy.context.evaluated_depsgraph_get())
+    again, _ = scene_gaussians.scene_gaussians(bpy.context.evaluated_depsgraph_get())
     assert again is first  # the viewport sees "no change" for unrelated updates
     obj.location = (0.0, 0.0, 1.0)
     bpy.context.view_layer.update()
-    moved, _ = render_engine.scene_gaussians(bpy.context.evaluated_depsgraph_get())
+    moved, _ = scene_gaussians.scene_gaussians(bpy.context.evaluated_depsgraph_get())
     assert moved is not first
     np.testing.assert_allclose(moved["means"], first["means"] + [0.0, 0.0, 1.0], atol=1e-6)
 
 
 def test_unregister_stops_viewport_workers_and_the_redraw_timer(blender_addon, server):
-    from addon.blender import render_engine
+    from addon.blender import render_engine, viewport_draw
 
-    session = render_engine.new_viewport_session(_settings(server.endpoint))
-    render_engine._ensure_viewport_timer()
+    session = viewport_draw.new_viewport_session(_settings(server.endpoint))
+    viewport_draw._ensure_viewport_timer()
     session.set_scene(_gaussians())
     seq = session.view(_camera(), time.monotonic())
     session.renderer.wait_frame(seq, 60)
     assert session.renderer.is_alive()
-    assert bpy.app.timers.is_registered(render_engine._viewport_tick)
+    assert bpy.app.timers.is_registered(viewport_draw._viewport_tick)
     with blender_support.addon_disabled():
         assert not session.renderer.is_alive()
         assert session.renderer.status().state == "stopped"
-        assert not bpy.app.timers.is_registered(render_engine._viewport_tick)
+        assert not bpy.app.timers.is_registered(viewport_draw._viewport_tick)
     # Enabled again: no timer until a viewport uses the engine; with none, the tick ends itself.
-    assert not bpy.app.timers.is_registered(render_engine._viewport_tick)
-    assert render_engine._viewport_tick() is None
+    assert not bpy.app.timers.is_registered(viewport_draw._viewport_tick)
+    assert viewport_draw._viewport_tick() is None
     assert bpy.types.RenderEngine.bl_rna_get_subclass_py(render_engine.ENGINE_ID).bl_use_eevee_viewport is False
     assert math.isfinite(session.renderer.latest().seconds)

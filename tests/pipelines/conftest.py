@@ -1,7 +1,7 @@
 """Fixtures for the splat pipeline tests: a real in-process Job and a tiny synthetic scene.
 
 The scene's ground truth comes from elsewhere: random Gaussians rendered by `nskernels.rasterize`
-from cameras made by `addon.core.capture_math`, so the pipelines are checked against the kernels.
+from cameras made by `addon.core.capture_layout`, so the pipelines are checked against the kernels.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def make_job():
 def _scene(seed: int = 3, n: int = 250, count: int = 10, size: int = 32):
     import torch
 
-    from addon.core import capture_math
+    from addon.core import capture_layout
     from nskernels.camera import Cameras
     from nskernels.rasterize import rasterize
 
@@ -69,7 +69,7 @@ def _scene(seed: int = 3, n: int = 250, count: int = 10, size: int = 32):
         "sh0": torch.randn(n, 3, generator=g) * 0.8,
         "shN": torch.randn(n, 3, 3, generator=g) * 0.1,
     }
-    cams = capture_math.capture_cameras([-0.7] * 3, [0.7] * 3, layout="sphere", count=count,
+    cams = capture_layout.capture_cameras([-0.7] * 3, [0.7] * 3, layout="sphere", count=count,
                                         width=size, height=size, lens_mm=40.0)
     with torch.no_grad():
         out = rasterize(*(gaussians[k] for k in ("means", "quats", "scales", "opacities", "sh0", "shN")),

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 from blender_support import tick_until
 
-from addon.blender import capture, compat, ops_splat
-from addon.core import capture_math, render_client
+from addon.blender import capture, compat, splat_render, splat_train
+from addon.core import camera, capture_layout, colour, render_client, splat_requests
 from tools import sample_scene
 from addon.blender.importers import gaussians as gaussian_objects
 
@@ -43,7 +43,7 @@ def test_capture_train_import_matches_held_out_views(live, server):
     objects = _two_objects()
     options = capture.CaptureOptions(layout="hemisphere", count=VIEWS, width=SIZE, height=SIZE, samples=8,
                                      points=1500)
-    record, obj, captured = ops_splat.start_reconstruction(
+    record, obj, captured = splat_train.start_reconstruction(
         bpy.context, objects, options, steps=STEPS, sh_degree=0, test_every=TEST_EVERY, max_gaussians=20_000,
         partial_every=20, preview_every=0, extra_params={"densify_every": 40})
     assert gaussian_objects.is_gaussian_object(obj) and len(obj.data.vertices) == 0  # empty until a partial
@@ -53,7 +53,7 @@ def test_capture_train_import_matches_held_out_views(live, server):
     snapshots = {}
 
     def watch():
-        partials = int(obj.get(ops_splat.PROP_PARTIALS, 0))
+        partials = int(obj.get(splat_train.PROP_PARTIALS, 0))
         ticks.append((record.state, partials, len(obj.data.vertices)))
         if partials and partials not in snapshots:
             snapshots[partials] = gaussian_objects.read_gaussians(obj)["means"].copy()
@@ -75,23 +75,23 @@ def test_capture_train_import_matches_held_out_views(live, server):
     # 2. The result: final Gaussians and metrics on the object.
     gaussians = gaussian_objects.read_gaussians(obj)
     n = len(gaussians["means"])
-    assert obj[ops_splat.METRIC_PROPS["count"]] == n > 0
-    assert obj[ops_splat.METRIC_PROPS["steps"]] == STEPS
-    assert obj[ops_splat.PROP_STATE] == "done"
+    assert obj[splat_train.METRIC_PROPS["count"]] == n > 0
+    assert obj[splat_train.METRIC_PROPS["steps"]] == STEPS
+    assert obj[splat_train.PROP_STATE] == "done"
 
     # 3. Render the imported Gaussians on the server from the held-out cameras and compare with
     # Blender's own renders of those views (linear, premultiplied: composited over black).
-    _, test = capture_math.holdout_split(VIEWS, TEST_EVERY)
+    _, test = capture_layout.holdout_split(VIEWS, TEST_EVERY)
     cams = dict(captured["cameras"])
     cams["world_from_camera"] = np.ascontiguousarray(cams["world_from_camera"][test])
-    world = ops_splat.world_gaussians([obj])
+    world = splat_render.world_gaussians([obj])
     out = render_client.render(world, cams, settings=render_client.RenderSettings(endpoint=server.endpoint))
     images = captured["images"][test]
     target = images[..., :3] * images[..., 3:4]
     psnr = _psnr(out["rgb"], target)
     # Trivial baseline: each held-out view predicted by its own mean colour (it even peeks at the answer).
     baseline = _psnr(np.broadcast_to(target.mean(axis=(1, 2), keepdims=True), target.shape), target)
-    print(f"held-out PSNR {psnr:.2f} dB (server metric {obj[ops_splat.METRIC_PROPS['psnr']]:.2f} dB), "
+    print(f"held-out PSNR {psnr:.2f} dB (server metric {obj[splat_train.METRIC_PROPS['psnr']]:.2f} dB), "
           f"mean-colour baseline {baseline:.2f} dB, {n} Gaussians")
     # The objects cover about a third of each view; the mean-colour baseline lands near 16 dB.
     # 300 CPU steps on 16 views of 40 px measured 26.3 dB; 200 steps at 32 px stay well above
@@ -102,19 +102,19 @@ def test_capture_train_import_matches_held_out_views(live, server):
     assert psnr > baseline + 6.0
     # The Blender-side round trip (import -> read -> world frame -> render) reproduces the server's
     # own held-out evaluation of its Gaussians (same views, black background).
-    assert abs(psnr - obj[ops_splat.METRIC_PROPS["psnr"]]) < 0.5
+    assert abs(psnr - obj[splat_train.METRIC_PROPS["psnr"]]) < 0.5
 
 
 def test_cancel_keeps_the_last_gaussians(live, server):
     objects = _two_objects()
     options = capture.CaptureOptions(layout="ring", count=8, width=32, height=32, samples=4, points=800)
-    record, obj, _ = ops_splat.start_reconstruction(
+    record, obj, _ = splat_train.start_reconstruction(
         bpy.context, objects, options, steps=5000, sh_degree=0, test_every=0, max_gaussians=5000,
         partial_every=10, preview_every=0)
     applied = {}
 
     def watch():
-        partials = int(obj.get(ops_splat.PROP_PARTIALS, 0))
+        partials = int(obj.get(splat_train.PROP_PARTIALS, 0))
         if partials and partials not in applied:
             applied[partials] = gaussian_objects.read_gaussians(obj)
 
@@ -129,8 +129,8 @@ def test_cancel_keeps_the_last_gaussians(live, server):
     assert len(kept["means"]) > 0
     for key in ("means", "quats", "scales", "opacities", "sh0", "shN"):
         np.testing.assert_array_equal(kept[key], last[key])
-    assert ops_splat.METRIC_PROPS["psnr"] not in obj  # no result was applied
-    assert obj[ops_splat.PROP_STATE] == "training"
+    assert splat_train.METRIC_PROPS["psnr"] not in obj  # no result was applied
+    assert obj[splat_train.PROP_STATE] == "training"
 
 
 def test_render_splats_operator_writes_an_image_sequence(live, server, tmp_path):
@@ -150,20 +150,20 @@ def test_render_splats_operator_writes_an_image_sequence(live, server, tmp_path)
     bpy.context.view_layer.objects.active = obj
     assert built.camera is scene.camera
 
-    assert bpy.ops.neural_studio.render_splats(animation=True, directory=str(tmp_path)) == {"FINISHED"}
-    record = next(r for r in live.manager.jobs.values() if r.pipeline == ops_splat.RENDER)
+    assert bpy.ops.nstudio.render_splats(animation=True, directory=str(tmp_path)) == {"FINISHED"}
+    record = next(r for r in live.manager.jobs.values() if r.pipeline == splat_render.RENDER)
     image = bpy.data.images[record.target]
-    tick_until(lambda: record.finished and not live.manager.busy and image.get(ops_splat.PROP_RENDER_FRAMES),
+    tick_until(lambda: record.finished and not live.manager.busy and image.get(splat_render.PROP_RENDER_FRAMES),
                60.0, "the rendered frames written", server=server)
     assert record.state == "done"
 
-    paths = [ops_splat.frame_path(str(tmp_path), f) for f in (1, 2, 3)]
+    paths = [splat_requests.frame_path(str(tmp_path), f) for f in (1, 2, 3)]
     assert all(os.path.isfile(p) for p in paths)
-    assert image.source == "SEQUENCE" and image[ops_splat.PROP_RENDER_FRAMES] == 3
+    assert image.source == "SEQUENCE" and image[splat_render.PROP_RENDER_FRAMES] == 3
     frames = [png_pixels(p)[::-1] for p in paths]  # row 0 at the top, as the cameras map counts rows
     # Where each blob's centre projects (an independent pinhole projection of the scene camera),
     # the frame is covered and shows that blob's colour (red, green, blue); the corners stay empty.
-    pixels, _ = capture_math.project(means, ops_splat.camera_path(scene, animation=True))
+    pixels, _ = camera.project(means, splat_render.camera_path(scene, animation=True))
     for rgba, centres in zip(frames, pixels):
         assert rgba.shape == (36, 48, 4)
         for channel, (x, y) in enumerate(centres):
@@ -178,14 +178,14 @@ def test_render_frames_are_encoded_once_for_srgb_gaussians():
     # A half-covered pixel whose straight colour is 0.25: linear Gaussians are sRGB-encoded for
     # the PNG (0.25 -> 0.5371 -> 137); sRGB Gaussians' colours already are (0.25 -> 64).
     rgb, alpha = np.full((1, 1, 3), 0.125, np.float32), np.full((1, 1), 0.5, np.float32)
-    assert ops_splat.frame_to_rgba8(rgb, alpha)[0, 0].tolist() == [137, 137, 137, 128]
-    assert ops_splat.frame_to_rgba8(rgb, alpha, srgb_encoded=True)[0, 0].tolist() == [64, 64, 64, 128]
+    assert colour.frame_to_rgba8(rgb, alpha)[0, 0].tolist() == [137, 137, 137, 128]
+    assert colour.frame_to_rgba8(rgb, alpha, srgb_encoded=True)[0, 0].tolist() == [64, 64, 64, 128]
     # Which applies follows the objects' recorded colour space (all sRGB, else linear).
     a, b = (bpy.data.objects.new(name, None) for name in ("A", "B"))
     a[gaussian_objects.PROP_COLOR_SPACE] = b[gaussian_objects.PROP_COLOR_SPACE] = "srgb"
-    assert ops_splat.frames_are_srgb([a, b])
+    assert splat_render.frames_are_srgb([a, b])
     b[gaussian_objects.PROP_COLOR_SPACE] = "linear"
-    assert not ops_splat.frames_are_srgb([a, b])
+    assert not splat_render.frames_are_srgb([a, b])
 
 
 def test_demo_runs_end_to_end(blender_addon, tmp_path):
@@ -207,8 +207,10 @@ def test_demo_runs_end_to_end(blender_addon, tmp_path):
     scene = bpy.data.scenes["Scene"]
     splats = bpy.data.objects["Demo Splats"]
     assert gaussian_objects.is_gaussian_object(splats) and len(splats.data.vertices) > 0
-    assert splats.get(ops_splat.METRIC_PROPS["psnr"]) is not None
+    assert splats.get(splat_train.METRIC_PROPS["psnr"]) is not None
     assert compat.scene_compositor(scene) is not None
+    # The demo's throwaway server endpoint is not saved: F12 on the reopened file uses the add-on's.
+    assert bpy.data.scenes["Scene Splats"].nstudio_final_shot.endpoint == ""
 
     # Blender alone, with the captured objects hidden and no splats: ground, cube and world only.
     for name in ("Torus", "Sphere", "Cone", "Demo Splats"):
@@ -239,24 +241,24 @@ def test_capture_and_train_operator_submits_and_reports_errors(live, server):
         obj.select_set(False)
     # Nothing selected: a clear error at the operator boundary, nothing created or submitted.
     with pytest.raises(RuntimeError, match="nothing to capture: select the objects"):
-        bpy.ops.neural_studio.capture_and_train(source="SELECTED")
+        bpy.ops.nstudio.capture_and_train(source="SELECTED")
     assert not live.manager.jobs
 
     sphere = next(o for o in built.subjects if o.name == "Sphere")
     sphere.select_set(True)
-    result = bpy.ops.neural_studio.capture_and_train(source="SELECTED", layout="ring", views=4, resolution=16,
+    result = bpy.ops.nstudio.capture_and_train(source="SELECTED", layout="ring", views=4, resolution=16,
                                                      samples=2, steps=5000, test_every=0, sh_degree=0)
     assert result == {"FINISHED"}
     record = next(iter(live.manager.jobs.values()))
     target = bpy.data.objects[record.target]
-    assert record.pipeline == ops_splat.RECONSTRUCT and target.name == "Sphere Splats"
+    assert record.pipeline == splat_train.RECONSTRUCT and target.name == "Sphere Splats"
     assert gaussian_objects.is_gaussian_object(target)
     # The job is the server's: it is accepted and runs; cancelling it ends it there.
     tick_until(lambda: record.state == "running", 60.0, "the job running", server=server)
     live.manager.cancel(record.id)
     tick_until(lambda: record.finished and not live.manager.busy, 30.0, "the cancel", server=server)
     assert record.state == "cancelled"
-    item = next(i for i in bpy.context.scene.neural_studio_jobs if i.job_id == record.id)
+    item = next(i for i in bpy.context.scene.nstudio_jobs if i.job_id == record.id)
     assert item.state == "cancelled" and item.target == target.name
 
 
@@ -268,7 +270,7 @@ def test_capture_and_train_from_selected_cameras(live, server):
     objects_before = len(bpy.data.objects)
     # "Selected Cameras" with no camera selected: a clear error, nothing created or submitted.
     with pytest.raises(RuntimeError, match="Selected Cameras layout: no camera object is selected"):
-        bpy.ops.neural_studio.capture_and_train(source="SCENE", layout="cameras")
+        bpy.ops.nstudio.capture_and_train(source="SCENE", layout="cameras")
     assert not live.manager.jobs and len(bpy.data.objects) == objects_before
 
     # The scene camera and a second one with another lens and a shift, both aimed at the subjects.
@@ -281,11 +283,11 @@ def test_capture_and_train_from_selected_cameras(live, server):
     sphere = next(o for o in built.subjects if o.name == "Sphere")
     for obj in (sphere, built.camera, second):
         obj.select_set(True)
-    result = bpy.ops.neural_studio.capture_and_train(source="SELECTED", layout="cameras", resolution=16, samples=2,
+    result = bpy.ops.nstudio.capture_and_train(source="SELECTED", layout="cameras", resolution=16, samples=2,
                                                      steps=5000, test_every=0, sh_degree=0)
     assert result == {"FINISHED"}
     record = next(iter(live.manager.jobs.values()))
-    assert record.pipeline == ops_splat.RECONSTRUCT and record.target == "Sphere Splats"
+    assert record.pipeline == splat_train.RECONSTRUCT and record.target == "Sphere Splats"
     # The server accepts the two views with their own intrinsics and trains; then cancel it.
     tick_until(lambda: record.state == "running", 60.0, "the job running", server=server)
     live.manager.cancel(record.id)

@@ -13,7 +13,8 @@ import logging
 import numpy as np
 
 from .. import compat
-from ...core.camera_model import blender_from_intrinsics, intrinsics_from_blender, render_size
+from ...core.camera import blender_from_intrinsics, lens_intrinsics, render_size
+from ..cameras import lens_of
 from ...core.formats.axes import rotmat_to_quat
 
 log = logging.getLogger(__name__)
@@ -162,9 +163,7 @@ def camera_path_from_scene(scene=None, camera=None, frame_start: int | None = No
             scene.frame_set(frame)
             evaluated = camera.evaluated_get(bpy.context.evaluated_depsgraph_get())
             mats[i] = np.array(evaluated.matrix_world, dtype=np.float32)
-            cam = evaluated.data
-            intr[i] = intrinsics_from_blender(cam.lens, cam.sensor_width, cam.sensor_height, cam.sensor_fit,
-                                              cam.shift_x, cam.shift_y, width, height)
+            intr[i] = lens_intrinsics(lens_of(evaluated.data, render), width, height)
     finally:
         scene.frame_set(current)
     return {

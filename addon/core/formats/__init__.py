@@ -1,8 +1,9 @@
-"""File formats for Gaussians and camera paths: numpy only, no bpy (the add-on's first layer).
+"""File formats for Gaussians, camera paths and images: numpy only, no bpy (the add-on's first layer).
 
 Modules: ``ply`` (3DGS PLY read/write), ``splat`` (antimatter15 .splat read), ``camera_path``
 (nerfstudio camera_path.json), ``axes`` (Y-up <-> Z-up conversion incl. SH rotation),
-``gaussians`` (the Gaussians-map checks shared by all of them).
+``gaussians`` (the Gaussians-map checks shared by all of them), ``png`` (8-bit RGBA writer) and
+``exr`` (uncompressed OpenEXR reader).
 """
 
 from .errors import FormatError

@@ -1,0 +1,254 @@
+"""The Gaussian objects' display proxy (bpy layer): a Geometry Nodes group and its material.
+
+Built once per .blend and shared by every Gaussian object (`addon.blender.importers.gaussians`
+adds the modifier): oriented, scaled ico-spheres coloured by the SH DC colour with the Gaussian's
+opacity, or plain points above a configurable count. The nodes read the raw POINT attributes
+named by `addon.core.gaussians_layout`; a tree from an older version of this module
+(``PROXY_VERSION``) is rebuilt in place.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from . import compat
+from ..core import gaussians_layout as layout
+from ..core.formats.gaussians import SH_C0
+
+log = logging.getLogger(__name__)
+
+PROXY_GROUP_NAME = "NS Gaussian Proxy"
+PROXY_MATERIAL_NAME = "NS Gaussian Display"
+PROXY_MODIFIER_NAME = "Gaussian Proxy"
+# Bumped whenever the node tree below changes; an older tree in a file is rebuilt in place.
+PROXY_VERSION = 2
+# Modifier input names (the node group's interface), with defaults.
+INPUT_SCALE = "Scale Factor"
+INPUT_THRESHOLD = "Point Threshold"
+INPUT_SUBDIVISIONS = "Subdivisions"
+DEFAULT_SCALE = 1.0
+DEFAULT_THRESHOLD = 200_000
+DEFAULT_SUBDIVISIONS = 2
+
+
+# ---------------------------------------------------------------- node helpers
+
+def _link(tree, out_socket, in_socket) -> None:
+    tree.links.new(out_socket, in_socket)
+
+
+def _math(nodes, op: str, *values):
+    node = nodes.new("ShaderNodeMath")
+    node.operation = op
+    for i, v in enumerate(values):
+        if v is not None:
+            node.inputs[i].default_value = v
+    return node
+
+
+def _vector_math(nodes, op: str):
+    node = nodes.new("ShaderNodeVectorMath")
+    node.operation = op
+    return node
+
+
+def _named(nodes, name: str, data_type: str):
+    node = nodes.new("GeometryNodeInputNamedAttribute")
+    node.data_type = data_type
+    node.inputs["Name"].default_value = name
+    return node
+
+
+def ensure_proxy_material():
+    """The display material (built once per file): emission of the SH DC colour, with alpha.
+
+    colour = max(C0 * sh0 + 0.5, 0), alpha = sigmoid(opacity). The attributes are read both as
+    GEOMETRY (points branch: they live on the points) and INSTANCER (ellipsoid branch: Instance
+    on Points moves them to the instance domain); the lookup that does not apply returns 0,
+    so the sum is the value that does.
+    """
+    import bpy
+
+    mat = bpy.data.materials.get(PROXY_MATERIAL_NAME)
+    if mat is not None and mat.get("nstudio_proxy_version") == PROXY_VERSION:
+        return mat
+    if mat is None:
+        mat = bpy.data.materials.new(PROXY_MATERIAL_NAME)
+    tree = compat.node_tree(mat)
+    nodes = tree.nodes
+    nodes.clear()
+
+    def attribute_sum(name: str, socket: str):
+        add = _vector_math(nodes, "ADD") if socket == "Vector" else _math(nodes, "ADD")
+        for i, kind in enumerate(("GEOMETRY", "INSTANCER")):
+            node = nodes.new("ShaderNodeAttribute")
+            node.attribute_type = kind
+            node.attribute_name = name
+            _link(tree, node.outputs[socket], add.inputs[i])
+        return add.outputs[0]
+
+    sh0 = attribute_sum(layout.SH0, "Vector")
+    color = _vector_math(nodes, "MULTIPLY_ADD")
+    _link(tree, sh0, color.inputs[0])
+    color.inputs[1].default_value = (SH_C0,) * 3
+    color.inputs[2].default_value = (0.5,) * 3
+    clamp = _vector_math(nodes, "MAXIMUM")
+    _link(tree, color.outputs[0], clamp.inputs[0])
+    clamp.inputs[1].default_value = (0.0, 0.0, 0.0)
+
+    # alpha = 1 / (1 + exp(-opacity))
+    logit = attribute_sum(layout.OPACITY, "Fac")
+    neg = _math(nodes, "MULTIPLY", None, -1.0)
+    _link(tree, logit, neg.inputs[0])
+    exp = _math(nodes, "EXPONENT")
+    _link(tree, neg.outputs[0], exp.inputs[0])
+    one_plus = _math(nodes, "ADD", None, 1.0)
+    _link(tree, exp.outputs[0], one_plus.inputs[0])
+    alpha = _math(nodes, "DIVIDE", 1.0, None)
+    _link(tree, one_plus.outputs[0], alpha.inputs[1])
+
+    emission = nodes.new("ShaderNodeEmission")
+    _link(tree, clamp.outputs[0], emission.inputs["Color"])
+    transparent = nodes.new("ShaderNodeBsdfTransparent")
+    mix = nodes.new("ShaderNodeMixShader")
+    _link(tree, alpha.outputs[0], mix.inputs[0])
+    _link(tree, transparent.outputs[0], mix.inputs[1])
+    _link(tree, emission.outputs[0], mix.inputs[2])
+    out = nodes.new("ShaderNodeOutputMaterial")
+    _link(tree, mix.outputs[0], out.inputs["Surface"])
+    mat.surface_render_method = "DITHERED"
+    mat["nstudio_proxy_version"] = PROXY_VERSION
+    return mat
+
+
+def ensure_proxy_node_group():
+    """The Geometry Nodes display proxy (built once per file, rebuilt if from an older version).
+
+    Inputs: Geometry, "Scale Factor" (ellipsoid radius in standard deviations, default 1),
+    "Point Threshold" (above this many Gaussians show points, default 200k), "Subdivisions"
+    (ico-sphere detail, default 2: 42 vertices). Output: oriented ellipsoids ``R diag(exp(scales)) * factor``
+    instanced on the Gaussians' means, or points of radius ``factor * exp(mean log scale)``;
+    both with the display material.
+    """
+    import bpy
+
+    ng = bpy.data.node_groups.get(PROXY_GROUP_NAME)
+    if ng is not None and ng.get("nstudio_proxy_version") == PROXY_VERSION:
+        return ng
+    if ng is None:
+        ng = bpy.data.node_groups.new(PROXY_GROUP_NAME, "GeometryNodeTree")
+    ng.interface.clear()
+    ng.nodes.clear()
+    ng.interface.new_socket("Geometry", in_out="INPUT", socket_type="NodeSocketGeometry")
+    scale_in = ng.interface.new_socket(INPUT_SCALE, in_out="INPUT", socket_type="NodeSocketFloat",
+                                       description="Ellipsoid / point size in standard deviations")
+    scale_in.default_value, scale_in.min_value = DEFAULT_SCALE, 0.0
+    thr_in = ng.interface.new_socket(INPUT_THRESHOLD, in_out="INPUT", socket_type="NodeSocketInt",
+                                     description="Show plain points when there are more Gaussians than this")
+    thr_in.default_value, thr_in.min_value = DEFAULT_THRESHOLD, 0
+    sub_in = ng.interface.new_socket(INPUT_SUBDIVISIONS, in_out="INPUT", socket_type="NodeSocketInt",
+                                     description="Ico-sphere subdivisions of each ellipsoid")
+    sub_in.default_value, sub_in.min_value, sub_in.max_value = DEFAULT_SUBDIVISIONS, 1, 4
+    ng.interface.new_socket("Geometry", in_out="OUTPUT", socket_type="NodeSocketGeometry")
+
+    nodes = ng.nodes
+    group_in = nodes.new("NodeGroupInput")
+    group_out = nodes.new("NodeGroupOutput")
+    geometry, factor = group_in.outputs[0], group_in.outputs[INPUT_SCALE]
+
+    # Switch to points above the threshold.
+    size = nodes.new("GeometryNodeAttributeDomainSize")
+    size.component = "MESH"
+    _link(ng, geometry, size.inputs[0])
+    compare = nodes.new("FunctionNodeCompare")
+    compare.data_type, compare.operation = "INT", "GREATER_THAN"
+    _link(ng, size.outputs["Point Count"], compare.inputs[2])
+    _link(ng, group_in.outputs[INPUT_THRESHOLD], compare.inputs[3])
+
+    # Scale: exp(log scale) * factor.
+    log_scale = _named(nodes, layout.SCALE, "FLOAT_VECTOR")
+    # Per component: Vector Math "POWER" only exists from Blender 4.5.
+    split = nodes.new("ShaderNodeSeparateXYZ")
+    _link(ng, log_scale.outputs["Attribute"], split.inputs[0])
+    exp_scale = nodes.new("ShaderNodeCombineXYZ")
+    for c in "XYZ":
+        exp_c = _math(nodes, "EXPONENT")
+        _link(ng, split.outputs[c], exp_c.inputs[0])
+        _link(ng, exp_c.outputs[0], exp_scale.inputs[c])
+    scaled = _vector_math(nodes, "SCALE")
+    _link(ng, exp_scale.outputs[0], scaled.inputs[0])
+    _link(ng, factor, scaled.inputs["Scale"])
+
+    # Rotation: the stored quaternion is unnormalised (raw parameter); normalise it here.
+    rot_attr = _named(nodes, layout.ROTATION, "QUATERNION")
+    wxyz = nodes.new("FunctionNodeRotationToQuaternion")
+    _link(ng, rot_attr.outputs["Attribute"], wxyz.inputs[0])
+    xyz = nodes.new("ShaderNodeCombineXYZ")
+    for i, c in enumerate("XYZ"):
+        _link(ng, wxyz.outputs[c], xyz.inputs[i])
+    dot = _vector_math(nodes, "DOT_PRODUCT")
+    _link(ng, xyz.outputs[0], dot.inputs[0])
+    _link(ng, xyz.outputs[0], dot.inputs[1])
+    norm2 = _math(nodes, "MULTIPLY_ADD")
+    _link(ng, wxyz.outputs["W"], norm2.inputs[0])
+    _link(ng, wxyz.outputs["W"], norm2.inputs[1])
+    _link(ng, dot.outputs["Value"], norm2.inputs[2])
+    inv_norm = _math(nodes, "INVERSE_SQRT")
+    _link(ng, norm2.outputs[0], inv_norm.inputs[0])
+    to_rot = nodes.new("FunctionNodeQuaternionToRotation")
+    for c in "WXYZ":
+        mul = _math(nodes, "MULTIPLY")
+        _link(ng, wxyz.outputs[c], mul.inputs[0])
+        _link(ng, inv_norm.outputs[0], mul.inputs[1])
+        _link(ng, mul.outputs[0], to_rot.inputs[c])
+
+    # Ellipsoids: a unit ico-sphere per Gaussian.
+    ico = nodes.new("GeometryNodeMeshIcoSphere")
+    ico.inputs["Radius"].default_value = 1.0
+    _link(ng, group_in.outputs[INPUT_SUBDIVISIONS], ico.inputs["Subdivisions"])
+    instance = nodes.new("GeometryNodeInstanceOnPoints")
+    _link(ng, geometry, instance.inputs["Points"])
+    _link(ng, ico.outputs["Mesh"], instance.inputs["Instance"])
+    _link(ng, to_rot.outputs[0], instance.inputs["Rotation"])
+    _link(ng, scaled.outputs[0], instance.inputs["Scale"])
+
+    # Points: radius from the geometric mean of the three scales.
+    mean_log = _vector_math(nodes, "DOT_PRODUCT")
+    _link(ng, log_scale.outputs["Attribute"], mean_log.inputs[0])
+    mean_log.inputs[1].default_value = (1.0 / 3.0,) * 3
+    radius_exp = _math(nodes, "EXPONENT")
+    _link(ng, mean_log.outputs["Value"], radius_exp.inputs[0])
+    radius = _math(nodes, "MULTIPLY")
+    _link(ng, radius_exp.outputs[0], radius.inputs[0])
+    _link(ng, factor, radius.inputs[1])
+    points = nodes.new("GeometryNodeMeshToPoints")
+    points.mode = "VERTICES"
+    _link(ng, geometry, points.inputs["Mesh"])
+    _link(ng, radius.outputs[0], points.inputs["Radius"])
+
+    switch = nodes.new("GeometryNodeSwitch")
+    switch.input_type = "GEOMETRY"
+    _link(ng, compare.outputs[0], switch.inputs["Switch"])
+    _link(ng, instance.outputs[0], switch.inputs["False"])
+    _link(ng, points.outputs[0], switch.inputs["True"])
+    set_mat = nodes.new("GeometryNodeSetMaterial")
+    set_mat.inputs["Material"].default_value = ensure_proxy_material()
+    _link(ng, switch.outputs[0], set_mat.inputs["Geometry"])
+    _link(ng, set_mat.outputs[0], group_out.inputs[0])
+    ng["nstudio_proxy_version"] = PROXY_VERSION
+    return ng
+
+
+def set_proxy_inputs(obj, scale_factor: float | None = None, point_threshold: int | None = None,
+                     subdivisions: int | None = None) -> None:
+    """Set the display proxy's modifier inputs on a Gaussian object (None keeps a value)."""
+    modifier = obj.modifiers.get(PROXY_MODIFIER_NAME)
+    if modifier is None or modifier.node_group is None:
+        raise ValueError(f"object '{obj.name}' has no '{PROXY_MODIFIER_NAME}' modifier")
+    ids = {item.name: item.identifier for item in modifier.node_group.interface.items_tree
+           if item.item_type == "SOCKET" and item.in_out == "INPUT"}
+    for name, value in ((INPUT_SCALE, scale_factor), (INPUT_THRESHOLD, point_threshold),
+                        (INPUT_SUBDIVISIONS, subdivisions)):
+        if value is not None:
+            modifier[ids[name]] = value
+    obj.update_tag()
