@@ -114,11 +114,6 @@ def check(inputs: dict, params: Params) -> None:
     if mask is not None and image is None:
         raise PipelineError("invalid_input", "inputs.mask: inpainting needs inputs.image too",
                             "inputs.mask")
-    for name in ("width", "height"):
-        value = getattr(params, name)
-        if value % 8:
-            raise PipelineError("invalid_params", f"params.{name}: {value} is not a multiple "
-                                "of 8", f"params.{name}")
     size = image.shape[:2] if image is not None else None
     if size is not None:
         for name, got in (("height", size[0]), ("width", size[1])):
@@ -200,10 +195,11 @@ def _output_size(model: ImageModel, image, control: list, params: Params) -> tup
     multiple = model.size_multiple
     for name, value in (("height", height), ("width", width)):
         if value % multiple:
-            where = "inputs.image's " if image is not None else ""
-            raise PipelineError("invalid_params", f"params.{name}: {where}{name} {value} is "
-                                f"not a multiple of {multiple}, which {model.family.title} "
-                                "models need", f"params.{name}")
+            field_path = "inputs.image" if image is not None else f"params.{name}"
+            raise PipelineError("invalid_input" if image is not None else "invalid_params",
+                                f"{field_path}: {name} {value} is not a multiple of "
+                                f"{multiple}, which {model.family.title} models need",
+                                field_path)
     return int(height), int(width)
 
 

@@ -173,8 +173,8 @@ def build_flux(folder: Path, seed: int = 0) -> Path:
 
 
 def build_controlnet(folder: Path, family: str = "sd", seed: int = 1) -> Path:
-    """A ControlNet for the SD 1.x tiny UNet above (its conditioning embedding takes an image
-    at the pixel resolution: 8x downsampled... here 2x, the tiny VAE's factor)."""
+    """A ControlNet for the tiny SD (or SDXL) UNet above; its conditioning embedding brings
+    the pixel-sized control image down by the tiny VAE's factor, 2 (one stride-2 step)."""
     import torch
     from diffusers import ControlNetModel
 
@@ -188,11 +188,12 @@ def build_controlnet(folder: Path, family: str = "sd", seed: int = 1) -> Path:
     net = ControlNetModel(block_out_channels=(8, 16), layers_per_block=1, in_channels=4,
                           down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
                           cross_attention_dim=cross, norm_num_groups=4, attention_head_dim=4,
-                          conditioning_embedding_out_channels=(8,), **extra)
-    # Zero convolutions start at zero (the paper's trick); make them matter for the test.
+                          conditioning_embedding_out_channels=(8, 16), **extra)
+    # Zero convolutions (and the condition embedding's output) start at zero (the paper's
+    # trick): give them weights so the control image matters in the test.
     with torch.no_grad():
-        for name, param in net.named_parameters():
-            if "zero_conv" in name or "mid_block" in name or "controlnet_down" in name:
+        for param in net.parameters():
+            if not param.any():
                 param.normal_(0, 0.3)
     path = folder / f"controlnet-{family}"
     net.save_pretrained(path)
