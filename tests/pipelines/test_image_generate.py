@@ -321,3 +321,39 @@ def _check_over_the_wire(tiny, server, client):
     assert "tiny-sd" in events[-1]["message"]
     log = server.log()
     assert log.count("loading pipe from") == 1, log
+
+
+def test_out_of_memory_is_reported_and_frees_idle_models(tiny, registry, monkeypatch):
+    import torch
+
+    _run(registry, model=str(tiny["sdxl"]))                 # warm, idle once its job ended
+    assert any(w["path"] == str(tiny["sdxl"].resolve()) for w in registry.warm())
+    models = registry.acquire(generate.PIPELINE, _params(model="tiny-sd"))
+    try:
+        def exhausted(*args, **kwargs):
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+        # The denoiser runs out of memory mid-generation, as a too large request does on a GPU.
+        monkeypatch.setattr(models["pipe"].pipe.unet, "forward", exhausted)
+        with pytest.raises(PipelineError) as error:
+            generate.run({}, _params(num_images=4), RecordingJob(), models)
+        assert error.value.code == "unavailable"
+        assert "out of memory generating 4 image(s) of 32x32" in error.value.message
+        assert "Tried to allocate 20.00 GiB" in error.value.message
+        monkeypatch.undo()
+    finally:
+        models.close()
+    # Idle models were dropped to give the memory back; the held one stayed and still works.
+    paths = [w["path"] for w in registry.warm()]
+    assert str(tiny["sdxl"].resolve()) not in paths and str(tiny["sd"].resolve()) in paths
+    assert _run(registry, model="tiny-sd")["images"].shape == (1, SIZE, SIZE, 3)
+
+
+def test_sdxl_takes_an_sdxl_controlnet(tiny, registry):
+    image, _ = _source(6)
+    net = str(tiny["controlnet-sdxl"])
+    outs = [_run(registry, {"control": [control]}, model=str(tiny["sdxl"]),
+                 controlnets=[{"model": net, "scale": 1.0}])["images"]
+            for control in (image, 255 - image)]
+    assert outs[0].shape == (1, SIZE, SIZE, 3)
+    assert not np.array_equal(outs[0], outs[1])
