@@ -56,6 +56,39 @@ def direct_seconds(folder: Path, device: str, params: dict, repeat: int) -> tupl
     return times[1:], load_s
 
 
+def pipeline_seconds(folder: Path, device: str, params: dict, repeat: int) -> list:
+    """``image.generate``'s run() in this process (registry, previews, no wire): tells the
+    pipeline's own overhead apart from the server's."""
+    from addon.wire.schema import parse_params
+    from pipelines.image import generate
+    from server.models import ModelRegistry
+
+    class Job:
+        id = "bench"
+
+        def progress(self, *args, **kwargs):
+            pass
+
+        def partial(self, outputs):
+            pass
+
+        def check_cancel(self):
+            pass
+
+    registry = ModelRegistry(folder.parent / "bench-models", device=device)
+    parsed = parse_params(generate.Params, dict(params, model=str(folder)))
+    times = []
+    for _ in range(repeat + 1):
+        models = registry.acquire(generate.PIPELINE, parsed)
+        started = time.perf_counter()
+        job = Job()
+        job.device = device
+        generate.run({}, parsed, job, models)
+        times.append(time.perf_counter() - started)
+        models.close()
+    return times[1:]
+
+
 def server_seconds(folder: Path, device: str, params: dict, repeat: int, tmp: Path):
     import zmq
     from server_harness import Client, ServerProcess
@@ -106,6 +139,7 @@ def main() -> int:
         # Server first: its cold request must not find files the direct call already paged in.
         cold, warm = server_seconds(folder, args.device, params, args.repeat, tmp)
         direct, load_s = direct_seconds(folder, args.device, params, args.repeat)
+        in_process = pipeline_seconds(folder, args.device, params, args.repeat)
 
     direct_s, server_s = statistics.median(direct), statistics.median(warm)
     ratio = server_s / direct_s
@@ -113,6 +147,9 @@ def main() -> int:
           f"model {'tiny random SD 1.x' if args.model is None else args.model}")
     print(f"  direct diffusers call (warm, median of {args.repeat}): {direct_s:.3f} s "
           f"(load {load_s:.2f} s)")
+    pipeline_s = statistics.median(in_process)
+    print(f"  pipeline run() in process (warm, median of {args.repeat}): {pipeline_s:.3f} s "
+          f"-> {pipeline_s / direct_s:.3f}x direct")
     print(f"  through the server (warm, median of {args.repeat}):  {server_s:.3f} s "
           f"-> {ratio:.3f}x direct (goal <= {GOAL_RATIO}x): "
           f"{'met' if ratio <= GOAL_RATIO else 'NOT met'}")
