@@ -79,3 +79,45 @@ def test_the_render_source_is_the_rendered_frame(blender_addon):
     assert wire.shape == (16, 24, 3) and wire.dtype == np.uint8
     # The camera sees only the red world: sRGB red, nothing else.
     assert (wire[..., 0] >= 250).all() and (wire[..., 1:] <= 5).all()
+
+
+def test_generate_over_the_wire_lands_the_servers_image(enabled_addon, tmp_path, monkeypatch):
+    """Panel settings -> nstudio.generate -> a real server with a tiny model -> a Blender image
+    equal to a direct diffusers call."""
+    import sys
+
+    from blender_support import REPO, LoopbackServer, tick_until
+
+    from addon.blender import session
+    from server.models import ModelRegistry
+
+    sys.path.insert(0, str(REPO / "tests" / "pipelines"))
+    import image_models
+
+    folder = image_models.build_sd(tmp_path / "tiny")
+    ModelRegistry(tmp_path / "models", budget_bytes=1 << 30).add("tiny-sd", folder)
+    monkeypatch.setenv("NSTUDIO_MODELS_DIR", str(tmp_path / "models"))
+    server = LoopbackServer(tmp_path).start()
+    try:
+        enabled_addon.endpoint = server.endpoint
+        assert bpy.ops.neural_studio.connect() == {"FINISHED"}
+        tick_until(lambda: session.current().client.connected, 30, "the welcome", server)
+        settings = bpy.context.scene.nstudio_generate
+        settings.model, settings.prompt, settings.steps, settings.seed = "tiny-sd", "a cube", 2, 3
+        settings.use_render_size, settings.width, settings.height = False, 32, 24
+        assert bpy.ops.nstudio.generate() == {"FINISHED"}
+        image = tick_until(lambda: bpy.data.images.get("Generated 3"), 120,
+                           "the generated image", server)
+        assert tuple(image.size) == (32, 24) and image[generate.PROP_SEED] == 3
+        landed = generate.image_to_srgb8(image)
+    finally:
+        server.stop()
+
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(folder)
+    pipe.set_progress_bar_config(disable=True)
+    out = pipe(prompt="a cube", num_inference_steps=2, guidance_scale=7.0, height=24, width=32,
+               generator=[torch.Generator().manual_seed(3)], output_type="np").images[0]
+    np.testing.assert_array_equal(landed, np.round(np.clip(out, 0, 1) * 255).astype(np.uint8))
