@@ -249,8 +249,12 @@ class ModelRegistry:
     # Resolution ---------------------------------------------------------------------------
 
     def resolve(self, ref: str, kinds: Iterable[str] = ALL_KINDS,
-                field: str | None = None) -> ModelSource:
+                field: str | None = None, list_known: bool = True) -> ModelSource:
         """Find ``ref`` trying ``kinds`` in order.
+
+        Args:
+            list_known: name the known models in the error (scans the hub cache; availability
+                checks, run on every ``hello``, skip it).
 
         Raises:
             ModelMissing: nothing found; the message says exactly what was looked for where
@@ -266,6 +270,8 @@ class ModelRegistry:
                 return source
             if reason:
                 reasons.append(reason)
+        if not list_known:
+            raise ModelMissing(f"model {ref!r} not found: " + "; ".join(reasons), field)
         known = self.known()
         raise ModelMissing(
             f"model {ref!r} not found: " + "; ".join(reasons or ["no resolver tried"])
@@ -368,7 +374,7 @@ class ModelRegistry:
         problems, notes = [], []
         for spec in pipeline.models:
             try:
-                self.resolve(spec.default, spec.kinds)
+                self.resolve(spec.default, spec.kinds, list_known=False)
             except ModelMissing as missing:
                 if spec.param:
                     notes.append(f"default {spec.key} model missing ({missing.message}); "

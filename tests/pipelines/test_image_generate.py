@@ -357,3 +357,24 @@ def test_sdxl_takes_an_sdxl_controlnet(tiny, registry):
             for control in (image, 255 - image)]
     assert outs[0].shape == (1, SIZE, SIZE, 3)
     assert not np.array_equal(outs[0], outs[1])
+
+
+def test_single_file_checkpoints_need_a_local_config(tmp_path, registry):
+    import torch
+    from safetensors.torch import save_file
+
+    checkpoint = tmp_path / "my-model.safetensors"
+    save_file({"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(2)}, str(checkpoint))
+    with pytest.raises(PipelineError) as error:
+        _run(registry, model=str(checkpoint))
+    assert error.value.detail == {"field": "params.model"}
+    assert "single-file Stable Diffusion 1.x/2.x checkpoint" in error.value.message
+    assert str(tmp_path / "my-model.config") in error.value.message
+    other = tmp_path / "other.safetensors"
+    save_file({"something.else": torch.zeros(2)}, str(other))
+    with pytest.raises(PipelineError, match="unknown key layout"):
+        _run(registry, model=str(other))
+    pickled = tmp_path / "old.ckpt"
+    pickled.write_bytes(b"not loaded")
+    with pytest.raises(PipelineError, match="pickled .ckpt files are not loaded"):
+        _run(registry, model=str(pickled))
