@@ -4,7 +4,8 @@
   seed with "New Seed", size defaulting to the render resolution, scheduler, img2img source).
 - "Generate" submits the job; with the source "Render" the current render result (rendered
   first when there is none) is sent as ``inputs.image`` (img2img); with "Image" any Blender
-  image (e.g. the one open in the Image Editor).
+  image (e.g. the one open in the Image Editor); a mask image painted in the Image Editor makes
+  it inpaint; LoRAs are typed as ``name:scale, ...``.
 - The result lands as packed Blender images, one per seed ("Generated <seed>"); "Use as
   Texture" puts one on the active object's material (an Image Texture into Base Color).
 """
@@ -55,11 +56,17 @@ class NSTUDIO_PG_generate(bpy.types.PropertyGroup):
     source_image: PointerProperty(name="Image", type=bpy.types.Image)
     strength: FloatProperty(name="Strength", default=0.75, min=0.0, max=1.0,
                             description="img2img: how much of the source is repainted")
+    mask_image: PointerProperty(name="Mask", type=bpy.types.Image,
+                                description="Inpaint: repaint where this image is light "
+                                "(paint it white over black in the Image Editor); same size "
+                                "as the source")
+    loras: StringProperty(name="LoRAs", description="name:scale, name:scale ... (names, "
+                          "server-side paths or hub ids)")
 
     def as_dict(self) -> dict:
         return {name: getattr(self, name) for name in (
             "model", "prompt", "negative_prompt", "steps", "guidance_scale", "seed",
-            "num_images", "scheduler", "strength")}
+            "num_images", "scheduler", "strength", "loras")}
 
 
 # Sources ----------------------------------------------------------------------------------------
@@ -73,6 +80,16 @@ def image_to_srgb8(image) -> np.ndarray:
     image.pixels.foreach_get(pixels)
     return generate_math.pixels_to_srgb8(pixels, width, height, linear=image.is_float,
                                          channels=image.channels)
+
+
+def image_to_mask8(image) -> np.ndarray:
+    """A painted mask image as the wire's inpaint mask (H, W) uint8 (255 repaints)."""
+    width, height = image.size
+    if width == 0 or height == 0:
+        raise ValueError(f"mask image '{image.name}' has no pixels")
+    pixels = np.empty(width * height * image.channels, dtype=np.float32)
+    image.pixels.foreach_get(pixels)
+    return generate_math.pixels_to_mask8(pixels, width, height, image.channels)
 
 
 def render_result_srgb8(scene) -> np.ndarray:
@@ -209,6 +226,8 @@ def start_generate(context):
         if settings.source_image is None:
             raise ValueError("choose a source image")
         inputs["image"] = image_to_srgb8(settings.source_image)
+    if "image" in inputs and settings.mask_image is not None:
+        inputs["mask"] = image_to_mask8(settings.mask_image)
     width, height = output_size(scene, settings)
     params = generate_math.generate_params(settings.as_dict(), width, height, "image" in inputs)
     return live.submit(scene, PIPELINE, params=params, inputs=inputs)
@@ -295,6 +314,8 @@ class NSTUDIO_PT_generate(bpy.types.Panel):
             layout.template_ID(settings, "source_image", open="image.open")
         if settings.source != "NONE":
             layout.prop(settings, "strength")
+            layout.template_ID(settings, "mask_image", open="image.open")
+        layout.prop(settings, "loras")
         layout.operator(NSTUDIO_OT_generate.bl_idname, icon="IMAGE")
         generated = [image for image in bpy.data.images if PROP_SEED in image][-4:]
         for image in generated:

@@ -51,6 +51,41 @@ def srgb8_to_pixels(image: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(rgba[::-1]).reshape(-1)
 
 
+def pixels_to_mask8(pixels: np.ndarray, width: int, height: int, channels: int = 4) -> np.ndarray:
+    """A painted mask image's pixels as the wire's inpaint mask: (height, width) uint8, 255
+    where the painting is light (the brightest channel at least half), 0 elsewhere; row 0 at
+    the top."""
+    image = np.asarray(pixels, dtype=np.float32).reshape(height, width, channels)[::-1]
+    light = image[:, :, :min(3, channels)].max(axis=2) >= 0.5
+    return np.ascontiguousarray(np.where(light, 255, 0).astype(np.uint8))
+
+
+def parse_model_list(text: str, field: str = "LoRAs") -> list[dict]:
+    """``"name:0.8, other"`` -> ``[{"model": "name", "scale": 0.8}, {"model": "other",
+    "scale": 1.0}]`` (the ``loras`` param). A scale is the text after the last colon when it is
+    a number, so Windows paths (``C:\\x.safetensors``) stay whole.
+
+    Raises:
+        ValueError: an empty entry.
+    """
+    items = []
+    for entry in (part.strip() for part in text.split(",")):
+        if not entry:
+            if text.strip():
+                raise ValueError(f"{field}: empty entry in {text!r}")
+            continue
+        model, scale = entry, 1.0
+        head, sep, tail = entry.rpartition(":")
+        if sep and head:
+            try:
+                scale = float(tail)
+                model = head.strip()
+            except ValueError:
+                pass
+        items.append({"model": model, "scale": scale})
+    return items
+
+
 def render_size(resolution_x: int, resolution_y: int, percentage: int = 100,
                 multiple: int = 8) -> tuple[int, int]:
     """The scene's output size in pixels, rounded to the nearest multiple the models need
@@ -74,7 +109,7 @@ def generate_params(settings: Mapping[str, Any], width: int, height: int,
 
     Args:
         settings: model, prompt, negative_prompt, steps, guidance_scale, seed, num_images,
-            scheduler, strength (the property group's values).
+            scheduler, strength, loras ("name:scale, ..."): the property group's values.
         width, height: the output size; ignored (0) when an input image sets it.
         with_image: img2img: the source image gives the size and ``strength`` applies.
     """
@@ -88,6 +123,9 @@ def generate_params(settings: Mapping[str, Any], width: int, height: int,
         "num_images": int(settings.get("num_images", 1)),
         "scheduler": str(settings.get("scheduler", "")),
     }
+    loras = parse_model_list(str(settings.get("loras", "")))
+    if loras:
+        params["loras"] = loras
     if with_image:
         params["strength"] = float(settings.get("strength", 0.75))
     else:

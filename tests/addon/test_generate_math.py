@@ -57,3 +57,26 @@ def test_new_seed_and_names():
     seeds = {gm.new_seed(random.Random(i)) for i in range(20)}
     assert len(seeds) == 20 and all(0 <= s <= gm.MAX_SEED for s in seeds)
     assert gm.image_names("Generated", np.array([3, 4])) == ["Generated 3", "Generated 4"]
+
+
+def test_mask_from_painted_pixels():
+    pixels = np.zeros((2, 3, 4), np.float32)
+    pixels[0, 1, :3] = 1.0          # bottom row (Blender's row 0), middle: painted white
+    pixels[1, 2, 1] = 0.6           # top row, right: light green counts too
+    pixels[1, 0, 0] = 0.4           # dim: not repainted
+    mask = gm.pixels_to_mask8(pixels.reshape(-1), 3, 2)
+    assert mask.dtype == np.uint8 and mask.tolist() == [[0, 0, 255], [0, 255, 0]]
+
+
+def test_lora_lists():
+    assert gm.parse_model_list("") == []
+    assert gm.parse_model_list("detail:0.8, /srv/loras/style.safetensors , org/name:-1") == [
+        {"model": "detail", "scale": 0.8}, {"model": "/srv/loras/style.safetensors", "scale": 1.0},
+        {"model": "org/name", "scale": -1.0}]
+    assert gm.parse_model_list(r"C:\loras\a.safetensors") == [
+        {"model": r"C:\loras\a.safetensors", "scale": 1.0}]
+    with pytest.raises(ValueError, match="empty entry"):
+        gm.parse_model_list("a,,b")
+    params = gm.generate_params({"loras": "a:0.5"}, 8, 8, with_image=False)
+    assert params["loras"] == [{"model": "a", "scale": 0.5}]
+    assert "loras" not in gm.generate_params({}, 8, 8, with_image=False)

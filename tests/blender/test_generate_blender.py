@@ -58,6 +58,20 @@ def test_a_result_lands_as_packed_images_and_one_becomes_a_texture(blender_addon
         bpy.ops.nstudio.generate_use_as_texture(image="nope")
 
 
+def test_a_painted_mask_image_becomes_the_inpaint_mask(blender_addon):
+    image = bpy.data.images.new("mask", 6, 4)
+    pixels = np.zeros((4, 6, 4), np.float32)
+    pixels[..., 3] = 1.0
+    pixels[0, :3, :3] = 1.0          # Blender's bottom row, left half painted white
+    image.pixels.foreach_set(pixels.reshape(-1))
+    mask = generate.image_to_mask8(image)
+    assert mask.shape == (4, 6) and mask.dtype == np.uint8
+    assert mask[3].tolist() == [255, 255, 255, 0, 0, 0] and not mask[:3].any()
+    settings = bpy.context.scene.nstudio_generate
+    settings.loras = "detail:0.5"
+    assert settings.as_dict()["loras"] == "detail:0.5"
+
+
 def test_the_render_source_is_the_rendered_frame(blender_addon):
     scene = bpy.context.scene
     scene.render.engine = "CYCLES"
