@@ -119,6 +119,7 @@ def render_result_srgb8(scene) -> np.ndarray:
     finally:
         bpy.data.images.remove(loaded)
         os.remove(path)
+        os.rmdir(os.path.dirname(path))
 
 
 def output_size(scene, settings) -> tuple[int, int]:
