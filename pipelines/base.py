@@ -57,7 +57,8 @@ class ModelSource:
     Attributes:
         ref: what was asked for: a registry id ("anny", "mediapipe-pose"), a hub id
             ("org/name"), or a path.
-        path: the local file or folder, or None for a default shipped inside a PyPI wheel.
+        path: the local file or folder (for a default shipped inside a PyPI wheel: the file
+            inside the installed package, or the package's folder when the package is the model).
         origin: "folder" (a diffusers folder), "file" (a single file such as .safetensors or an
             SMPL .pkl/.npz), "hub-cache" (the Hugging Face cache, offline), "models-dir" (a file
             in the server's models folder) or "wheel".

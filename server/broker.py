@@ -33,6 +33,7 @@ from pipelines.base import Pipeline, describe_pipeline
 from . import security
 from .config import SERVER_NAME, ServeConfig
 from .jobs import EVENTS_ENDPOINT, STOPPED_QUEUED, STOPPED_RUNNING, JobRecord, Worker
+from .models import ModelRegistry
 from .store import CorruptResult, Store
 from .timers import Timers
 
@@ -67,11 +68,15 @@ class Broker:
         device_info: the ``welcome`` description of the device.
         version: the server version reported in ``welcome``.
         curve: CURVE keys, or None for a plain socket.
+        models: the model registry (``server.models``); None: one from ``config``.
     """
 
     def __init__(self, config: ServeConfig, pipelines: dict[str, Pipeline], device: str,
-                 device_info: dict, version: str, curve: security.CurveKeys | None = None):
+                 device_info: dict, version: str, curve: security.CurveKeys | None = None,
+                 models: ModelRegistry | None = None):
         self.config = config
+        self.models = models if models is not None else ModelRegistry(
+            config.models_dir, config.models_budget_bytes or None, device)
         self.pipelines = pipelines
         self.device = device
         self.device_info = device_info
@@ -124,7 +129,7 @@ class Broker:
             context.destroy(linger=0)
             raise
         self._recover()
-        self.worker = Worker(context, self.pipelines, self.store, self.device)
+        self.worker = Worker(context, self.pipelines, self.store, self.device, self.models)
         self.worker.start()
         self.worker.ready.wait()
         wake = self._catch_signals()
@@ -390,10 +395,12 @@ class Broker:
         return record
 
     def _probe(self, pipeline: Pipeline) -> tuple[bool, str]:
+        # The pipeline's own probe combined with the registry's check of its models; neither
+        # may take the server down (ModelRegistry.probe catches a broken probe).
         try:
-            available, reason = pipeline.probe()
+            available, reason = self.models.probe(pipeline)
             return bool(available), str(reason)
-        except Exception as error:  # a broken probe makes the pipeline unavailable, not the server
+        except Exception as error:
             log.exception("probe of %s failed", pipeline.name)
             return False, f"availability check failed: {type(error).__name__}: {error}"
 

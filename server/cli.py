@@ -1,4 +1,4 @@
-"""``nstudio``: the server's command line (``serve``, ``doctor``, ``keys``, ``demo``).
+"""``nstudio``: the server's command line (``serve``, ``doctor``, ``keys``, ``models``, ``demo``).
 
 Every ``serve`` flag can also come from an ``NSTUDIO_*`` environment variable (the flag wins).
 """
@@ -111,10 +111,36 @@ def _parser() -> argparse.ArgumentParser:
                             "separated, e.g. mypkg.mypipeline (NSTUDIO_PIPELINES)")
     serve.add_argument("--insecure", action="store_true", default=_env_flag("INSECURE"),
                        help="allow a non-loopback bind without CURVE (NSTUDIO_INSECURE=1)")
+    _models_dir_option(serve)
+    serve.add_argument("--models-memory", type=float, default=_env("MODELS_MEMORY", "0"),
+                       help="GiB the warm models may take together, least recently used out; "
+                            "0 = 80%% of the GPU's memory or half the RAM (NSTUDIO_MODELS_MEMORY)")
     serve.set_defaults(run=_serve)
 
     doctor = commands.add_parser("doctor", help="report what this machine can run")
+    _models_dir_option(doctor)
     doctor.set_defaults(run=_doctor)
+
+    models = commands.add_parser("models", help="list, add or download models")
+    models_commands = models.add_subparsers(dest="models_command")
+    listing = models_commands.add_parser("list", help="models known here and each pipeline's")
+    _models_dir_option(listing)
+    listing.set_defaults(run=_models_list)
+    add = models_commands.add_parser("add", help="name a local file or folder")
+    add.add_argument("name", help="the name requests use (letters, digits, . _ + -)")
+    add.add_argument("path", type=Path, help="a diffusers folder, a .safetensors file, ...")
+    add.add_argument("--doc", default="", help="one line saying what it is")
+    _models_dir_option(add)
+    add.set_defaults(run=_models_add)
+    pull = models_commands.add_parser(
+        "pull", help="download a hub id into the local Hugging Face cache (the only download)")
+    pull.add_argument("repo_id", help="e.g. stabilityai/stable-diffusion-xl-base-1.0")
+    pull.add_argument("--revision", default=None)
+    pull.add_argument("--include", action="append", default=None, metavar="PATTERN",
+                      help="only files matching this glob (repeatable)")
+    pull.add_argument("--quiet", action="store_true", help="no progress bars")
+    pull.set_defaults(run=_models_pull)
+    models.set_defaults(run=lambda args: (models.print_help(), EXIT_USAGE)[1])
 
     keys = commands.add_parser("keys", help="make CURVE key pairs for the server and a client")
     keys.add_argument("--out", type=Path, required=True, help="folder to write the keys to")
@@ -143,6 +169,12 @@ def _byte_count(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not a byte count: {text!r} (e.g. 20G)") from None
 
 
+def _models_dir_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--models-dir", type=Path, default=_env("MODELS_DIR", None),
+                        help="the models folder: names from `nstudio models add` "
+                             "(NSTUDIO_MODELS_DIR; default $XDG_DATA_HOME/neural-studio/models)")
+
+
 def _fail(message: str) -> int:
     print(f"nstudio: {message}", file=sys.stderr)
     return EXIT_USAGE
@@ -160,7 +192,8 @@ def _serve(args) -> int:
         keep_days=args.keep_days, store_budget=args.store_budget,
         max_queue_bytes=args.max_queue_bytes, max_unsent_bytes=args.max_unsent_bytes,
         sweep_seconds=args.sweep_seconds, curve_dir=args.curve_dir, insecure=args.insecure,
-        heartbeat_seconds=args.heartbeat_seconds,
+        heartbeat_seconds=args.heartbeat_seconds, models_dir=args.models_dir,
+        models_budget_bytes=int(args.models_memory * 2**30),
     )
     problem = _check_config(config)
     if problem:
@@ -203,7 +236,11 @@ def _serve(args) -> int:
 
     extra = tuple(name.strip() for name in args.pipelines.split(",") if name.strip())
     pipelines, _ = discover(MODULES + extra)
-    broker = Broker(config, pipelines, device, device_info, _version(), curve)
+    from .models import ModelRegistry
+
+    models = ModelRegistry(config.models_dir, config.models_budget_bytes or None, device)
+    log.info("models folder %s, budget %.1f GiB", models.models_dir, models.budget_bytes / 2**30)
+    broker = Broker(config, pipelines, device, device_info, _version(), curve, models)
     try:
         broker.serve()
     except zmq.ZMQError as error:
@@ -225,6 +262,8 @@ def _check_config(config: ServeConfig) -> str:
         return "--max-queue-bytes and --max-unsent-bytes must be positive"
     if config.max_message_bytes < 1024:
         return f"--max-message-bytes must be at least 1024, not {config.max_message_bytes}"
+    if config.models_budget_bytes < 0:
+        return "--models-memory must be 0 (automatic) or more"
     if config.sweep_seconds <= 0 or config.heartbeat_seconds <= 0:
         return "--sweep-seconds and --heartbeat-seconds must be positive"
     if config.max_queue < PROTOCOL_MIN_QUEUE:
@@ -265,16 +304,80 @@ def _doctor(args) -> int:
     _doctor_kernels()
     bpy = importlib.util.find_spec("bpy")
     print(f"bpy: {'found at ' + str(bpy.origin) if bpy else 'not found'}")
+    from .models import ModelRegistry
+
+    registry = ModelRegistry(args.models_dir, budget_bytes=1)
     pipelines, failures = discover()
     for name, pipeline in sorted(pipelines.items()):
-        try:
-            available, why = pipeline.probe()
-        except Exception as error:  # report a broken probe, do not crash the doctor
-            available, why = False, f"probe failed: {type(error).__name__}: {error}"
+        available, why = registry.probe(pipeline)
         print(f"pipeline {name}: {'available' if available else 'unavailable'}"
               + (f" ({why})" if why else ""))
     for module, why in sorted(failures.items()):
         print(f"pipeline module {module}: not loadable ({why})")
+    print(f"models folder: {registry.models_dir}")
+    _print_model_states(registry, pipelines)
+    return 0
+
+
+# models --------------------------------------------------------------------------------------
+
+def _print_model_states(registry, pipelines: dict) -> None:
+    """Each pipeline's declared models: where each default was found, or what is missing."""
+    for name, pipeline in sorted(pipelines.items()):
+        for spec, source, missing in registry.states(pipeline):
+            choice = f" (requests may name another with params.{spec.param})" if spec.param else ""
+            if source is not None:
+                print(f"model {name}/{spec.key} {spec.default}: found ({source.origin}: "
+                      f"{source.path or source.ref}){choice}")
+            else:
+                print(f"model {name}/{spec.key} {spec.default}: missing ({missing}){choice}")
+
+
+def _models_list(args) -> int:
+    from pipelines.registry import discover
+
+    from .models import WHEEL_MODELS, ModelRegistry, hub_cache_dir, hub_cache_repos
+
+    registry = ModelRegistry(args.models_dir, budget_bytes=1)
+    names = registry.names()
+    print(f"models folder: {registry.models_dir}")
+    for name, entry in sorted(names.items()):
+        state = "" if Path(entry["path"]).exists() else " (MISSING)"
+        print(f"  {name}: {entry['path']}{state}" + (f"  {entry['doc']}" if entry.get("doc") else ""))
+    for name in sorted(WHEEL_MODELS):
+        found, where = registry._wheel_path(name)
+        print(f"  {name}: {'wheel ' + str(where) if found else 'missing: ' + where}")
+    repos = hub_cache_repos()
+    print(f"hub cache: {hub_cache_dir()} ({len(repos)} models)")
+    for repo in repos:
+        print(f"  {repo}")
+    pipelines, _ = discover()
+    _print_model_states(registry, pipelines)
+    return 0
+
+
+def _models_add(args) -> int:
+    from .models import ModelRegistry
+
+    registry = ModelRegistry(args.models_dir, budget_bytes=1)
+    try:
+        target = registry.add(args.name, args.path, args.doc)
+    except ValueError as error:
+        return _fail(str(error))
+    source = registry.resolve(args.name)
+    print(f"{args.name}: {target} ({source.origin}; index {registry.index_path})")
+    return 0
+
+
+def _models_pull(args) -> int:
+    from .models import pull
+
+    try:
+        path = pull(args.repo_id, args.revision, args.include, progress=not args.quiet)
+    except RuntimeError as error:
+        print(f"nstudio: {error}", file=sys.stderr)
+        return 1
+    print(f"{args.repo_id}: {path}")
     return 0
 
 

@@ -51,6 +51,10 @@ class ServeConfig:
         insecure: allow a non-loopback bind without CURVE (``NSTUDIO_INSECURE=1``).
         heartbeat_seconds: ZeroMQ heartbeat interval; a peer silent for 3 intervals is
             dropped by ZeroMQ (``NSTUDIO_HEARTBEAT_SECONDS``, 5).
+        models_dir: the model registry's folder (names from ``nstudio models add``)
+            (``NSTUDIO_MODELS_DIR``; default ``$XDG_DATA_HOME/neural-studio/models``).
+        models_budget_bytes: memory warm models may take; 0 = 80 % of the GPU's memory or half
+            the RAM (``NSTUDIO_MODELS_MEMORY`` in GiB on the command line).
     """
 
     bind: str = protocol.DEFAULT_ENDPOINT
@@ -68,6 +72,8 @@ class ServeConfig:
     curve_dir: Path | None = None
     insecure: bool = False
     heartbeat_seconds: float = 5.0
+    models_dir: Path | None = None
+    models_budget_bytes: int = 0
 
     def limits(self) -> protocol.Limits:
         return protocol.Limits(max_message_bytes=self.max_message_bytes)

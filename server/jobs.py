@@ -27,6 +27,7 @@ import zmq
 from addon.wire import protocol
 from pipelines.base import Cancelled, Pipeline, PipelineError
 
+from .models import ModelRegistry
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -100,15 +101,18 @@ class Worker(threading.Thread):
         pipelines: name -> Pipeline.
         store: where kept results go before their ``result`` event is sent.
         device: torch device string handed to pipelines ("cpu", "cuda:0").
+        models: the model registry that loads what a pipeline declares (``server.models``);
+            None: a registry with the default models folder and budget.
     """
 
     def __init__(self, context: zmq.Context, pipelines: dict[str, Pipeline], store: Store,
-                 device: str):
+                 device: str, models: "ModelRegistry | None" = None):
         super().__init__(name="nstudio-worker", daemon=True)
         self.context = context
         self.pipelines = pipelines
         self.store = store
         self.device = device
+        self.models = models if models is not None else ModelRegistry(device=device)
         self.jobs: queue.Queue = queue.Queue()
         self.ready = threading.Event()
 
@@ -134,8 +138,11 @@ class Worker(threading.Thread):
         handle = JobHandle(record, self.device, events)
         started = time.monotonic()
         log.info("job %s (%s) started on %s", record.job, record.pipeline, self.device)
+        models = None
         try:
-            outputs = pipeline.run(record.inputs, record.params, handle, {})
+            # Loading counts as the job's work: a missing model fails this job, not the server.
+            models = self.models.acquire(pipeline, record.params, self.device)
+            outputs = pipeline.run(record.inputs, record.params, handle, models)
             if not isinstance(outputs, dict):
                 raise TypeError(f"{record.pipeline}.run returned {type(outputs).__name__}, "
                                 "not a dict of outputs")
@@ -159,6 +166,9 @@ class Worker(threading.Thread):
             self._fail(handle, record, "internal",
                        f"internal error in {record.pipeline}: {type(error).__name__}: {error} "
                        "(the server log has the traceback)", None)
+        finally:
+            if models is not None:
+                models.close()
 
     def _fail(self, handle: "JobHandle", record: JobRecord, code: str, message: str,
               detail: dict | None) -> None:

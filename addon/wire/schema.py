@@ -325,7 +325,9 @@ class _ParamType:
     item_kind: str | None   # for lists: kind of each element
 
 
-_SCALAR_KINDS = {int: "int", float: "float", str: "str", bool: "bool"}
+# ``dict`` stands for a msgpack map: a ``list[dict]`` param is a list of small records (e.g.
+# image.generate's ``loras``: [{model, scale}]) whose keys the pipeline checks itself.
+_SCALAR_KINDS = {int: "int", float: "float", str: "str", bool: "bool", dict: "map"}
 
 
 def _param_type(hint: Any) -> _ParamType:
@@ -420,6 +422,8 @@ def _value_matches(kind: str, value: Any) -> bool:
         return isinstance(value, str)
     if kind == "list":
         return isinstance(value, list)
+    if kind == "map":
+        return isinstance(value, dict)
     return False
 
 

@@ -278,6 +278,14 @@ def test_hello_welcome(client):
         assert {"gaussians", "metrics"} <= set(rec["outputs"])
         assert {"steps", "sh_degree", "test_every", "max_gaussians", "background"} \
             <= set(rec["params"])
+    if "image.generate" in pipelines:
+        gen = pipelines["image.generate"]
+        assert set(gen["inputs"]) == {"image", "mask", "control"}
+        assert set(gen["outputs"]) == {"images", "seeds"}
+        assert {"model", "prompt", "negative_prompt", "steps", "guidance_scale", "seed", "width",
+                "height", "num_images", "scheduler", "strength", "controlnets", "loras"} \
+            <= set(gen["params"])
+        assert gen["params"]["loras"]["items"] == "map"
 
 
 def test_hello_without_protocol_1_is_refused(client):

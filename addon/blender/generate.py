@@ -1,0 +1,341 @@
+"""Generate panel: ``image.generate`` from the scene (bpy layer; maths in core/generate_math.py).
+
+- Settings live on ``scene.nstudio_generate`` (model, prompt, negative prompt, steps, guidance,
+  seed with "New Seed", size defaulting to the render resolution, scheduler, img2img source).
+- "Generate" submits the job; with the source "Render" the current render result (rendered
+  first when there is none) is sent as ``inputs.image`` (img2img); with "Image" any Blender
+  image (e.g. the one open in the Image Editor); a mask image painted in the Image Editor makes
+  it inpaint; LoRAs are typed as ``name:scale, ...``.
+- The result lands as packed Blender images, one per seed ("Generated <seed>"); "Use as
+  Texture" puts one on the active object's material (an Image Texture into Base Color).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+
+import bpy
+import numpy as np
+from bpy.props import (BoolProperty, EnumProperty, FloatProperty, IntProperty, PointerProperty,
+                       StringProperty)
+
+from ..core import client as client_mod
+from ..core import generate_math, handlers
+from . import session
+
+log = logging.getLogger(__name__)
+
+PIPELINE = "image.generate"
+PROP_SEED = "nstudio_seed"
+_SCHEDULERS = ("", "ddim", "pndm", "lms", "euler", "euler_a", "heun", "dpmpp_2m",
+               "dpmpp_2m_karras", "unipc", "flow_euler", "flow_heun")
+
+
+class NSTUDIO_PG_generate(bpy.types.PropertyGroup):
+    model: StringProperty(name="Model", description="A model name the server lists, a "
+                          "server-side diffusers folder or .safetensors file, or a cached hub "
+                          "id; empty: the server's default")
+    prompt: StringProperty(name="Prompt", description="What to generate")
+    negative_prompt: StringProperty(name="Negative", description="What to avoid")
+    steps: IntProperty(name="Steps", default=30, min=1, max=500)
+    guidance_scale: FloatProperty(name="Guidance", default=7.0, min=0.0, max=50.0)
+    seed: IntProperty(name="Seed", default=0, min=0, description="Same seed, same image")
+    num_images: IntProperty(name="Images", default=1, min=1, max=16)
+    use_render_size: BoolProperty(name="Render Size", default=True,
+                                  description="Use the scene's render resolution")
+    width: IntProperty(name="Width", default=512, min=8, max=4096, step=8)
+    height: IntProperty(name="Height", default=512, min=8, max=4096, step=8)
+    scheduler: EnumProperty(name="Scheduler", items=[
+        (name, name or "Model's own", "") for name in _SCHEDULERS])
+    source: EnumProperty(name="Source", items=[
+        ("NONE", "Text", "Text to image"),
+        ("RENDER", "Render", "img2img from the current render result"),
+        ("IMAGE", "Image", "img2img from a Blender image")])
+    source_image: PointerProperty(name="Image", type=bpy.types.Image)
+    strength: FloatProperty(name="Strength", default=0.75, min=0.0, max=1.0,
+                            description="img2img: how much of the source is repainted")
+    mask_image: PointerProperty(name="Mask", type=bpy.types.Image,
+                                description="Inpaint: repaint where this image is light "
+                                "(paint it white over black in the Image Editor); same size "
+                                "as the source")
+    loras: StringProperty(name="LoRAs", description="name:scale, name:scale ... (names, "
+                          "server-side paths or hub ids)")
+
+    def as_dict(self) -> dict:
+        return {name: getattr(self, name) for name in (
+            "model", "prompt", "negative_prompt", "steps", "guidance_scale", "seed",
+            "num_images", "scheduler", "strength", "loras")}
+
+
+# Sources ----------------------------------------------------------------------------------------
+
+def image_to_srgb8(image) -> np.ndarray:
+    """A Blender image as a wire image (H, W, 3) uint8 sRGB, row 0 at the top."""
+    width, height = image.size
+    if width == 0 or height == 0:
+        raise ValueError(f"image '{image.name}' has no pixels (not loaded or empty)")
+    pixels = np.empty(width * height * image.channels, dtype=np.float32)
+    image.pixels.foreach_get(pixels)
+    return generate_math.pixels_to_srgb8(pixels, width, height, linear=image.is_float,
+                                         channels=image.channels)
+
+
+def image_to_mask8(image) -> np.ndarray:
+    """A painted mask image as the wire's inpaint mask (H, W) uint8 (255 repaints)."""
+    width, height = image.size
+    if width == 0 or height == 0:
+        raise ValueError(f"mask image '{image.name}' has no pixels")
+    pixels = np.empty(width * height * image.channels, dtype=np.float32)
+    image.pixels.foreach_get(pixels)
+    return generate_math.pixels_to_mask8(pixels, width, height, image.channels)
+
+
+def render_result_srgb8(scene) -> np.ndarray:
+    """The current render result as a wire image; renders the scene first when there is none.
+
+    The Render Result image has no readable pixels, so it is saved once to a temporary PNG
+    (the scene's view transform applied, as an artist sees it) and read back.
+    """
+    result = bpy.data.images.get("Render Result")
+    path = os.path.join(tempfile.mkdtemp(prefix="nstudio-render-"), "render.png")
+    settings = scene.render.image_settings
+    saved = (settings.file_format, settings.color_mode)
+    settings.file_format, settings.color_mode = "PNG", "RGB"
+    try:
+        try:
+            if result is None:
+                raise RuntimeError("no render result")
+            result.save_render(filepath=path, scene=scene)
+        except RuntimeError:
+            bpy.ops.render.render(scene=scene.name)
+            bpy.data.images["Render Result"].save_render(filepath=path, scene=scene)
+    finally:
+        settings.file_format, settings.color_mode = saved
+    loaded = bpy.data.images.load(path)
+    try:
+        return image_to_srgb8(loaded)
+    finally:
+        bpy.data.images.remove(loaded)
+        os.remove(path)
+        os.rmdir(os.path.dirname(path))
+
+
+def output_size(scene, settings) -> tuple[int, int]:
+    if settings.use_render_size:
+        render = scene.render
+        return generate_math.render_size(render.resolution_x, render.resolution_y,
+                                         render.resolution_percentage)
+    return generate_math.render_size(settings.width, settings.height)
+
+
+# Results ----------------------------------------------------------------------------------------
+
+def on_generate_result(job, outputs: dict):
+    """The result: one packed Blender image per seed, in bounded steps (one image per step)."""
+    images, seeds = np.asarray(outputs["images"]), np.asarray(outputs["seeds"])
+    return _land_images(job, images, seeds)
+
+
+def _land_images(job, images: np.ndarray, seeds: np.ndarray):
+    names = []
+    for name, pixels, seed in zip(generate_math.image_names("Generated", seeds), images, seeds):
+        names.append(land_image(name, pixels, int(seed)).name)
+        yield name
+    job.target = names[0] if names else job.target
+    _show_in_image_editor(names[0] if names else None)
+    yield "done"
+
+
+def land_image(name: str, pixels: np.ndarray, seed: int):
+    """Create (or overwrite) the Blender image ``name`` from a wire image, packed into the .blend."""
+    h, w = pixels.shape[:2]
+    image = bpy.data.images.get(name)
+    if image is None or tuple(image.size) != (w, h):
+        if image is not None:
+            bpy.data.images.remove(image)
+        image = bpy.data.images.new(name, w, h, alpha=False)
+    image.pixels.foreach_set(generate_math.srgb8_to_pixels(pixels))
+    image.update()
+    image.pack()   # saved inside the .blend: nothing to lose when the temp folder is cleaned
+    image[PROP_SEED] = seed
+    image.use_fake_user = True
+    return image
+
+
+def _show_in_image_editor(name) -> None:
+    image = bpy.data.images.get(name) if name else None
+    screen = getattr(bpy.context, "screen", None)
+    if image is None or screen is None:
+        return
+    for area in screen.areas:
+        if area.type == "IMAGE_EDITOR":
+            area.spaces.active.image = image
+            return
+
+
+def use_as_texture(obj, image):
+    """Put ``image`` on ``obj``'s first material (created when missing) as its Base Color.
+
+    Returns:
+        The material.
+    """
+    if obj is None or obj.type != "MESH":
+        raise ValueError("select a mesh object to texture")
+    material = obj.active_material
+    if material is None:
+        material = bpy.data.materials.new(f"{obj.name} Generated")
+        obj.data.materials.append(material)
+    if material.node_tree is None:   # Blender < 5 made materials without nodes
+        material.use_nodes = True
+    nodes, links = material.node_tree.nodes, material.node_tree.links
+    shader = next((n for n in nodes if n.type == "BSDF_PRINCIPLED"), None)
+    if shader is None:
+        shader = nodes.new("ShaderNodeBsdfPrincipled")
+        output = next((n for n in nodes if n.type == "OUTPUT_MATERIAL"), None) or nodes.new(
+            "ShaderNodeOutputMaterial")
+        links.new(shader.outputs["BSDF"], output.inputs["Surface"])
+    texture = next((n for n in nodes if n.type == "TEX_IMAGE" and n.get("nstudio")), None)
+    if texture is None:
+        texture = nodes.new("ShaderNodeTexImage")
+        texture["nstudio"] = True
+        texture.location = (shader.location.x - 320, shader.location.y)
+    texture.image = image
+    links.new(texture.outputs["Color"], shader.inputs["Base Color"])
+    return material
+
+
+# Operators --------------------------------------------------------------------------------------
+
+def start_generate(context):
+    """Submit ``image.generate`` with the scene's settings; returns the job record."""
+    live = session.current()
+    if live is None or not live.client.connected:
+        raise RuntimeError("not connected to a Neural Studio server: press Connect in the "
+                           "Neural Studio panel")
+    info = ((live.client.welcome or {}).get("pipelines") or {}).get(PIPELINE)
+    if info is None or not info.get("available", False):
+        raise RuntimeError(f"'{PIPELINE}' cannot run on the server: "
+                           f"{(info or {}).get('reason') or 'the server does not have it'}")
+    scene = context.scene
+    settings = scene.nstudio_generate
+    inputs = {}
+    if settings.source == "RENDER":
+        inputs["image"] = render_result_srgb8(scene)
+    elif settings.source == "IMAGE":
+        if settings.source_image is None:
+            raise ValueError("choose a source image")
+        inputs["image"] = image_to_srgb8(settings.source_image)
+    if "image" in inputs and settings.mask_image is not None:
+        inputs["mask"] = image_to_mask8(settings.mask_image)
+    width, height = output_size(scene, settings)
+    params = generate_math.generate_params(settings.as_dict(), width, height, "image" in inputs)
+    return live.submit(scene, PIPELINE, params=params, inputs=inputs)
+
+
+class NSTUDIO_OT_generate(bpy.types.Operator):
+    """Generate images on the server from the prompt (and the source image)"""
+
+    bl_idname = "nstudio.generate"
+    bl_label = "Generate"
+
+    def execute(self, context):
+        try:
+            start_generate(context)
+        except (RuntimeError, ValueError, client_mod.ClientError) as error:
+            self.report({"ERROR"}, str(error))
+            return {"CANCELLED"}
+        self.report({"INFO"}, "image.generate submitted")
+        return {"FINISHED"}
+
+
+class NSTUDIO_OT_generate_new_seed(bpy.types.Operator):
+    """Draw a new random seed"""
+
+    bl_idname = "nstudio.generate_new_seed"
+    bl_label = "New Seed"
+
+    def execute(self, context):
+        context.scene.nstudio_generate.seed = generate_math.new_seed()
+        return {"FINISHED"}
+
+
+class NSTUDIO_OT_generate_use_as_texture(bpy.types.Operator):
+    """Use a generated image as the active object's Base Color texture"""
+
+    bl_idname = "nstudio.generate_use_as_texture"
+    bl_label = "Use as Texture"
+    bl_options = {"REGISTER", "UNDO"}
+
+    image: StringProperty(name="Image")
+
+    def execute(self, context):
+        image = bpy.data.images.get(self.image)
+        if image is None:
+            self.report({"ERROR"}, f"no image '{self.image}'")
+            return {"CANCELLED"}
+        try:
+            material = use_as_texture(context.active_object, image)
+        except ValueError as error:
+            self.report({"ERROR"}, str(error))
+            return {"CANCELLED"}
+        self.report({"INFO"}, f"'{image.name}' is the Base Color of '{material.name}'")
+        return {"FINISHED"}
+
+
+class NSTUDIO_PT_generate(bpy.types.Panel):
+    bl_label = "Generate"
+    bl_idname = "NSTUDIO_PT_generate"
+    bl_space_type = "VIEW_3D"
+    bl_region_type = "UI"
+    bl_category = "Neural Studio"
+
+    def draw(self, context):
+        settings = context.scene.nstudio_generate
+        layout = self.layout
+        layout.prop(settings, "model")
+        layout.prop(settings, "prompt")
+        layout.prop(settings, "negative_prompt")
+        row = layout.row(align=True)
+        row.prop(settings, "steps")
+        row.prop(settings, "guidance_scale")
+        row = layout.row(align=True)
+        row.prop(settings, "seed")
+        row.operator(NSTUDIO_OT_generate_new_seed.bl_idname, text="", icon="FILE_REFRESH")
+        layout.prop(settings, "num_images")
+        layout.prop(settings, "use_render_size")
+        if not settings.use_render_size:
+            row = layout.row(align=True)
+            row.prop(settings, "width")
+            row.prop(settings, "height")
+        layout.prop(settings, "scheduler")
+        layout.prop(settings, "source", expand=True)
+        if settings.source == "IMAGE":
+            layout.template_ID(settings, "source_image", open="image.open")
+        if settings.source != "NONE":
+            layout.prop(settings, "strength")
+            layout.template_ID(settings, "mask_image", open="image.open")
+        layout.prop(settings, "loras")
+        layout.operator(NSTUDIO_OT_generate.bl_idname, icon="IMAGE")
+        generated = [image for image in bpy.data.images if PROP_SEED in image][-4:]
+        for image in generated:
+            row = layout.row()
+            row.label(text=image.name, icon="IMAGE_DATA")
+            op = row.operator(NSTUDIO_OT_generate_use_as_texture.bl_idname, text="",
+                              icon="MATERIAL")
+            op.image = image.name
+
+
+CLASSES = (NSTUDIO_PG_generate, NSTUDIO_OT_generate, NSTUDIO_OT_generate_new_seed,
+           NSTUDIO_OT_generate_use_as_texture, NSTUDIO_PT_generate)
+
+
+def register() -> None:
+    bpy.types.Scene.nstudio_generate = PointerProperty(type=NSTUDIO_PG_generate)
+    handlers.register_result_handler(PIPELINE, on_generate_result)
+
+
+def unregister() -> None:
+    handlers.unregister_result_handler(PIPELINE)
+    del bpy.types.Scene.nstudio_generate

@@ -1,0 +1,1 @@
+"""Diffusion image pipelines (``image.generate``) on diffusers; see generate.py."""

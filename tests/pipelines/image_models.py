@@ -1,0 +1,222 @@
+"""Tiny random-weight diffusion models built with the real diffusers/transformers classes.
+
+Each builder saves a complete diffusers pipeline folder (``save_pretrained``: model_index.json,
+one folder per component) that the registry then loads like a user's download. Weights are
+random with a fixed seed; sizes are the smallest the classes accept, so a 32x32 image in two
+steps takes well under a second on a CPU.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+TEXT_DIM = 32
+MAX_TOKENS = 16
+
+
+def _byte_chars() -> list[str]:
+    """GPT-2/CLIP's byte-to-unicode table: 256 printable characters, one per byte."""
+    bs = (list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+          + list(range(ord("®"), ord("ÿ") + 1)))
+    cs, n = bs[:], 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return [chr(c) for c in cs]
+
+
+def clip_tokenizer(folder: Path):
+    """A CLIP BPE tokenizer with a byte-level vocabulary and no merges, saved and reloaded
+    (transformers 5 builds tokenizers from a folder, not from vocab_file=)."""
+    from transformers import CLIPTokenizer
+
+    raw = folder / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    chars = _byte_chars()
+    vocab = {c: i for i, c in enumerate(chars)}
+    vocab.update({c + "</w>": len(chars) + i for i, c in enumerate(chars)})
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    (raw / "vocab.json").write_text(json.dumps(vocab))
+    (raw / "merges.txt").write_text("#version: 0.2\n")
+    return CLIPTokenizer.from_pretrained(raw, model_max_length=MAX_TOKENS)
+
+
+def t5_tokenizer():
+    """A T5 (unigram) tokenizer over single characters."""
+    from transformers import T5Tokenizer
+
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -1.0)]
+    pieces += [(chr(c), -2.0) for c in range(ord("a"), ord("z") + 1)]
+    return T5Tokenizer(vocab=pieces, extra_ids=0, model_max_length=MAX_TOKENS)
+
+
+def _clip_text(vocab: int, projection: bool = False, dim: int = TEXT_DIM):
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    config = CLIPTextConfig(vocab_size=vocab, hidden_size=dim, intermediate_size=37,
+                            num_hidden_layers=2, num_attention_heads=4, projection_dim=dim,
+                            max_position_embeddings=MAX_TOKENS, bos_token_id=vocab - 2,
+                            eos_token_id=vocab - 1, pad_token_id=vocab - 1)
+    return (CLIPTextModelWithProjection if projection else CLIPTextModel)(config).eval()
+
+
+def _t5(vocab: int, dim: int = TEXT_DIM):
+    from transformers import T5Config, T5EncoderModel
+
+    return T5EncoderModel(T5Config(vocab_size=vocab, d_model=dim, d_kv=8, d_ff=37,
+                                   num_layers=2, num_heads=4, relative_attention_num_buckets=8,
+                                   decoder_start_token_id=0)).eval()
+
+
+def _vae(latent_channels: int = 4, **extra):
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(block_out_channels=(8, 16), in_channels=3, out_channels=3,
+                         down_block_types=("DownEncoderBlock2D",) * 2,
+                         up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=latent_channels,
+                         norm_num_groups=4, sample_size=32, **extra)
+
+
+def build_sd(folder: Path, seed: int = 0) -> Path:
+    """Stable Diffusion 1.x layout: UNet2DConditionModel, AutoencoderKL, CLIP text, DDIM."""
+    import torch
+    from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+
+    torch.manual_seed(seed)
+    tokenizer = clip_tokenizer(folder / "_tok")
+    unet = UNet2DConditionModel(
+        block_out_channels=(8, 16), layers_per_block=1, sample_size=16, in_channels=4,
+        out_channels=4, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=TEXT_DIM,
+        norm_num_groups=4, attention_head_dim=4)
+    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                              clip_sample=False, set_alpha_to_one=False)
+    pipe = StableDiffusionPipeline(vae=_vae(), text_encoder=_clip_text(len(tokenizer)),
+                                   tokenizer=tokenizer, unet=unet, scheduler=scheduler,
+                                   safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+    pipe.save_pretrained(folder / "sd")
+    return folder / "sd"
+
+
+def build_sdxl(folder: Path, seed: int = 0) -> Path:
+    """SDXL layout: two CLIP text encoders (the second with projection), added time ids."""
+    import torch
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+
+    torch.manual_seed(seed)
+    tokenizer = clip_tokenizer(folder / "_tok")
+    unet = UNet2DConditionModel(
+        block_out_channels=(8, 16), layers_per_block=1, sample_size=16, in_channels=4,
+        out_channels=4, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=2 * TEXT_DIM,
+        norm_num_groups=4, attention_head_dim=4, addition_embed_type="text_time",
+        addition_time_embed_dim=8, projection_class_embeddings_input_dim=TEXT_DIM + 6 * 8,
+        transformer_layers_per_block=1, use_linear_projection=True)
+    scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012,
+                                       beta_schedule="scaled_linear", timestep_spacing="leading",
+                                       steps_offset=1)
+    pipe = StableDiffusionXLPipeline(
+        vae=_vae(), text_encoder=_clip_text(len(tokenizer)), tokenizer=tokenizer,
+        text_encoder_2=_clip_text(len(tokenizer), projection=True), tokenizer_2=tokenizer,
+        unet=unet, scheduler=scheduler)
+    pipe.save_pretrained(folder / "sdxl")
+    return folder / "sdxl"
+
+
+def build_sd3(folder: Path, seed: int = 0) -> Path:
+    """SD3 layout: an MMDiT transformer, two CLIP encoders with projection and T5."""
+    import torch
+    from diffusers import (FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel,
+                           StableDiffusion3Pipeline)
+
+    torch.manual_seed(seed)
+    tokenizer = clip_tokenizer(folder / "_tok")
+    t5_tok = t5_tokenizer()
+    transformer = SD3Transformer2DModel(
+        sample_size=16, patch_size=1, in_channels=16, num_layers=1, attention_head_dim=8,
+        num_attention_heads=4, joint_attention_dim=TEXT_DIM, caption_projection_dim=32,
+        pooled_projection_dim=2 * TEXT_DIM, out_channels=16, pos_embed_max_size=32)
+    pipe = StableDiffusion3Pipeline(
+        transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+        # 16 latent channels as the real SD3 VAE (its inpaint pipeline insists).
+        vae=_vae(latent_channels=16, shift_factor=0.0609, scaling_factor=1.5035),
+        text_encoder=_clip_text(len(tokenizer), projection=True), tokenizer=tokenizer,
+        text_encoder_2=_clip_text(len(tokenizer), projection=True), tokenizer_2=tokenizer,
+        text_encoder_3=_t5(len(t5_tok)), tokenizer_3=t5_tok)
+    pipe.save_pretrained(folder / "sd3")
+    return folder / "sd3"
+
+
+def build_flux(folder: Path, seed: int = 0) -> Path:
+    """FLUX.1 layout: a double/single-stream transformer over packed 2x2 latents, CLIP + T5."""
+    import torch
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+
+    torch.manual_seed(seed)
+    tokenizer = clip_tokenizer(folder / "_tok")
+    t5_tok = t5_tokenizer()
+    transformer = FluxTransformer2DModel(
+        patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=8,
+        num_attention_heads=2, joint_attention_dim=TEXT_DIM, pooled_projection_dim=TEXT_DIM,
+        axes_dims_rope=(2, 2, 4))
+    pipe = FluxPipeline(transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(),
+                        vae=_vae(latent_channels=4, shift_factor=0.1159, scaling_factor=0.3611),
+                        text_encoder=_clip_text(len(tokenizer)), tokenizer=tokenizer,
+                        text_encoder_2=_t5(len(t5_tok)), tokenizer_2=t5_tok)
+    pipe.save_pretrained(folder / "flux")
+    return folder / "flux"
+
+
+def build_controlnet(folder: Path, family: str = "sd", seed: int = 1) -> Path:
+    """A ControlNet for the tiny SD (or SDXL) UNet above; its conditioning embedding brings
+    the pixel-sized control image down by the tiny VAE's factor, 2 (one stride-2 step)."""
+    import torch
+    from diffusers import ControlNetModel
+
+    torch.manual_seed(seed)
+    cross = {"sd": TEXT_DIM, "sdxl": 2 * TEXT_DIM}[family]
+    extra = {}
+    if family == "sdxl":
+        extra = dict(addition_embed_type="text_time", addition_time_embed_dim=8,
+                     projection_class_embeddings_input_dim=TEXT_DIM + 6 * 8,
+                     use_linear_projection=True)
+    net = ControlNetModel(block_out_channels=(8, 16), layers_per_block=1, in_channels=4,
+                          down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                          cross_attention_dim=cross, norm_num_groups=4, attention_head_dim=4,
+                          conditioning_embedding_out_channels=(8, 16), **extra)
+    # Zero convolutions (and the condition embedding's output) start at zero (the paper's
+    # trick): give them weights so the control image matters in the test.
+    with torch.no_grad():
+        for param in net.parameters():
+            if not param.any():
+                param.normal_(0, 0.3)
+    path = folder / f"controlnet-{family}"
+    net.save_pretrained(path)
+    return path
+
+
+def build_lora(folder: Path, sd_folder: Path, seed: int = 2) -> Path:
+    """A rank-4 LoRA on the tiny SD UNet's attention projections, saved as diffusers does
+    (pytorch_lora_weights.safetensors), with non-zero B so that it changes the output."""
+    import torch
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel.from_pretrained(sd_folder / "unet")
+    unet.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian",
+                                target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    with torch.no_grad():
+        for name, param in unet.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.5)
+    path = folder / "lora"
+    StableDiffusionPipeline.save_lora_weights(
+        path, unet_lora_layers=get_peft_model_state_dict(unet), safe_serialization=True)
+    return path
