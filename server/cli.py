@@ -17,9 +17,11 @@ from pathlib import Path
 
 from addon.wire import protocol
 
-from .config import PROTOCOL_MIN_KEEP, PROTOCOL_MIN_QUEUE, ServeConfig, default_store
+from .config import EXECUTORS, PROTOCOL_MIN_KEEP, PROTOCOL_MIN_QUEUE, ServeConfig, default_store
 
 log = logging.getLogger("server")
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 EXIT_USAGE = 2
 
@@ -94,9 +96,14 @@ def _parser() -> argparse.ArgumentParser:
                             "separated, e.g. mypkg.mypipeline (NSTUDIO_PIPELINES)")
     serve.add_argument("--insecure", action="store_true", default=_env_flag("INSECURE"),
                        help="allow a non-loopback bind without CURVE (NSTUDIO_INSECURE=1)")
+    _executor_arguments(serve)
+    serve.add_argument("--ray-actors", type=int, default=_env("RAY_ACTORS", "0"),
+                       help="Ray worker actors; 0 = one per GPU of the cluster, or one CPU "
+                            "actor where it has none (NSTUDIO_RAY_ACTORS; default %(default)s)")
     serve.set_defaults(run=_serve)
 
     doctor = commands.add_parser("doctor", help="report what this machine can run")
+    _executor_arguments(doctor)
     doctor.set_defaults(run=_doctor)
 
     keys = commands.add_parser("keys", help="make CURVE key pairs for the server and a client")
@@ -110,6 +117,17 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _executor_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--executor", default=_env("EXECUTOR", "local"), choices=EXECUTORS,
+                        help="what runs jobs: local (a worker thread on --device) or ray (a "
+                             "pool of Ray actors, one per GPU) (NSTUDIO_EXECUTOR; default "
+                             "%(default)s)")
+    parser.add_argument("--ray-address", default=_env("RAY_ADDRESS", ""),
+                        help="with --executor ray: the Ray cluster to join (`ray start --head` "
+                             "prints it; `auto` finds one on this machine); empty starts a "
+                             "private Ray here (NSTUDIO_RAY_ADDRESS)")
+
+
 def _fail(message: str) -> int:
     print(f"nstudio: {message}", file=sys.stderr)
     return EXIT_USAGE
@@ -118,14 +136,14 @@ def _fail(message: str) -> int:
 # serve ---------------------------------------------------------------------------------------
 
 def _serve(args) -> int:
-    logging.basicConfig(level=args.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=args.log_level.upper(), format=LOG_FORMAT)
     config = ServeConfig(
         bind=args.bind, store=args.store or default_store(), device=args.device,
         log_level=args.log_level, max_message_bytes=args.max_message_bytes,
         max_queue=args.max_queue, keep_results=args.keep_results,
         sweep_seconds=args.sweep_seconds, curve_dir=args.curve_dir, insecure=args.insecure,
-        heartbeat_seconds=args.heartbeat_seconds,
+        heartbeat_seconds=args.heartbeat_seconds, executor=args.executor,
+        ray_address=args.ray_address, ray_actors=args.ray_actors,
     )
     problem = _check_config(config)
     if problem:
@@ -164,16 +182,26 @@ def _serve(args) -> int:
     from pipelines.registry import MODULES, discover
 
     from .broker import Broker
+    from .executors import ExecutorError
     from .store import StoreInUse
 
     extra = tuple(name.strip() for name in args.pipelines.split(",") if name.strip())
     pipelines, _ = discover(MODULES + extra)
-    broker = Broker(config, pipelines, device, device_info, _version(), curve)
+    executor = None
+    if config.executor == "ray":
+        from .ray_executor import RayExecutor
+
+        executor = RayExecutor(pipelines, MODULES + extra, address=config.ray_address,
+                               actors=config.ray_actors, device=config.device,
+                               log_level=config.log_level, log_format=LOG_FORMAT)
+    broker = Broker(config, pipelines, device, device_info, _version(), curve, executor)
     try:
         broker.serve()
     except zmq.ZMQError as error:
         return _fail(f"cannot serve on {config.bind}: {error}")
     except StoreInUse as error:
+        return _fail(str(error))
+    except ExecutorError as error:
         return _fail(str(error))
     return 0
 
@@ -188,6 +216,10 @@ def _check_config(config: ServeConfig) -> str:
         return f"--max-message-bytes must be at least 1024, not {config.max_message_bytes}"
     if config.sweep_seconds <= 0 or config.heartbeat_seconds <= 0:
         return "--sweep-seconds and --heartbeat-seconds must be positive"
+    if config.ray_actors < 0:
+        return f"--ray-actors must be 0 (one per GPU) or more, not {config.ray_actors}"
+    if config.executor != "ray" and (config.ray_address or config.ray_actors):
+        log.warning("--ray-address and --ray-actors are ignored without --executor ray")
     if config.max_queue < PROTOCOL_MIN_QUEUE:
         log.warning("--max-queue %d is below the %d the protocol promises clients",
                     config.max_queue, PROTOCOL_MIN_QUEUE)
@@ -236,6 +268,13 @@ def _doctor(args) -> int:
               + (f" ({why})" if why else ""))
     for module, why in sorted(failures.items()):
         print(f"pipeline module {module}: not loadable ({why})")
+    if args.executor == "ray":
+        from .ray_executor import cluster_report
+
+        for line in cluster_report(args.ray_address or "auto"):
+            print(line)
+    else:
+        print("executor: local (one worker thread on the device above)")
     return 0
 
 

@@ -15,6 +15,8 @@ SERVER_NAME = "neural-studio"
 PROTOCOL_MIN_QUEUE = 1000
 #: ... and at least this many kept results.
 PROTOCOL_MIN_KEEP = 100
+#: ``--executor`` choices.
+EXECUTORS = ("local", "ray")
 
 
 @dataclass
@@ -39,6 +41,12 @@ class ServeConfig:
         insecure: allow a non-loopback bind without CURVE (``NSTUDIO_INSECURE=1``).
         heartbeat_seconds: ZeroMQ heartbeat interval; a peer silent for 3 intervals is
             dropped by ZeroMQ (``NSTUDIO_HEARTBEAT_SECONDS``, 5).
+        executor: what runs jobs: ``local`` (a worker thread on ``device``) or ``ray`` (a pool
+            of Ray actors, ``server/ray_executor.py``) (``NSTUDIO_EXECUTOR``, ``local``).
+        ray_address: the Ray cluster to join, e.g. ``10.0.0.1:6379`` or ``auto``; empty
+            starts a private Ray on this machine (``NSTUDIO_RAY_ADDRESS``).
+        ray_actors: Ray worker actors; 0 = one per GPU of the cluster, or one CPU actor
+            where it has none (``NSTUDIO_RAY_ACTORS``, 0).
     """
 
     bind: str = protocol.DEFAULT_ENDPOINT
@@ -52,6 +60,9 @@ class ServeConfig:
     curve_dir: Path | None = None
     insecure: bool = False
     heartbeat_seconds: float = 5.0
+    executor: str = "local"
+    ray_address: str = ""
+    ray_actors: int = 0
 
     def limits(self) -> protocol.Limits:
         return protocol.Limits(max_message_bytes=self.max_message_bytes)

@@ -32,10 +32,14 @@ import zmq
 
 from pipelines.base import Pipeline
 
-from .jobs import EVENTS_ENDPOINT, JobHandle, JobRecord, deliver_end, models_for, run_to_end
+from .jobs import EVENTS_ENDPOINT, JobHandle, JobRecord, deliver_end, run_to_end
 from .store import Store
 
 log = logging.getLogger(__name__)
+
+
+class ExecutorError(Exception):
+    """The executor cannot start (the message says why and what to do)."""
 
 
 class Executor(ABC):
@@ -137,8 +141,7 @@ class LocalExecutor(Executor):
         handle = JobHandle(record, self.device, events)
         started = time.monotonic()
         log.info("job %s (%s) started on %s", record.job, record.pipeline, self.device)
-        models = models_for(pipeline, record.params, self.device, self.registry)
-        kind, payload = run_to_end(pipeline, record.inputs, record.params, handle, models)
+        kind, payload = run_to_end(pipeline, record.inputs, record.params, handle, self.registry)
         handle.flush_progress()
 
         def send(meta: dict, frames: list) -> None:

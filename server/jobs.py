@@ -106,14 +106,19 @@ def models_for(pipeline: Pipeline, params: Any, device: str, registry=None) -> M
 
 
 def run_to_end(pipeline: Pipeline, inputs: Any, params: Any, handle: "JobHandle",
-               models: Mapping[str, Any]) -> tuple[str, Any]:
-    """Run a pipeline and say how it ended, whatever it raised.
+               registry=None) -> tuple[str, Any]:
+    """Find the job's models (:func:`models_for`), run the pipeline, say how it ended,
+    whatever it raised.
+
+    Args:
+        registry: the model registry of the executor running the job (None: no models).
 
     Returns:
         ``("result", outputs)``, ``("cancelled", None)`` or ``("error", {code, message,
         detail})``; a pipeline bug becomes an ``internal`` error (its traceback is logged here).
     """
     try:
+        models = models_for(pipeline, params, handle.device, registry)
         outputs = pipeline.run(inputs, params, handle, models)
         if not isinstance(outputs, dict):
             raise TypeError(f"{pipeline.name}.run returned {type(outputs).__name__}, "
