@@ -129,7 +129,7 @@ class Broker:
         timers.every(self.config.sweep_seconds, self.sweep, now=True)
         log.info("serving on %s (device %s, store %s, %d pipelines, executor %s)",
                  self.config.bind, self.device, self.config.store, len(self.pipelines),
-                 self.executor.describe())
+                 self.executor.name)
         try:
             self._loop(timers, wake)
         finally:

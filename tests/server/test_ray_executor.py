@@ -8,6 +8,9 @@ local executor.
   second time, the job fails with an error naming both deaths; the server keeps serving;
 - cancelling a split render stops every piece;
 - ``nstudio doctor --executor ray`` shows the cluster and the server's actors.
+
+The tests that need Ray are marked slow (Ray's start and the actors' first torch import make
+this module ~50 s on 2 cores).
 """
 
 from __future__ import annotations
@@ -87,6 +90,7 @@ def render(client, inputs, timeout=120):
     return client.events(accepted["job"], timeout=timeout)
 
 
+@pytest.mark.slow
 def test_split_render_equals_one_local_worker(ray_server, shared_server, make_client):
     """24 frames over 2 actors: frame for frame what the local executor renders."""
     inputs = scene()
@@ -108,6 +112,7 @@ def test_split_render_equals_one_local_worker(ray_server, shared_server, make_cl
     assert all(p["total"] == FRAMES for p in progress)
 
 
+@pytest.mark.slow
 def test_killed_actor_is_replaced_and_the_job_runs_again(ray_server, make_client):
     import ray
 
@@ -126,6 +131,7 @@ def test_killed_actor_is_replaced_and_the_job_runs_again(ray_server, make_client
     assert client.events(again["job"])[-1]["outputs"] == {"y": 1}
 
 
+@pytest.mark.slow
 def test_actor_killed_twice_fails_the_job_clearly(ray_server, make_client):
     import ray
 
@@ -148,6 +154,7 @@ def test_actor_killed_twice_fails_the_job_clearly(ray_server, make_client):
     assert client.events(again["job"], timeout=60)[-1]["outputs"] == {"z": 2}
 
 
+@pytest.mark.slow
 def test_cancel_a_split_render(ray_server, make_client):
     client = make_client(ray_server.endpoint)
     inputs = scene(400)
@@ -162,6 +169,7 @@ def test_cancel_a_split_render(ray_server, make_client):
     assert events[-1]["type"] == "result"
 
 
+@pytest.mark.slow
 def test_doctor_shows_the_cluster(ray_server, ray_address):
     done = subprocess.run([sys.executable, "-m", "server", "doctor", "--executor", "ray",
                            "--ray-address", ray_address], cwd=REPO, capture_output=True,
