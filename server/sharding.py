@@ -9,9 +9,12 @@ per worker). Pure numpy; no Ray here.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
-from pipelines.base import Frames
+if TYPE_CHECKING:
+    from pipelines.base import Frames
 
 
 def frame_count(inputs: dict, frames: Frames) -> int:
