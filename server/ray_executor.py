@@ -117,9 +117,15 @@ class PipelineWorker:
                 "pid": os.getpid(), "device": self.device, "gpus": self.gpus,
                 "running": sorted(self._cancels)}
 
-    def run(self, job: str, pipeline: str, inputs: dict, params):
+    def run(self, job: str, pipeline: str, inputs: dict, params, override: dict | None = None):
         """Run one job (or one piece of it); yields its events, the last one
-        ``("end", kind, payload)`` as :func:`server.jobs.run_to_end` returns it."""
+        ``("end", kind, payload)`` as :func:`server.jobs.run_to_end` returns it.
+
+        ``override`` replaces some inputs (a piece's own cameras): the job's inputs are then
+        one object in Ray's store that every piece shares (fetched once per node).
+        """
+        if override:
+            inputs = dict(inputs, **override)
         record = JobRecord(job=job, pipeline=pipeline, inputs=inputs, params=params)
         with self._lock:
             self._cancels[job] = record.cancel_event
@@ -442,8 +448,16 @@ class RayExecutor(Executor):
         """Run every piece, pass their events on, return the job's end (run_to_end's form)."""
         count = len(run.pieces)
         inbox: queue.SimpleQueue = queue.SimpleQueue()
-        for index, (slot, piece) in enumerate(zip(run.slots, run.pieces)):
-            threading.Thread(target=self._pump, args=(run, index, slot, piece, inbox),
+        if count == 1:
+            shared, overrides = run.record.inputs, [None]
+        else:
+            # The inputs go into Ray's object store once (each node then fetches them once,
+            # however many of its actors render); each piece carries only its own cameras.
+            shared = self.ray.put(run.record.inputs)
+            overrides = [{run.frames.input: piece[run.frames.input]} for piece in run.pieces]
+        for index, (slot, override) in enumerate(zip(run.slots, overrides)):
+            threading.Thread(target=self._pump, args=(run, index, slot, shared, override,
+                                                      inbox),
                              daemon=True, name=f"nstudio-ray-{run.record.job}-{index}").start()
         progress = _Progress(run.record.job, count,
                              sharding.frame_count(run.record.inputs, run.frames)
@@ -494,7 +508,7 @@ class RayExecutor(Executor):
         for due_meta, due_header in in_order.add(frame, (meta, header)):
             send(due_meta, protocol.encode(due_header))
 
-    def _pump(self, run: _Run, index: int, slot: _Slot, piece: dict,
+    def _pump(self, run: _Run, index: int, slot: _Slot, inputs, override: dict | None,
               inbox: queue.SimpleQueue) -> None:
         """One piece on one actor: its events into ``inbox``; an actor that dies is replaced
         and the piece run again there, once."""
@@ -505,7 +519,7 @@ class RayExecutor(Executor):
             try:
                 actor = self._ensure_actor(slot)
                 stream = actor.run.options(num_returns="streaming").remote(
-                    record.job, record.pipeline, piece, record.params)
+                    record.job, record.pipeline, inputs, record.params, override)
                 if record.cancel_event.is_set():
                     self._tell_cancel(slot, record.job)   # cancelled while the actor started
                 for ref in stream:
