@@ -249,7 +249,8 @@ class RayExecutor(Executor):
                  log_format: str = "%(asctime)s %(levelname)s %(name)s: %(message)s"):
         self.pipelines = pipelines
         self.modules = tuple(modules)
-        self.address = address or None
+        # Ray's own RAY_ADDRESS counts as --ray-address (ray.init would join it anyway).
+        self.address = address or os.environ.get("RAY_ADDRESS") or None
         self.actors = actors
         self.device = device
         self.log_level, self.log_format = log_level, log_format
@@ -665,6 +666,7 @@ def cluster_report(address: str) -> list[str]:
     except ImportError as error:
         return [f"Ray: not installed ({error}); pip install 'neural-studio[ray]'"]
     try:
+        _check_reachable(address)
         ray.init(address=address, namespace=NAMESPACE, log_to_driver=False,
                  logging_level=logging.WARNING)
     except Exception as error:
