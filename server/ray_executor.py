@@ -36,6 +36,7 @@ import os
 import queue
 import secrets
 import socket
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -69,6 +70,10 @@ class RayStartError(ExecutorError):
 def _quiet_ray_environment() -> None:
     # No usage reports from a studio's render boxes; set before `import ray`.
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # The actors' log lines reach the server's log prefixed "(PipelineWorker pid=...)";
+    # without colour codes when the log is not a terminal.
+    if not sys.stdout.isatty():
+        os.environ.setdefault("RAY_COLOR_PREFIX", "0")
 
 
 # The actor -----------------------------------------------------------------------------------
