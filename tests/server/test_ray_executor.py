@@ -113,6 +113,21 @@ def test_split_render_equals_one_local_worker(ray_server, shared_server, make_cl
 
 
 @pytest.mark.slow
+def test_pipeline_errors_and_bugs_come_back_as_on_the_local_executor(ray_server, make_client):
+    """A PipelineError raised in an actor keeps its code; a bug is `internal` and says so."""
+    client = make_client(ray_server.endpoint)
+    points = np.zeros((4, 3), "<f4")
+    ends = {}
+    for fail in ("pipeline", "bug", ""):
+        accepted = client.submit("test.shapes", params={"fail": fail}, inputs={"points": points})
+        ends[fail] = client.events(accepted["job"], timeout=60)[-1]
+    assert ends["pipeline"]["type"] == "error" and ends["pipeline"]["code"] == "invalid_input"
+    assert ends["pipeline"]["detail"] == {"field": "inputs.points"}
+    assert ends["bug"]["code"] == "internal" and "deliberate bug" in ends["bug"]["message"]
+    assert ends[""]["type"] == "result" and ends[""]["outputs"] == {"count": 4}
+
+
+@pytest.mark.slow
 def test_killed_actor_is_replaced_and_the_job_runs_again(ray_server, make_client):
     import ray
 
