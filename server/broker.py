@@ -250,7 +250,8 @@ class Broker:
             available, reason = self._probe(self.pipelines[name])
             pipelines[name] = dict(described, available=available, reason=reason)
         self.reply(peer, header, "welcome", server={"name": SERVER_NAME, "version": self.version},
-                   protocol=protocol.VERSION, device=self.device_info, pipelines=pipelines)
+                   protocol=protocol.VERSION,
+                   device=self.executor.device_info() or self.device_info, pipelines=pipelines)
 
     def on_ping(self, peer: bytes, header: dict) -> None:
         self.reply(peer, header, "pong")

@@ -76,6 +76,11 @@ class Executor(ABC):
         """What ``nstudio doctor`` and the start-up log say about this executor."""
         return {"executor": self.name}
 
+    def device_info(self) -> dict | None:
+        """The ``welcome`` description of the device jobs run on, where it is not this
+        process's own (None: the server's ``--device``)."""
+        return None
+
 
 class LocalExecutor(Executor):
     """One worker thread that runs pipelines on this process's device, one job at a time.

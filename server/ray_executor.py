@@ -108,6 +108,11 @@ class PipelineWorker:
         self.gpus = [str(gpu) for gpu in ray.get_gpu_ids()]
         # Ray sets CUDA_VISIBLE_DEVICES to this actor's GPU, which torch then calls cuda:0.
         self.device = "cuda:0" if self.gpus else "cpu"
+        self.device_info = {"kind": "cpu"}
+        if self.gpus:
+            from .device import describe_cuda
+
+            self.device_info = describe_cuda(0)[1]
         self.registry = None  # MODEL REGISTRY MERGE POINT: this actor's own, warm on its GPU
         self._cancels: dict[str, threading.Event] = {}
         self._early_cancels: collections.deque = collections.deque(maxlen=256)
@@ -120,6 +125,7 @@ class PipelineWorker:
         context = ray.get_runtime_context()
         return {"node": context.get_node_id(), "ip": ray.util.get_node_ip_address(),
                 "pid": os.getpid(), "device": self.device, "gpus": self.gpus,
+                "device_info": self.device_info,
                 "running": sorted(self._cancels)}
 
     def run(self, job: str, pipeline: str, inputs: dict, params, override: dict | None = None):
@@ -389,6 +395,14 @@ class RayExecutor(Executor):
                 actor.cancel.remote(job)    # fire and forget; a dead actor is handled by _pump
             except Exception as error:
                 log.debug("cancel of %s on %s not sent: %s", job, slot.name, error)
+
+    def device_info(self) -> dict | None:
+        """The first actor's device: what ``welcome`` tells clients jobs run on (the front
+        door itself may have no GPU)."""
+        for slot in self.slots:
+            if slot.info.get("device_info"):
+                return slot.info["device_info"]
+        return None
 
     def describe(self) -> dict:
         described = {"executor": self.name, "address": self.address or "local",
