@@ -165,7 +165,11 @@ def _serve(args) -> int:
                      "or ipc endpoint. Pass --curve-dir DIR (keys from `nstudio keys --out "
                      "DIR`) or, on a trusted network only, --insecure.")
     try:
-        device, device_info = devices.resolve(config.device)
+        if config.executor == "ray" and config.device.strip().lower() != "cpu":
+            # The actors own the GPUs (Ray places them); this process needs none.
+            device, device_info = "cpu", {"kind": "cpu"}
+        else:
+            device, device_info = devices.resolve(config.device)
     except devices.DeviceError as error:
         return _fail(str(error))
     if args.threads:

@@ -249,7 +249,8 @@ class RayExecutor(Executor):
             local one); None starts a private Ray on this machine.
         actors: actors in the pool; 0 = one per GPU of the cluster, or one CPU actor when
             it has none.
-        device: the server's ``--device``; ``"cpu"`` makes CPU actors even where GPUs exist.
+        device: the server's ``--device``: ``cpu`` makes CPU actors even where GPUs exist;
+            ``cuda`` needs GPUs in the cluster; ``auto`` uses them where there are any.
         log_level, log_format: the server's logging, repeated in the actors.
     """
 
@@ -296,7 +297,12 @@ class RayExecutor(Executor):
                                 f"{type(error).__name__}: {error}") from None
         resources = ray.cluster_resources()
         gpus = int(resources.get("GPU", 0))
-        self._use_gpus = gpus > 0 and self.device.strip().lower() != "cpu"
+        wanted = self.device.strip().lower()
+        if wanted.startswith("cuda") and gpus == 0:
+            self._stop_ray()
+            raise RayStartError(f"--device {self.device}: the Ray cluster has no GPUs "
+                                f"({resources.get('CPU', 0):g} CPUs); use --device auto or cpu")
+        self._use_gpus = gpus > 0 and wanted != "cpu"
         count = self.actors or (gpus if self._use_gpus else 1)
         self._remote = ray.remote(PipelineWorker)
         self.slots = [_Slot(index=i) for i in range(count)]

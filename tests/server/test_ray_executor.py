@@ -201,3 +201,12 @@ def test_unreachable_cluster_is_a_clear_start_failure(tmp_path):
                           timeout=120)
     assert done.returncode == 2, done.stdout + done.stderr
     assert "cannot join the Ray cluster at 127.0.0.1:1" in done.stderr, done.stderr
+
+
+@pytest.mark.slow
+def test_cuda_asked_of_a_cluster_without_gpus_is_a_clear_start_failure(ray_address, tmp_path):
+    server = ServerProcess(tmp_path, "--executor", "ray", "--ray-address", ray_address)
+    command = [arg if arg != "cpu" else "cuda" for arg in server.command()]   # --device cuda
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "--device cuda: the Ray cluster has no GPUs" in done.stderr, done.stderr
