@@ -17,7 +17,7 @@ from typing import Any, Callable, Mapping, Protocol
 
 from addon.wire.schema import PipelineError, describe_fields, describe_params
 
-__all__ = ["NO_MODELS", "Cancelled", "Job", "ModelSource", "ModelSpec", "Pipeline", "PipelineError", "describe_pipeline"]
+__all__ = ["NO_MODELS", "Cancelled", "Frames", "Job", "ModelSource", "ModelSpec", "Pipeline", "PipelineError", "describe_pipeline"]
 
 
 NO_MODELS: Mapping[str, Any] = MappingProxyType({})  # run()'s ``models`` for a pipeline needing none
@@ -93,6 +93,25 @@ class ModelSpec:
 
 
 @dataclass(frozen=True)
+class Frames:
+    """A pipeline whose frames are independent of each other, so that an executor may split one
+    job by frame across workers (the Ray executor shards a camera path this way) and put the
+    pieces back together in frame order.
+
+    Attributes:
+        input: the input map whose arrays carry a leading frame axis T (e.g. ``"cameras"``);
+            its arrays with that leading axis are split, its other values go to every piece.
+        outputs: the outputs with a leading frame axis T, reassembled in frame order; every
+            other output is taken from the first piece.
+        partial_key: the key of the frame index (0-based, within the job) in each ``partial``.
+    """
+
+    input: str
+    outputs: tuple
+    partial_key: str = "frame"
+
+
+@dataclass(frozen=True)
 class Pipeline:
     """A capability the server can run.
 
@@ -125,6 +144,7 @@ class Pipeline:
     probe: Callable[[], tuple]
     check: Callable[[dict, Any], Any] | None = None
     models: tuple = ()  # of ModelSpec
+    frames: Frames | None = None  # independent frames: an executor may split a job by frame
 
 
 

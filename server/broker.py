@@ -6,9 +6,10 @@ to the nearest timer deadline, handle what arrived, then run the due timers ever
 :func:`addon.wire.protocol.decode` and the pipeline's schema; whatever goes wrong becomes an
 ``error`` reply and the loop carries on.
 
-Job state lives here only. The :class:`~server.jobs.Worker` runs one job at a time and reports
-back over an inproc PULL socket polled by this loop; this thread updates the job's record,
-persists it and forwards the event to the peer that submitted the job.
+Job state lives here only. An executor (``server/executors.py``: the local worker thread or a
+pool of Ray actors) runs the jobs this thread dispatches and reports back over an inproc PULL
+socket polled by this loop; this thread updates the job's record, persists it and forwards the
+event to the peer that submitted the job.
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ from pipelines.base import Pipeline, describe_pipeline
 
 from . import security
 from .config import SERVER_NAME, ServeConfig
-from .jobs import EVENTS_ENDPOINT, STOPPED_QUEUED, STOPPED_RUNNING, JobRecord, Worker
+from .executors import Executor, LocalExecutor
+from .jobs import EVENTS_ENDPOINT, STOPPED_QUEUED, STOPPED_RUNNING, JobRecord
 from .models import ModelRegistry
 from .store import CorruptResult, Store
 from .timers import Timers
@@ -69,11 +71,12 @@ class Broker:
         version: the server version reported in ``welcome``.
         curve: CURVE keys, or None for a plain socket.
         models: the model registry (``server.models``); None: one from ``config``.
+        executor: what runs the jobs; default a :class:`LocalExecutor` on ``device``.
     """
 
     def __init__(self, config: ServeConfig, pipelines: dict[str, Pipeline], device: str,
                  device_info: dict, version: str, curve: security.CurveKeys | None = None,
-                 models: ModelRegistry | None = None):
+                 models: ModelRegistry | None = None, executor: Executor | None = None):
         self.config = config
         self.models = models if models is not None else ModelRegistry(
             config.models_dir, config.models_budget_bytes or None, device)
@@ -87,7 +90,8 @@ class Broker:
         self.catalogue = {name: describe_pipeline(p) for name, p in pipelines.items()}
         self.jobs: dict[str, JobRecord] = {}          # insertion order = creation order
         self.queue: collections.deque[JobRecord] = collections.deque()
-        self.running: JobRecord | None = None
+        self.executor = executor or LocalExecutor(pipelines, device, self.models)
+        self.running: dict[str, JobRecord] = {}      # job id -> record, as the executor runs them
         self.stopping = False
         self._request_bytes = 0                       # of the message being handled
         self._sizes: dict[str, int] = {}              # job -> bytes of its stored result
@@ -129,14 +133,20 @@ class Broker:
             context.destroy(linger=0)
             raise
         self._recover()
-        self.worker = Worker(context, self.pipelines, self.store, self.device, self.models)
-        self.worker.start()
-        self.worker.ready.wait()
+        try:
+            self.executor.start(context, self.store)
+        except BaseException:
+            if auth is not None:
+                auth.stop()
+            context.destroy(linger=0)
+            self.store.unlock()
+            raise
         wake = self._catch_signals()
         timers = Timers()
         timers.every(self.config.sweep_seconds, self.sweep, now=True)
-        log.info("serving on %s (device %s, store %s, %d pipelines)", self.config.bind,
-                 self.device, self.config.store, len(self.pipelines))
+        log.info("serving on %s (device %s, store %s, %d pipelines, executor %s)",
+                 self.config.bind, self.device, self.config.store, len(self.pipelines),
+                 self.executor.name)
         try:
             self._loop(timers, wake)
         finally:
@@ -258,7 +268,8 @@ class Broker:
             available, reason = self._probe(self.pipelines[name])
             pipelines[name] = dict(described, available=available, reason=reason)
         self.reply(peer, header, "welcome", server={"name": SERVER_NAME, "version": self.version},
-                   protocol=protocol.VERSION, device=self.device_info, pipelines=pipelines)
+                   protocol=protocol.VERSION,
+                   device=self.executor.device_info() or self.device_info, pipelines=pipelines)
 
     def on_ping(self, peer: bytes, header: dict) -> None:
         self.reply(peer, header, "pong")
@@ -297,7 +308,7 @@ class Broker:
                            inputs=inputs, params=params, held_bytes=self._request_bytes)
         # On disk before it is queued: a refused write (storage_full) means no job at all.
         self.store.save_record(record.to_disk())
-        position = len(self.queue) + (self.running is not None)
+        position = len(self.queue) + len(self.running)
         self.jobs[record.job] = record
         self.queue.append(record)
         log.info("job %s (%s) queued at position %d", record.job, name, position)
@@ -320,7 +331,7 @@ class Broker:
             return
         # Running: the worker raises Cancelled at the pipeline's next check_cancel().
         record.cancel_requests.append((peer, header.get("id")))
-        record.cancel_event.set()
+        self.executor.cancel(record)
         log.info("job %s: cancel requested", record.job)
 
     def on_status(self, peer: bytes, header: dict) -> None:
@@ -422,7 +433,7 @@ class Broker:
             return
         # Terminal: the record goes to disk before the event goes out (the result itself is
         # already there, written by the worker).
-        self.running = None
+        self.running.pop(job_id, None)
         if kind == "result":
             record.has_result = bool(meta["stored"])
             self._end(record, "done")
@@ -456,14 +467,13 @@ class Broker:
     # Job bookkeeping --------------------------------------------------------------------
 
     def _dispatch(self) -> None:
-        """Start the next queued job when the worker is idle."""
-        if self.running is not None or not self.queue or self.stopping:
-            return
-        record = self.queue.popleft()
-        record.state = "running"
-        self._save(record)
-        self.running = record
-        self.worker.submit(record)
+        """Start queued jobs while the executor has room."""
+        while self.queue and not self.stopping and self.executor.has_room():
+            record = self.queue.popleft()
+            record.state = "running"
+            self._save(record)
+            self.running[record.job] = record
+            self.executor.submit(record)
 
     def _end(self, record: JobRecord, state: str, error: dict | None = None) -> None:
         record.state = state
@@ -510,23 +520,22 @@ class Broker:
         log.info("store %s: %d job records", self.config.store, len(self.jobs))
 
     def _shutdown(self) -> None:
-        """Queued jobs fail at once; the running one is cancelled and given a moment."""
+        """Queued jobs fail at once; running ones are cancelled and given a moment."""
         self.stopping = True
         for record in list(self.queue):
             self._fail_stopped(record, STOPPED_QUEUED)
         self.queue.clear()
-        if self.running is not None:
-            self.running.cancel_event.set()
-        self.worker.submit(None)
-        self.worker.join(_STOP_GRACE_S)
+        for record in list(self.running.values()):
+            self.executor.cancel(record)
+        self.executor.shutdown(_STOP_GRACE_S)
         while True:
             try:
                 frames = self.events.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 break
             self.on_worker_event(frames)
-        if self.running is not None:
-            self._end(self.running, "failed", _stopped_error(STOPPED_RUNNING))
+        for record in list(self.running.values()):
+            self._end(record, "failed", _stopped_error(STOPPED_RUNNING))
 
     # Timers -----------------------------------------------------------------------------
 

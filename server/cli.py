@@ -17,9 +17,11 @@ from pathlib import Path
 
 from addon.wire import protocol
 
-from .config import PROTOCOL_MIN_KEEP, PROTOCOL_MIN_QUEUE, ServeConfig, default_store
+from .config import EXECUTORS, PROTOCOL_MIN_KEEP, PROTOCOL_MIN_QUEUE, ServeConfig, default_store
 
 log = logging.getLogger("server")
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 EXIT_USAGE = 2
 
@@ -115,10 +117,16 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--models-memory", type=float, default=_env("MODELS_MEMORY", "0"),
                        help="GiB the warm models may take together, least recently used out; "
                             "0 = 80%% of the GPU's memory or half the RAM (NSTUDIO_MODELS_MEMORY)")
+
+    _executor_arguments(serve)
+    serve.add_argument("--ray-actors", type=int, default=_env("RAY_ACTORS", "0"),
+                       help="Ray worker actors; 0 = one per GPU of the cluster, or one CPU "
+                            "actor where it has none (NSTUDIO_RAY_ACTORS; default %(default)s)")
     serve.set_defaults(run=_serve)
 
     doctor = commands.add_parser("doctor", help="report what this machine can run")
     _models_dir_option(doctor)
+    _executor_arguments(doctor)
     doctor.set_defaults(run=_doctor)
 
     models = commands.add_parser("models", help="list, add or download models")
@@ -175,6 +183,17 @@ def _models_dir_option(parser: argparse.ArgumentParser) -> None:
                              "(NSTUDIO_MODELS_DIR; default $XDG_DATA_HOME/neural-studio/models)")
 
 
+def _executor_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--executor", default=_env("EXECUTOR", "local"), choices=EXECUTORS,
+                        help="what runs jobs: local (a worker thread on --device) or ray (a "
+                             "pool of Ray actors, one per GPU) (NSTUDIO_EXECUTOR; default "
+                             "%(default)s)")
+    parser.add_argument("--ray-address", default=_env("RAY_ADDRESS", ""),
+                        help="with --executor ray: the Ray cluster to join (`ray start --head` "
+                             "prints it; `auto` finds one on this machine); empty starts a "
+                             "private Ray here (NSTUDIO_RAY_ADDRESS)")
+
+
 def _fail(message: str) -> int:
     print(f"nstudio: {message}", file=sys.stderr)
     return EXIT_USAGE
@@ -183,8 +202,7 @@ def _fail(message: str) -> int:
 # serve ---------------------------------------------------------------------------------------
 
 def _serve(args) -> int:
-    logging.basicConfig(level=args.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=args.log_level.upper(), format=LOG_FORMAT)
     config = ServeConfig(
         bind=args.bind, store=args.store or default_store(), device=args.device,
         log_level=args.log_level, max_message_bytes=args.max_message_bytes,
@@ -194,6 +212,7 @@ def _serve(args) -> int:
         sweep_seconds=args.sweep_seconds, curve_dir=args.curve_dir, insecure=args.insecure,
         heartbeat_seconds=args.heartbeat_seconds, models_dir=args.models_dir,
         models_budget_bytes=int(args.models_memory * 2**30),
+        executor=args.executor, ray_address=args.ray_address, ray_actors=args.ray_actors,
     )
     problem = _check_config(config)
     if problem:
@@ -215,7 +234,11 @@ def _serve(args) -> int:
                      "or ipc endpoint. Pass --curve-dir DIR (keys from `nstudio keys --out "
                      "DIR`) or, on a trusted network only, --insecure.")
     try:
-        device, device_info = devices.resolve(config.device)
+        if config.executor == "ray" and config.device.strip().lower() != "cpu":
+            # The actors own the GPUs (Ray places them); this process needs none.
+            device, device_info = "cpu", {"kind": "cpu"}
+        else:
+            device, device_info = devices.resolve(config.device)
     except devices.DeviceError as error:
         return _fail(str(error))
     if args.threads:
@@ -232,6 +255,7 @@ def _serve(args) -> int:
     from pipelines.registry import MODULES, discover
 
     from .broker import Broker
+    from .executors import ExecutorError
     from .store import StoreInUse
 
     extra = tuple(name.strip() for name in args.pipelines.split(",") if name.strip())
@@ -240,12 +264,23 @@ def _serve(args) -> int:
 
     models = ModelRegistry(config.models_dir, config.models_budget_bytes or None, device)
     log.info("models folder %s, budget %.1f GiB", models.models_dir, models.budget_bytes / 2**30)
-    broker = Broker(config, pipelines, device, device_info, _version(), curve, models)
+    executor = None
+    if config.executor == "ray":
+        from .ray_executor import RayExecutor
+
+        executor = RayExecutor(pipelines, MODULES + extra, address=config.ray_address,
+                               actors=config.ray_actors, device=config.device,
+                               log_level=config.log_level, log_format=LOG_FORMAT,
+                               models_dir=str(config.models_dir) if config.models_dir else None,
+                               models_budget_bytes=config.models_budget_bytes)
+    broker = Broker(config, pipelines, device, device_info, _version(), curve, models, executor)
     try:
         broker.serve()
     except zmq.ZMQError as error:
         return _fail(f"cannot serve on {config.bind}: {error}")
     except StoreInUse as error:
+        return _fail(str(error))
+    except ExecutorError as error:
         return _fail(str(error))
     return 0
 
@@ -266,6 +301,10 @@ def _check_config(config: ServeConfig) -> str:
         return "--models-memory must be 0 (automatic) or more"
     if config.sweep_seconds <= 0 or config.heartbeat_seconds <= 0:
         return "--sweep-seconds and --heartbeat-seconds must be positive"
+    if config.ray_actors < 0:
+        return f"--ray-actors must be 0 (one per GPU) or more, not {config.ray_actors}"
+    if config.executor != "ray" and (config.ray_address or config.ray_actors):
+        log.warning("--ray-address and --ray-actors are ignored without --executor ray")
     if config.max_queue < PROTOCOL_MIN_QUEUE:
         log.warning("--max-queue %d is below the %d the protocol promises clients",
                     config.max_queue, PROTOCOL_MIN_QUEUE)
@@ -314,6 +353,13 @@ def _doctor(args) -> int:
               + (f" ({why})" if why else ""))
     for module, why in sorted(failures.items()):
         print(f"pipeline module {module}: not loadable ({why})")
+    if args.executor == "ray":
+        from .ray_executor import cluster_report
+
+        for line in cluster_report(args.ray_address or "auto"):
+            print(line)
+    else:
+        print("executor: local (one worker thread on the device above)")
     print(f"models folder: {registry.models_dir}")
     _print_model_states(registry, pipelines)
     return 0

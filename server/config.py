@@ -15,6 +15,8 @@ SERVER_NAME = "neural-studio"
 PROTOCOL_MIN_QUEUE = 1000
 #: ... and at least this many kept results.
 PROTOCOL_MIN_KEEP = 100
+#: ``--executor`` choices.
+EXECUTORS = ("local", "ray")
 
 
 @dataclass
@@ -55,6 +57,12 @@ class ServeConfig:
             (``NSTUDIO_MODELS_DIR``; default ``$XDG_DATA_HOME/neural-studio/models``).
         models_budget_bytes: memory warm models may take; 0 = 80 % of the GPU's memory or half
             the RAM (``NSTUDIO_MODELS_MEMORY`` in GiB on the command line).
+        executor: what runs jobs: ``local`` (a worker thread on ``device``) or ``ray`` (a pool
+            of Ray actors, ``server/ray_executor.py``) (``NSTUDIO_EXECUTOR``, ``local``).
+        ray_address: the Ray cluster to join, e.g. ``10.0.0.1:6379`` or ``auto``; empty
+            starts a private Ray on this machine (``NSTUDIO_RAY_ADDRESS``).
+        ray_actors: Ray worker actors; 0 = one per GPU of the cluster, or one CPU actor
+            where it has none (``NSTUDIO_RAY_ACTORS``, 0).
     """
 
     bind: str = protocol.DEFAULT_ENDPOINT
@@ -74,6 +82,9 @@ class ServeConfig:
     heartbeat_seconds: float = 5.0
     models_dir: Path | None = None
     models_budget_bytes: int = 0
+    executor: str = "local"
+    ray_address: str = ""
+    ray_actors: int = 0
 
     def limits(self) -> protocol.Limits:
         return protocol.Limits(max_message_bytes=self.max_message_bytes)

@@ -1,9 +1,10 @@
-"""Jobs: their records, and the worker thread that runs them on the device.
+"""Jobs: their records, the :class:`JobHandle` a pipeline runs in, and how a job ends.
 
-The socket thread owns every :class:`JobRecord` and decides what runs next; it hands one job
-at a time to the :class:`Worker` through a queue. The worker never touches the ROUTER socket
-(zguide chapter 2: sockets stay in the thread that made them): it reports everything a job
-produces as messages on its own inproc PUSH socket, which the socket thread polls::
+The socket thread owns every :class:`JobRecord` and decides what runs next; it hands jobs to
+an executor (``server/executors.py``: the local worker thread, or Ray actors). No executor
+touches the ROUTER socket (zguide chapter 2: sockets stay in the thread that made them): each
+reports everything a job produces as messages on its own inproc PUSH socket, which the socket
+thread polls::
 
     [job id, meta (msgpack), header frame, array frames...]
 
@@ -14,20 +15,18 @@ the error of a failed job) without decoding the event itself, which it forwards 
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable, Mapping
 
 import msgpack
 import numpy as np
 import zmq
 
 from addon.wire import protocol
-from pipelines.base import Cancelled, Pipeline, PipelineError
+from pipelines.base import NO_MODELS, Cancelled, Pipeline, PipelineError
 
-from .models import ModelRegistry
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -93,97 +92,111 @@ class JobRecord:
         self.params = None
 
 
-class Worker(threading.Thread):
-    """The one thread that runs pipelines on the device, one job at a time.
+# The one place a job's models are found (issue 16: the model registry). ---------------------
+
+def models_for(pipeline: Pipeline, params: Any, device: str, registry=None) -> Mapping[str, Any]:
+    """The loaded models ``pipeline.run`` receives, keyed by each `ModelSpec.key`.
+
+    Every executor (the local worker thread and each Ray actor) asks here, with the registry
+    it owns (the actor's own, so its models stay warm on its GPU). The caller closes what it
+    gets (``models.close()``) when the job ends, so the registry may evict them again.
+    """
+    if registry is not None and pipeline.models:
+        return registry.acquire(pipeline, params, device)
+    return NO_MODELS
+
+
+def run_to_end(pipeline: Pipeline, inputs: Any, params: Any, handle: "JobHandle",
+               registry=None) -> tuple[str, Any]:
+    """Find the job's models (:func:`models_for`), run the pipeline, say how it ended,
+    whatever it raised.
 
     Args:
-        context: the server's ZeroMQ context (for the inproc PUSH socket).
-        pipelines: name -> Pipeline.
-        store: where kept results go before their ``result`` event is sent.
-        device: torch device string handed to pipelines ("cpu", "cuda:0").
-        models: the model registry that loads what a pipeline declares (``server.models``);
-            None: a registry with the default models folder and budget.
+        registry: the model registry of the executor running the job (None: no models).
+
+    Returns:
+        ``("result", outputs)``, ``("cancelled", None)`` or ``("error", {code, message,
+        detail})``; a pipeline bug becomes an ``internal`` error (its traceback is logged here).
     """
+    models = NO_MODELS
+    try:
+        # Loading counts as the job's work: a missing model fails this job, not the server.
+        models = models_for(pipeline, params, handle.device, registry)
+        outputs = pipeline.run(inputs, params, handle, models)
+        if not isinstance(outputs, dict):
+            raise TypeError(f"{pipeline.name}.run returned {type(outputs).__name__}, "
+                            "not a dict of outputs")
+        return "result", outputs
+    except Cancelled:
+        return "cancelled", None
+    except PipelineError as error:
+        return "error", {"code": error.code, "message": error.message, "detail": error.detail}
+    except Exception as error:  # a pipeline bug: report it, keep serving
+        log.exception("job %s (%s) failed with an unexpected error", handle.id, pipeline.name)
+        return "error", {"code": "internal",
+                         "message": f"internal error in {pipeline.name}: "
+                                    f"{type(error).__name__}: {error} (the server log has the "
+                                    "traceback)",
+                         "detail": None}
+    finally:
+        if models is not NO_MODELS:
+            models.close()
 
-    def __init__(self, context: zmq.Context, pipelines: dict[str, Pipeline], store: Store,
-                 device: str, models: "ModelRegistry | None" = None):
-        super().__init__(name="nstudio-worker", daemon=True)
-        self.context = context
-        self.pipelines = pipelines
-        self.store = store
-        self.device = device
-        self.models = models if models is not None else ModelRegistry(device=device)
-        self.jobs: queue.Queue = queue.Queue()
-        self.ready = threading.Event()
 
-    def submit(self, record: JobRecord) -> None:
-        """Hand a job over (socket thread); None stops the worker."""
-        self.jobs.put(record)
+def deliver_end(job: str, pipeline: str, keep: bool, kind: str, payload: Any, store: Store,
+                send: Callable[[dict, list], None]) -> None:
+    """Send a job's terminal event; a kept result is in the store before ``result`` goes out.
 
-    def run(self) -> None:
-        events = self.context.socket(zmq.PUSH)
-        # Events must not be dropped or block forever; the socket thread drains them at once.
-        events.setsockopt(zmq.SNDHWM, 0)
-        events.setsockopt(zmq.LINGER, 0)
-        events.connect(EVENTS_ENDPOINT)
-        self.ready.set()
+    Args:
+        job: the job id.
+        pipeline: its pipeline's name (for messages).
+        keep: the submit's ``keep``.
+        kind, payload: what :func:`run_to_end` returned.
+        store: where kept results go.
+        send: ``send(meta, frames)`` onto the broker's event socket.
+    """
+    if kind == "result":
         try:
-            while (record := self.jobs.get()) is not None:
-                self._run_job(record, events)
-        finally:
-            events.close()
+            frames = protocol.encode(protocol.make_header("result", job=job, outputs=payload))
+            if keep:
+                store.save_result(job, payload)
+        except protocol.ProtocolError as error:  # storage_full: the disk filled up
+            log.error("job %s (%s): its result cannot be stored: %s", job, pipeline, error.message)
+            kind, payload = "error", {"code": error.code, "message": error.message,
+                                      "detail": error.detail}
+        except Exception as error:  # outputs that cannot be sent or stored: a failed job
+            log.exception("job %s (%s): its result cannot be sent or stored", job, pipeline)
+            kind, payload = "error", {
+                "code": "internal",
+                "message": f"internal error in {pipeline}: {type(error).__name__}: {error} "
+                           "(the server log has the traceback)",
+                "detail": None}
+        else:
+            send({"type": "result", "stored": keep}, frames)
+            return
+    if kind == "cancelled":
+        send({"type": "cancelled"}, protocol.encode(protocol.make_header("cancelled", job=job)))
+    else:
+        log.info("job %s failed: %s: %s", job, payload["code"], payload["message"])
+        send({"type": "error", "error": payload},
+             protocol.encode(protocol.make_error(payload["code"], payload["message"], job=job,
+                                                 detail=payload.get("detail"))))
 
-    def _run_job(self, record: JobRecord, events: zmq.Socket) -> None:
-        pipeline = self.pipelines[record.pipeline]
-        handle = JobHandle(record, self.device, events)
-        started = time.monotonic()
-        log.info("job %s (%s) started on %s", record.job, record.pipeline, self.device)
-        models = None
-        try:
-            # Loading counts as the job's work: a missing model fails this job, not the server.
-            models = self.models.acquire(pipeline, record.params, self.device)
-            outputs = pipeline.run(record.inputs, record.params, handle, models)
-            if not isinstance(outputs, dict):
-                raise TypeError(f"{record.pipeline}.run returned {type(outputs).__name__}, "
-                                "not a dict of outputs")
-            frames = protocol.encode(protocol.make_header("result", job=record.job,
-                                                          outputs=outputs))
-            if record.keep:
-                self.store.save_result(record.job, outputs)
-            handle.flush_progress()
-            handle.send({"type": "result", "stored": record.keep}, frames)
-            log.info("job %s done in %.2f s", record.job, time.monotonic() - started)
-        except Cancelled:
-            handle.flush_progress()
-            handle.send({"type": "cancelled"},
-                        protocol.encode(protocol.make_header("cancelled", job=record.job)))
-            log.info("job %s cancelled after %.2f s", record.job, time.monotonic() - started)
-        except (PipelineError, protocol.ProtocolError) as error:  # the store's storage_full too
-            self._fail(handle, record, error.code, error.message, error.detail)
-        except Exception as error:  # a pipeline bug: report it, keep serving
-            log.exception("job %s (%s) failed with an unexpected error", record.job,
-                          record.pipeline)
-            self._fail(handle, record, "internal",
-                       f"internal error in {record.pipeline}: {type(error).__name__}: {error} "
-                       "(the server log has the traceback)", None)
-        finally:
-            if models is not None:
-                models.close()
 
-    def _fail(self, handle: "JobHandle", record: JobRecord, code: str, message: str,
-              detail: dict | None) -> None:
-        log.info("job %s failed: %s: %s", record.job, code, message)
-        handle.flush_progress()
-        error = {"code": code, "message": message, "detail": detail}
-        handle.send({"type": "error", "error": error},
-                    protocol.encode(protocol.make_error(code, message, job=record.job,
-                                                        detail=detail)))
+def event_frames(job: str, meta: dict, frames: list) -> list:
+    """The multipart message an executor pushes to :data:`EVENTS_ENDPOINT` for one event."""
+    return [job.encode(), msgpack.packb(meta, use_bin_type=True), *frames]
 
 
 class JobHandle:
-    """The :class:`pipelines.base.Job` a pipeline's ``run()`` receives (worker thread only)."""
+    """The :class:`pipelines.base.Job` a pipeline's ``run()`` receives (its executor's thread).
 
-    def __init__(self, record: JobRecord, device: str, events: zmq.Socket):
+    Events go out through :meth:`emit`: here encoded onto ``events``, an inproc PUSH socket
+    connected to :data:`EVENTS_ENDPOINT`; an executor that runs jobs elsewhere (a Ray actor)
+    overrides :meth:`emit` to ship the header to the server, which encodes it there.
+    """
+
+    def __init__(self, record: JobRecord, device: str, events: zmq.Socket | None):
         self.id = record.job
         self.device = device
         self._cancel = record.cancel_event
@@ -211,18 +224,20 @@ class JobHandle:
 
     def partial(self, outputs: dict) -> None:
         outputs = _frozen(outputs)
-        self.send({"type": "partial"},
-                  protocol.encode(protocol.make_header("partial", job=self.id, outputs=outputs)))
+        self.emit({"type": "partial"}, protocol.make_header("partial", job=self.id,
+                                                              outputs=outputs))
 
     def flush_progress(self) -> None:
         """Send a held-back progress report, so the client always sees the job's last one."""
         if self._pending is not None:
             self._send_progress(self._pending, time.monotonic())
 
+    def emit(self, meta: dict, header: dict) -> None:
+        """Send one event: ``meta`` for the broker's records, ``header`` for the client."""
+        self.send(meta, protocol.encode(header))
+
     def send(self, meta: dict, frames: list) -> None:
-        self._events.send_multipart(
-            [self.id.encode(), msgpack.packb(meta, use_bin_type=True), *frames], copy=False
-        )
+        self._events.send_multipart(event_frames(self.id, meta, frames), copy=False)
 
     def _send_progress(self, report: tuple, now: float) -> None:
         stage, step, total, message, preview = report
@@ -232,8 +247,8 @@ class JobHandle:
                   "message": message}
         if preview is not None:
             fields["preview"] = preview
-        self.send({"type": "progress", "step": step, "total": total},
-                  protocol.encode(protocol.make_header("progress", **fields)))
+        self.emit({"type": "progress", "step": step, "total": total},
+                  protocol.make_header("progress", **fields))
         if stage != self._stage or step >= total or now - self._last_logged >= 5.0:
             self._last_logged = now
             log.info("job %s %s: step %d/%d %s", self.id, stage, step, total, message)

@@ -22,7 +22,7 @@ import numpy as np
 from addon.wire.contracts import CAMERAS, GAUSSIANS
 from addon.wire.schema import Array, PipelineError
 
-from ..base import NO_MODELS, Job, Pipeline
+from ..base import NO_MODELS, Frames, Job, Pipeline
 from . import wire
 
 log = logging.getLogger(__name__)
@@ -158,4 +158,6 @@ PIPELINE = Pipeline(
     run=run,
     probe=probe,
     check=_check,
+    # Every frame is rendered on its own: a camera path may be split across workers.
+    frames=Frames(input="cameras", outputs=("rgb", "alpha", "depth")),
 )

@@ -10,6 +10,10 @@ documents (``summary`` in a pipeline entry, ``error`` in the status entry of a f
 
 Nothing here imports ``addon``, ``server`` or ``pipelines``: the expected values are derived
 from the page by hand (see ``test_render_*`` for the rendering maths).
+
+Every test runs twice: against the local executor (one worker thread) and against the Ray
+executor (``--executor ray``, one actor, joined to a Ray started once for this module); the
+protocol must not tell them apart.
 """
 
 from __future__ import annotations
@@ -30,6 +34,9 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from independent_client import DTYPES, Client, pack  # noqa: E402
 from reference_render import look_at, render  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from ray_support import local_ray  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -203,9 +210,26 @@ class Server:
 
 
 @pytest.fixture(scope="module")
-def endpoint(tmp_path_factory):
+def ray_address():
+    with local_ray() as address:
+        yield address
+
+
+# Ray takes ~20 s to start here and its half of this module ~40 s: marked slow, as PROTOCOL
+# conformance of the local executor alone is the quick check.
+@pytest.fixture(scope="module", params=["local", pytest.param("ray", marks=pytest.mark.slow)])
+def executor(request) -> tuple:
+    """The extra ``serve`` flags of the executor under test."""
+    if request.param == "local":
+        return ()
+    return ("--executor", "ray", "--ray-address", request.getfixturevalue("ray_address"),
+            "--ray-actors", "1")
+
+
+@pytest.fixture(scope="module")
+def endpoint(tmp_path_factory, executor):
     """One server shared by the message-by-message tests."""
-    server = Server(tmp_path_factory.mktemp("conformance"))
+    server = Server(tmp_path_factory.mktemp("conformance"), *executor)
     try:
         yield server.endpoint
     finally:
@@ -757,11 +781,11 @@ def test_every_malformed_request_gets_an_error(client, type_, fields):
 # Durability, queue and retention promises (servers of their own)
 # ---------------------------------------------------------------------------------------------
 
-def test_results_survive_a_restart(tmp_path):
+def test_results_survive_a_restart(tmp_path, executor):
     """Finished results stay fetchable across a restart; a job the server stopped ends with
     exactly one `error` carrying `job`."""
     inputs = {"a": np.arange(12, dtype="<f2").reshape(3, 4), "b": b"bytes"}
-    server = Server(tmp_path)
+    server = Server(tmp_path, *executor)
     try:
         first = Client(server.endpoint)
         _, done = submit(first, "system.echo", inputs)
@@ -774,7 +798,7 @@ def test_results_survive_a_restart(tmp_path):
     assert stopped[-1]["type"] == "error"
     first.close()
 
-    server = Server(tmp_path, store=tmp_path / "store")
+    server = Server(tmp_path, *executor, store=tmp_path / "store")
     try:
         second = Client(server.endpoint)       # a new connection: nothing is pushed to it
         rid = second.request("fetch", job=done["job"])
@@ -788,10 +812,10 @@ def test_results_survive_a_restart(tmp_path):
         server.stop()
 
 
-def test_retention_and_queue_promises(tmp_path):
+def test_retention_and_queue_promises(tmp_path, executor):
     """At least the 100 most recent kept results stay fetchable (sweeping often), and the
     queue accepts at least 1000 waiting jobs before it answers `busy`."""
-    server = Server(tmp_path, "--sweep-seconds", "0.1")
+    server = Server(tmp_path, "--sweep-seconds", "0.1", *executor)
     try:
         client = Client(server.endpoint)
         jobs = []
@@ -826,9 +850,9 @@ def test_retention_and_queue_promises(tmp_path):
 # Transport
 # ---------------------------------------------------------------------------------------------
 
-def test_ipc_endpoint(tmp_path):
+def test_ipc_endpoint(tmp_path, executor):
     """`ipc://` endpoints are allowed."""
-    server = Server(tmp_path, endpoint=f"ipc://{tmp_path}/nstudio.sock")
+    server = Server(tmp_path, *executor, endpoint=f"ipc://{tmp_path}/nstudio.sock")
     try:
         client = Client(server.endpoint)
         rid = client.request("hello", client="conformance", protocols=[1])
