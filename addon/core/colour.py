@@ -7,7 +7,8 @@ images all agree on what "empty" means and on the transfer function.
 - :data:`ALPHA_EPS`: alpha at or below this is no coverage (straight colour 0 there).
 - :data:`COVERAGE_FLOOR`: a coverage noise floor (one 8-bit step) for renders that leave a
   trace of alpha on their empty background; not a division cut-off (see :mod:`addon.blender.capture`).
-- :func:`linear_to_srgb` / :func:`srgb_to_linear`: IEC 61966-2-1, on straight colour.
+- :func:`linear_to_srgb` / :func:`srgb_to_linear`: IEC 61966-2-1, on straight colour (the one
+  copy is `addon.wire.colour`, shared with the pipelines).
 - :func:`straight_alpha`, :func:`srgb_to_linear_premultiplied`, :func:`frame_to_rgba8`.
 """
 
@@ -15,23 +16,16 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..wire.colour import linear_to_srgb, srgb_to_linear
+
+__all__ = ["ALPHA_EPS", "COVERAGE_FLOOR", "frame_to_rgba8", "linear_to_srgb", "srgb_to_linear",
+           "srgb_to_linear_premultiplied", "straight_alpha"]
+
 #: Alpha at or below this counts as empty when un-premultiplying (colour / alpha).
 ALPHA_EPS = 1e-6
 
 #: One 8-bit step of coverage: below it, alpha where nothing was hit is render noise, not coverage.
 COVERAGE_FLOOR = 1.0 / 255.0
-
-
-def linear_to_srgb(x: np.ndarray) -> np.ndarray:
-    """The sRGB transfer function (IEC 61966-2-1) on linear values, clipped to [0, 1]."""
-    x = np.clip(x, 0.0, 1.0)
-    return np.where(x <= 0.0031308, 12.92 * x, 1.055 * np.power(x, 1.0 / 2.4) - 0.055)
-
-
-def srgb_to_linear(x: np.ndarray) -> np.ndarray:
-    """The inverse sRGB transfer function on encoded values (negative values clipped to 0)."""
-    x = np.clip(x, 0.0, None)
-    return np.where(x <= 0.04045, x / 12.92, ((x + 0.055) / 1.055) ** 2.4)
 
 
 def straight_alpha(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:

@@ -14,14 +14,10 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from .colour import linear_to_srgb
+
 #: Largest seed the add-on draws for "new seed" (the server accepts up to 2**63 - 17).
 MAX_SEED = 2**31 - 1
-
-
-def linear_to_srgb(x: np.ndarray) -> np.ndarray:
-    """The sRGB transfer function (IEC 61966-2-1), for values in [0, 1]."""
-    x = np.clip(x, 0.0, 1.0)
-    return np.where(x <= 0.0031308, 12.92 * x, 1.055 * np.power(x, 1.0 / 2.4) - 0.055)
 
 
 def pixels_to_srgb8(pixels: np.ndarray, width: int, height: int, linear: bool = False,

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from addon.wire.colour import linear_to_srgb
+
 from addon.wire.schema import PipelineError
 
 GAUSSIAN_KEYS = ("means", "quats", "scales", "opacities", "sh0", "shN")
@@ -96,5 +98,5 @@ def srgb_preview(rgb: np.ndarray, linear: bool) -> np.ndarray:
     """uint8 sRGB preview of an image [H, W, 3] (linear values encoded with the sRGB curve)."""
     x = np.clip(np.nan_to_num(np.asarray(rgb, dtype=np.float32)), 0.0, 1.0)
     if linear:
-        x = np.where(x <= 0.0031308, 12.92 * x, 1.055 * np.power(x, 1.0 / 2.4) - 0.055)
+        x = linear_to_srgb(x)
     return (x * 255.0 + 0.5).astype(np.uint8)
