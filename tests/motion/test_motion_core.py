@@ -102,7 +102,7 @@ def test_two_bone_ik_reaches_reachable_goals():
     new_knee = hip + np.einsum("nij,nj->ni", r_up, knee - hip)
     new_ankle = new_knee + np.einsum("nij,nj->ni", r_low @ r_up, ankle - knee)
     np.testing.assert_allclose(new_ankle, goal, atol=1e-9)
-    assert np.all(np.einsum("ni,ni->n", new_knee - hip, [0.0, -1.0, 0.0]) > 0)  # knees bend forward
+    assert np.all((new_knee - hip) @ np.array([0.0, -1.0, 0.0]) > 0)  # knees bend forward
 
 
 def test_retarget_names_what_is_wrong_in_the_map():
