@@ -244,3 +244,59 @@ def estimate_contacts(motion: Motion, height_m: float = 0.06, speed_m_s: float =
         low = p[:, 2] - p[:, 2].min() < height_m
         out[:, col] = (low & (speed < speed_m_s)).astype(np.float32)
     return out
+
+
+def pose_bases(motion: Motion, bone_rest: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Pose-basis rotations and root location of an armature built on the Motion's skeleton.
+
+    Bone j's rest orientation is ``B_j`` (Y along the bone, any roll); the Motion's local
+    rotation ``R_j`` acts on axis-aligned frames, so the bone's basis is ``B_j^T R_j B_j`` (the
+    same rotation seen in the bone's own axes) and the root's location is
+    ``B_root^T (root_translation - rest_root)`` (pose locations are in the bone's rest axes).
+
+    Args:
+        motion: the motion.
+        bone_rest: the armature's rest matrices (``Bone.matrix_local``), one per joint. [J, 4, 4]
+
+    Returns:
+        (quaternions (w, x, y, z), continuous in time [T, J, 4] float32,
+         root location [T, 3] float32).
+    """
+    b = np.asarray(bone_rest, dtype=np.float64)[:, :3, :3]
+    r = rot.quat_to_matrix(motion.rotations)
+    basis = np.swapaxes(b, -1, -2)[None] @ r @ b[None]
+    quats = rot.quat_continuous(rot.matrix_to_quat(basis), axis=0)
+    root = int(np.flatnonzero(motion.parents < 0)[0])
+    loc = (motion.root_translation.astype(np.float64) - motion.rest[root]) @ b[root]
+    return quats.astype(np.float32), loc.astype(np.float32)
+
+
+def motion_from_pose(names, parents, bone_rest: np.ndarray, quats: np.ndarray, root_location: np.ndarray,
+                     fps: float, **optional) -> Motion:
+    """The Motion of an armature's animation (the inverse of `pose_bases`, for any rig).
+
+    Bone heads become joints; each bone's world rotation from rest, ``G = W B^T`` (``W`` its
+    posed orientation), gives the local rotations on axis-aligned frames.
+
+    Args:
+        names, parents: the bones, parents first. [J]
+        bone_rest: rest matrices, armature space. [J, 4, 4]
+        quats: pose-basis rotations (w, x, y, z). [T, J, 4]
+        root_location: the root bone's pose-basis location. [T, 3]
+        fps: frames per second.
+    """
+    rest = np.asarray(bone_rest, dtype=np.float64)
+    b = rest[:, :3, :3]
+    basis = rot.quat_to_matrix(quats)
+    t, j = basis.shape[:2]
+    g = np.empty((t, j, 3, 3))
+    for k, p in enumerate(parents):
+        w_rest_rel = b[k] if p < 0 else b[p].T @ b[k]
+        w = (w_rest_rel @ basis[:, k]) if p < 0 else g[:, p] @ b[p] @ w_rest_rel @ basis[:, k]
+        g[:, k] = w @ b[k].T
+    local = np.empty_like(g)
+    for k, p in enumerate(parents):
+        local[:, k] = g[:, k] if p < 0 else np.swapaxes(g[:, p], -1, -2) @ g[:, k]
+    root = int(np.flatnonzero(np.asarray(parents) < 0)[0])
+    root_t = rest[root, :3, 3] + np.asarray(root_location, dtype=np.float64) @ b[root].T
+    return make_motion(names, parents, rest[:, :3, 3], rot.matrix_to_quat(local), root_t, fps=fps, **optional)
