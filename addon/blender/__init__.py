@@ -23,6 +23,7 @@ FEATURE_MODULES = (
     "ui",
     "ops_gaussians",
     "ops_splat",
+    "motion_ui",
 )
 
 _registered: list = []

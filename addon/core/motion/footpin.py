@@ -55,22 +55,19 @@ def two_bone_ik(hip: np.ndarray, knee: np.ndarray, ankle: np.ndarray, goal: np.n
     return r_upper, r_lower
 
 
-def pin_feet(rig, bones, world_rot, root, root_head, mats, tgt_canon, contacts, root_rot, settings):
+def pin_feet(rig, world_rot, mats, tgt_canon, contacts, root_rot, settings, repose):
     """Pin the ankles on contact frames; returns (new matrices, {side: [T] bool pinned}).
 
     Args:
         rig: `retarget.TargetRig`.
-        bones: evaluated bone indices, parents first.
         world_rot: keyed bone -> armature-space orientation [T, 3, 3] (updated in place).
-        root, root_head: the root bone and its head. [T, 3]
         mats: {bone: [T, 4, 4]} posed matrices from `retarget.pose_matrices`.
         tgt_canon: {canonical: target bone index}.
         contacts: the Motion's contacts. [T, 4]
         root_rot: the source root's world rotation, for a fallback knee direction. [T, 3, 3]
         settings: `retarget.RetargetSettings`.
+        repose: ``repose(world_rot) -> mats``, the rig's forward kinematics (`retarget.pose_matrices`).
     """
-    from .retarget import pose_matrices
-
     t = len(contacts)
     pinned = {"left": np.zeros(t, bool), "right": np.zeros(t, bool)}
     arm_rot = np.asarray(rig.world_from_armature, dtype=np.float64)[:3, :3]
@@ -118,5 +115,5 @@ def pin_feet(rig, bones, world_rot, root, root_head, mats, tgt_canon, contacts, 
         world_rot[kb][frames] = r_low @ r_up @ world_rot[kb][frames]
         changed = True
     if changed:
-        mats = pose_matrices(rig, bones, world_rot, root, root_head, t)
+        mats = repose(world_rot)
     return mats, pinned

@@ -320,8 +320,9 @@ def retarget(motion: Motion, rig: TargetRig, pairs: list[tuple[str, str]],
     if settings.pin_feet:
         from . import footpin
 
-        mats, pinned = footpin.pin_feet(rig, bones, world_rot, root, root_head, mats, tgt_canon,
-                                        motion.contacts, g[:, root_joint], settings)
+        mats, pinned = footpin.pin_feet(
+            rig, world_rot, mats, tgt_canon, motion.contacts, g[:, root_joint], settings,
+            lambda rots: pose_matrices(rig, bones, rots, root, root_head, t))
 
     basis = bases_from_matrices(rig, keyed, mats)
     quats = rot.quat_continuous(rot.matrix_to_quat(basis[..., :3, :3]), axis=0)
