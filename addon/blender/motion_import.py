@@ -96,7 +96,7 @@ def write_motion_action(obj, motion: motion_mod.Motion, frame_start: int = 1, na
     # Contacts step from one frame to the next; rotations interpolate linearly.
     for fc in action_fcurves(obj):
         if fc.data_path.startswith(f'["{PROP_CONTACT}'):
-            fc.keyframe_points.foreach_set("interpolation", np.zeros(len(fc.keyframe_points), np.int32))
+            fc.keyframe_points.foreach_set("interpolation", np.zeros(len(fc.keyframe_points), np.uint8))
     return action, quats, loc
 
 

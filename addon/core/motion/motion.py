@@ -263,9 +263,10 @@ def pose_bases(motion: Motion, bone_rest: np.ndarray) -> tuple[np.ndarray, np.nd
          root location [T, 3] float32).
     """
     b = np.asarray(bone_rest, dtype=np.float64)[:, :3, :3]
-    r = rot.quat_to_matrix(motion.rotations)
-    basis = np.swapaxes(b, -1, -2)[None] @ r @ b[None]
-    quats = rot.quat_continuous(rot.matrix_to_quat(basis), axis=0)
+    # In quaternions, B^T R B is conj(qB) qR qB: no matrices per frame.
+    qb = rot.matrix_to_quat(b)[None]
+    quats = rot.quat_multiply(rot.quat_multiply(rot.quat_conjugate(qb), rot.quat_normalize(motion.rotations)), qb)
+    quats = rot.quat_continuous(quats, axis=0)
     root = int(np.flatnonzero(motion.parents < 0)[0])
     loc = (motion.root_translation.astype(np.float64) - motion.rest[root]) @ b[root]
     return quats.astype(np.float32), loc.astype(np.float32)
