@@ -143,7 +143,9 @@ def export_motion(context, obj, path: str, fmt: str) -> str:
                                 root_transform_only=True)
     elif fmt == "FBX":
         addon_utils.enable("io_scene_fbx", default_set=False, handle_error=None)
-        bpy.ops.export_scene.fbx(filepath=path, use_selection=True, bake_anim=True, add_leaf_bones=False)
+        # No key reduction: the file keeps every frame as it was.
+        bpy.ops.export_scene.fbx(filepath=path, use_selection=True, bake_anim=True, add_leaf_bones=False,
+                                 bake_anim_simplify_factor=0.0)
     elif fmt == "GLTF":
         bpy.ops.export_scene.gltf(filepath=path, use_selection=True, export_animations=True)
     else:

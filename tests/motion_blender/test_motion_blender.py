@@ -159,3 +159,36 @@ def test_bvh_export_import_round_trip(tmp_path):
     back = motion_import.motion_from_armature(imported, frames=40, fps=walk.fps)
     order = [back.names.index(n) for n in walk.names]
     np.testing.assert_allclose(back.joints[:, order], walk.joints, atol=1e-3)
+
+
+def _posed_heads(obj, names, frames):
+    scene = bpy.context.scene
+    out = np.empty((len(frames), len(names), 3))
+    for i, f in enumerate(frames):
+        scene.frame_set(f)
+        world = np.array(obj.matrix_world)
+        for k, n in enumerate(names):
+            out[i, k] = (world @ np.append(np.array(obj.pose.bones[n].head), 1.0))[:3]
+    return out
+
+
+@pytest.mark.parametrize("fmt, module, suffix", [("FBX", "io_scene_fbx", "fbx"), ("GLTF", "io_scene_gltf2", "glb")])
+def test_fbx_and_gltf_exports_reimport_with_the_same_animation(tmp_path, fmt, module, suffix):
+    import addon_utils
+
+    from addon.blender import motion_ui
+
+    addon_utils.enable(module, default_set=True, handle_error=None)
+    walk = synthetic.walk(30)
+    obj = motion_import.import_motion(bpy.context, walk.to_map(), "Body", frame_start=1)
+    path = str(tmp_path / f"walk.{suffix}")
+    motion_ui.export_motion(bpy.context, obj, path, fmt)
+    before = set(bpy.data.objects)
+    if fmt == "FBX":
+        bpy.ops.import_scene.fbx(filepath=path)
+    else:
+        bpy.ops.import_scene.gltf(filepath=path)
+    imported = next(o for o in set(bpy.data.objects) - before if o.type == "ARMATURE")
+    frames = [1, 8, 17, 30]
+    np.testing.assert_allclose(_posed_heads(imported, walk.names, frames), walk.joints[[f - 1 for f in frames]],
+                               atol=2e-3)
