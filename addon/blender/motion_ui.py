@@ -15,10 +15,11 @@ import os
 
 import bpy
 import numpy as np
-from bpy.props import BoolProperty, EnumProperty, StringProperty
+from bpy.props import BoolProperty, CollectionProperty, EnumProperty, IntProperty, PointerProperty, StringProperty
 
 from ..core import client as client_mod
 from ..core import handlers
+from ..core.motion import bone_maps
 from ..core.motion import retarget as rt
 from . import motion_import, retarget, session
 
@@ -39,6 +40,208 @@ def on_recover_result(job, outputs: dict):
     obj = motion_import.import_motion(bpy.context, outputs, name, video_path=video)
     obj[motion_import.PROP_JOB] = job.id
     return None
+
+
+# =============================================================================================
+# Bone map (on the target armature object), editable and savable as a preset
+# =============================================================================================
+
+
+class NSTUDIO_BoneMapItem(bpy.types.PropertyGroup):
+    canonical: StringProperty(name="Joint", description="Canonical (SMPL) joint this row stands for")
+    source: StringProperty(name="Source", description="Joint/bone of the source motion")
+    target: StringProperty(name="Target", description="Bone of this armature that follows it")
+
+
+def _source_armature(context):
+    return context.scene.nstudio_motion_source
+
+
+def source_motion(context):
+    """The scene's motion source (an armature with an action) as a Motion."""
+    src = _source_armature(context)
+    if src is None or src.type != "ARMATURE":
+        raise ValueError("choose the Motion Source armature in the Motion panel")
+    return motion_import.motion_from_armature(src)
+
+
+def fill_bone_map(obj, motion, target: dict | None = None) -> int:
+    """Fill ``obj.nstudio_bone_map``: one row per canonical joint the source has.
+
+    Args:
+        obj: the target armature.
+        motion: the source motion.
+        target: {canonical: bone} (a preset); default: automatic mapping of ``obj``.
+
+    Returns:
+        Rows with a target bone.
+    """
+    src = bone_maps.canonical_names(motion.names, motion.parents, motion.rest)
+    if target is None:
+        pairs = dict(retarget.auto_map(motion, obj))
+        target = {k: pairs[v] for k, v in src.items() if v in pairs}
+    rows = obj.nstudio_bone_map
+    rows.clear()
+    count = 0
+    for k in bone_maps.CANONICAL:
+        if k not in src:
+            continue
+        row = rows.add()
+        row.canonical, row.source = k, src[k]
+        bone = target.get(k, "")
+        row.target = bone if bone in obj.data.bones else ""
+        count += bool(row.target)
+    return count
+
+
+def bone_map_pairs(obj) -> list[tuple[str, str]]:
+    """(source, target) pairs of the rows that name a target bone."""
+    return [(r.source, r.target) for r in obj.nstudio_bone_map if r.source and r.target]
+
+
+def presets_dir(create: bool = False) -> str:
+    """The user's bone-map preset folder (Blender's user scripts/presets/nstudio_bone_maps)."""
+    return bpy.utils.user_resource("SCRIPTS", path=os.path.join("presets", "nstudio_bone_maps"), create=create)
+
+
+def _preset_items(self, context):
+    items = [(f"builtin:{k}", label, f"Built-in preset: {label}") for k, label in bone_maps.PRESET_LABELS.items()]
+    folder = presets_dir()
+    if folder and os.path.isdir(folder):
+        for name in sorted(os.listdir(folder)):
+            if name.endswith(".json"):
+                items.append((f"user:{name}", name[:-5], os.path.join(folder, name)))
+    return items
+
+
+class NSTUDIO_OT_bone_map_auto(bpy.types.Operator):
+    """Map the active armature's bones to the motion source automatically (presets, names, topology)"""
+
+    bl_idname = "nstudio.bone_map_auto"
+    bl_label = "Auto Map Bones"
+    bl_options = {"REGISTER", "UNDO"}
+
+    @classmethod
+    def poll(cls, context):
+        return context.active_object is not None and context.active_object.type == "ARMATURE"
+
+    def execute(self, context):
+        try:
+            count = fill_bone_map(context.active_object, source_motion(context))
+        except ValueError as exc:
+            self.report({"ERROR"}, str(exc))
+            return {"CANCELLED"}
+        self.report({"INFO"}, f"mapped {count} bones")
+        return {"FINISHED"}
+
+
+class NSTUDIO_OT_bone_map_save_preset(bpy.types.Operator):
+    """Save the active armature's bone map as a preset (canonical joint -> bone, any source)"""
+
+    bl_idname = "nstudio.bone_map_save_preset"
+    bl_label = "Save Bone Map Preset"
+
+    name: StringProperty(name="Name", default="My Rig")
+
+    @classmethod
+    def poll(cls, context):
+        obj = context.active_object
+        return obj is not None and obj.type == "ARMATURE" and len(obj.nstudio_bone_map)
+
+    def invoke(self, context, event):
+        return context.window_manager.invoke_props_dialog(self)
+
+    def execute(self, context):
+        target = {r.canonical: r.target for r in context.active_object.nstudio_bone_map if r.target}
+        path = os.path.join(presets_dir(create=True), bpy.path.clean_name(self.name) + ".json")
+        try:
+            bone_maps.save_preset(path, target, self.name)
+        except (OSError, ValueError) as exc:
+            self.report({"ERROR"}, str(exc))
+            return {"CANCELLED"}
+        self.report({"INFO"}, f"bone map saved to {path}")
+        return {"FINISHED"}
+
+
+class NSTUDIO_OT_bone_map_load_preset(bpy.types.Operator):
+    """Fill the active armature's bone map from a built-in or saved preset"""
+
+    bl_idname = "nstudio.bone_map_load_preset"
+    bl_label = "Load Bone Map Preset"
+    bl_options = {"REGISTER", "UNDO"}
+
+    preset: EnumProperty(name="Preset", items=_preset_items)
+
+    @classmethod
+    def poll(cls, context):
+        return context.active_object is not None and context.active_object.type == "ARMATURE"
+
+    def execute(self, context):
+        kind, _, key = self.preset.partition(":")
+        try:
+            if kind == "builtin":
+                target = bone_maps.PRESETS[key]
+            else:
+                target = bone_maps.load_preset(os.path.join(presets_dir(), key))
+            count = fill_bone_map(context.active_object, source_motion(context), target)
+        except (OSError, ValueError, KeyError) as exc:
+            self.report({"ERROR"}, str(exc))
+            return {"CANCELLED"}
+        self.report({"INFO"}, f"mapped {count} bones from the preset")
+        return {"FINISHED"}
+
+
+class NSTUDIO_UL_bone_map(bpy.types.UIList):
+    def draw_item(self, context, layout, data, item, icon, active_data, active_propname, index):
+        row = layout.row(align=True)
+        row.label(text=item.canonical)
+        row.label(text=item.source)
+        row.prop_search(item, "target", data.data, "bones", text="")
+
+
+class NSTUDIO_OT_motion_import_file(bpy.types.Operator):
+    """Import a motion file: BVH (Blender's importer), AMASS-style .npz (SMPL parameters / stored joints)"""
+
+    bl_idname = "nstudio.motion_import_file"
+    bl_label = "Import Motion File"
+    bl_options = {"REGISTER", "UNDO"}
+
+    filepath: StringProperty(subtype="FILE_PATH")
+    filter_glob: StringProperty(default="*.bvh;*.npz", options={"HIDDEN"})
+
+    def invoke(self, context, event):
+        context.window_manager.fileselect_add(self)
+        return {"RUNNING_MODAL"}
+
+    def execute(self, context):
+        path = bpy.path.abspath(self.filepath)
+        try:
+            obj = import_motion_file(context, path)
+        except (OSError, ValueError) as exc:
+            self.report({"ERROR"}, str(exc))
+            return {"CANCELLED"}
+        context.scene.nstudio_motion_source = obj
+        self.report({"INFO"}, f"imported '{obj.name}'")
+        return {"FINISHED"}
+
+
+def import_motion_file(context, path: str):
+    """Import a .bvh or AMASS-style .npz as an armature; returns it."""
+    import addon_utils
+
+    from ..core.motion import amass
+
+    ext = os.path.splitext(path)[1].lower()
+    name = os.path.splitext(os.path.basename(path))[0]
+    if ext == ".bvh":
+        addon_utils.enable("io_anim_bvh", default_set=False, handle_error=None)
+        bpy.ops.import_anim.bvh(filepath=path, rotate_mode="QUATERNION")
+        return context.active_object
+    if ext == ".npz":
+        with np.load(path, allow_pickle=False) as data:
+            motion = amass.from_amass(data)
+        return motion_import.import_motion(context, motion, name)
+    raise ValueError(f"'{path}': unsupported motion file (.bvh or .npz)")
 
 
 class NSTUDIO_OT_motion_recover(bpy.types.Operator):
@@ -89,15 +292,20 @@ class NSTUDIO_OT_motion_retarget(bpy.types.Operator):
     @classmethod
     def poll(cls, context):
         active = context.active_object
-        return (active is not None and active.type == "ARMATURE"
-                and any(o.type == "ARMATURE" and o != active for o in context.selected_objects))
+        return active is not None and active.type == "ARMATURE"
 
     def execute(self, context):
         target = context.active_object
-        source = next(o for o in context.selected_objects if o.type == "ARMATURE" and o != target)
+        source = _source_armature(context)
+        if source is None or source == target:
+            source = next((o for o in context.selected_objects if o.type == "ARMATURE" and o != target), None)
+        if source is None:
+            self.report({"ERROR"}, "choose the Motion Source armature (or select it with the target active)")
+            return {"CANCELLED"}
         try:
             motion = motion_import.motion_from_armature(source)
-            _, result = retarget.retarget_onto(motion, target, settings=rt.RetargetSettings(
+            pairs = bone_map_pairs(target) or None
+            _, result = retarget.retarget_onto(motion, target, pairs, settings=rt.RetargetSettings(
                 pin_feet=self.pin_feet, scale_root=self.scale_root), frame_start=context.scene.frame_start)
         except ValueError as exc:
             self.report({"ERROR"}, str(exc))
@@ -163,16 +371,40 @@ class NSTUDIO_PT_motion(bpy.types.Panel):
     def draw(self, context):
         layout = self.layout
         layout.operator(NSTUDIO_OT_motion_recover.bl_idname, icon="FILE_MOVIE")
+        layout.operator(NSTUDIO_OT_motion_import_file.bl_idname, icon="IMPORT")
+        layout.prop(context.scene, "nstudio_motion_source", text="Source")
+        obj = context.active_object
+        if obj is not None and obj.type == "ARMATURE":
+            row = layout.row(align=True)
+            row.operator(NSTUDIO_OT_bone_map_auto.bl_idname, icon="AUTO")
+            row.operator_menu_enum(NSTUDIO_OT_bone_map_load_preset.bl_idname, "preset", text="", icon="PRESET")
+            row.operator(NSTUDIO_OT_bone_map_save_preset.bl_idname, text="", icon="ADD")
+            layout.template_list("NSTUDIO_UL_bone_map", "", obj, "nstudio_bone_map", obj, "nstudio_bone_map_index",
+                                 rows=6)
         layout.operator(NSTUDIO_OT_motion_retarget.bl_idname, icon="ARMATURE_DATA")
         layout.operator(NSTUDIO_OT_motion_export.bl_idname, icon="EXPORT")
 
 
-CLASSES = (NSTUDIO_OT_motion_recover, NSTUDIO_OT_motion_retarget, NSTUDIO_OT_motion_export, NSTUDIO_PT_motion)
+CLASSES = (NSTUDIO_BoneMapItem, NSTUDIO_UL_bone_map, NSTUDIO_OT_bone_map_auto, NSTUDIO_OT_bone_map_save_preset,
+           NSTUDIO_OT_bone_map_load_preset, NSTUDIO_OT_motion_import_file, NSTUDIO_OT_motion_recover,
+           NSTUDIO_OT_motion_retarget, NSTUDIO_OT_motion_export, NSTUDIO_PT_motion)
+
+
+def _is_armature(self, obj):
+    return obj.type == "ARMATURE"
 
 
 def register() -> None:
+    bpy.types.Object.nstudio_bone_map = CollectionProperty(type=NSTUDIO_BoneMapItem)
+    bpy.types.Object.nstudio_bone_map_index = IntProperty()
+    bpy.types.Scene.nstudio_motion_source = PointerProperty(
+        type=bpy.types.Object, name="Motion Source", poll=_is_armature,
+        description="The armature whose animation is retargeted (a recovered body, a BVH import ...)")
     handlers.register_result_handler(RECOVER, on_recover_result)
 
 
 def unregister() -> None:
     handlers.unregister_result_handler(RECOVER)
+    del bpy.types.Scene.nstudio_motion_source
+    del bpy.types.Object.nstudio_bone_map_index
+    del bpy.types.Object.nstudio_bone_map

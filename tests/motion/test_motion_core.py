@@ -112,3 +112,22 @@ def test_retarget_names_what_is_wrong_in_the_map():
         rt.retarget(walk, rig, [("pelvis", "nope")])
     with pytest.raises(ValueError, match="source root joint 'pelvis' must be mapped"):
         rt.retarget(walk, rig, [("left_hip", "Bip_L_Thigh")])
+
+
+def test_amass_npz_round_trip_and_upright_default(tmp_path):
+    from addon.core.motion import amass
+
+    walk = synthetic.walk(50)
+    path = tmp_path / "walk.npz"
+    np.savez(path, **amass.to_amass(walk))
+    with np.load(path) as data:
+        back = amass.from_amass(data)
+    np.testing.assert_allclose(back.joints, walk.joints, atol=1e-5)
+    # AMASS's usual root orientation (SMPL's Y up turned to Z up) with a zero pose stands upright.
+    poses = np.zeros((2, 156))
+    poses[:, 0] = np.pi / 2
+    still = amass.from_amass({"poses": poses, "trans": np.zeros((2, 3))})
+    head, pelvis = still.joints[0, still.index("head")], still.joints[0, still.index("pelvis")]
+    assert head[2] - pelvis[2] > 0.5 and abs(head[0] - pelvis[0]) < 1e-6
+    with pytest.raises(ValueError, match="'poses' must be"):
+        amass.from_amass({"poses": np.zeros((2, 10)), "trans": np.zeros((2, 3))})

@@ -321,3 +321,40 @@ def bone_map(source: dict, target: dict) -> list[tuple[str, str]]:
         target: {canonical: target bone name}.
     """
     return [(source[k], target[k]) for k in CANONICAL if k in source and k in target]
+
+
+# ---------------------------------------------------------------------------------------------
+# User presets: {canonical joint: target bone} as JSON, independent of the source skeleton
+# ---------------------------------------------------------------------------------------------
+
+def save_preset(path: str, target: dict, label: str = "") -> None:
+    """Write a bone-map preset: ``{"label": ..., "target": {canonical: bone}}`` (JSON)."""
+    import json
+    import os
+
+    unknown = sorted(set(target) - set(CANONICAL))
+    if unknown:
+        raise ValueError(f"bone map preset: {unknown} are not canonical joints ({', '.join(CANONICAL)})")
+    tmp = path + ".part"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump({"label": label, "target": {k: target[k] for k in CANONICAL if k in target}}, f, indent=1)
+    os.replace(tmp, path)
+
+
+def load_preset(path: str) -> dict:
+    """Read a preset written by `save_preset`. Returns {canonical: bone}.
+
+    Raises:
+        ValueError: not a preset file (naming what is wrong).
+    """
+    import json
+
+    with open(path, encoding="utf-8") as f:
+        data = json.load(f)
+    target = data.get("target") if isinstance(data, dict) else None
+    if not isinstance(target, dict) or not all(isinstance(v, str) for v in target.values()):
+        raise ValueError(f"{path}: not a bone-map preset (expected {{'target': {{canonical: bone}}}})")
+    unknown = sorted(set(target) - set(CANONICAL))
+    if unknown:
+        raise ValueError(f"{path}: {unknown} are not canonical joints")
+    return dict(target)
