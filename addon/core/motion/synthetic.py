@@ -79,7 +79,7 @@ def walk(frames: int = 120, fps: float = 30.0, speed_m_s: float = 1.2, cadence_h
         # Arms down from the T-pose (about Y), swinging opposite to the legs.
         set_(f"{s}_shoulder", _axis_rot("y", sign * 1.2) @ _axis_rot("x", 0.35 * np.sin(phase) * sign))
         set_(f"{s}_elbow", _axis_rot("z", sign * (0.3 + 0.15 * np.sin(phase + 0.5))))
-    set_("spine1", _axis_rot("x", -0.05 + 0.03 * np.sin(2 * phase)))
+    set_("spine1", _axis_rot("x", 0.05 + 0.03 * np.sin(2 * phase)))  # a slight forward lean
     set_("spine3", _axis_rot("z", 0.08 * np.sin(phase)))
     set_("neck", _axis_rot("x", 0.04 * np.sin(2 * phase + 0.3)))
     set_("head", _axis_rot("z", -0.06 * np.sin(phase)))
