@@ -244,16 +244,89 @@ def import_motion_file(context, path: str):
     raise ValueError(f"'{path}': unsupported motion file (.bvh or .npz)")
 
 
+def tracked_camera(clip) -> dict | None:
+    """The camera Blender's tracker solved for ``clip`` as a cameras map, or None when unsolved.
+
+    Frames the solve skipped take the nearest solved frame. Blender's principal point counts
+    from the bottom-left; the protocol's from the top-left.
+
+    Returns:
+        ``world_from_camera`` [T, 4, 4] over the clip's frames, ``fx``/``fy``/``cx``/``cy``,
+        ``width``/``height``.
+    """
+    recon = clip.tracking.reconstruction
+    if not recon.is_valid or not len(recon.cameras):
+        return None
+    solved = {int(c.frame): np.array(c.matrix, np.float32) for c in recon.cameras}
+    keys = np.array(sorted(solved))
+    start = int(clip.frame_start)
+    frames = np.arange(start, start + int(clip.frame_duration))
+    nearest = keys[np.abs(keys[None, :] - frames[:, None]).argmin(axis=1)]
+    width, height = (int(v) for v in clip.size)
+    cam = clip.tracking.camera
+    pp = getattr(cam, "principal_point_pixels", None)
+    cx, cy = (float(pp[0]), float(height - pp[1])) if pp is not None else (width / 2.0, height / 2.0)
+    return {"world_from_camera": np.stack([solved[int(f)] for f in nearest]), "fx": float(cam.focal),
+            "fy": float(cam.focal * cam.pixel_aspect), "cx": cx, "cy": cy, "width": width, "height": height}
+
+
+def recover_request(path: str, clip=None, frame_range: tuple[int, int] | None = None,
+                    use_tracking: bool = True) -> tuple[dict, dict]:
+    """The ``motion.recover`` (inputs, params) for a video file (or a movie clip's file).
+
+    Args:
+        path: the video file (a clip's own file when ``clip`` is given).
+        clip: a MovieClip whose tracked camera (if solved) goes with the video.
+        frame_range: (start, end) video frames, 0-based inclusive; None = all.
+        use_tracking: send the clip's solved camera (scale unknown) when there is one.
+
+    Raises:
+        ValueError: no such file, or an empty frame range.
+    """
+    if not os.path.isfile(path):
+        raise ValueError(f"no video file at '{path}'")
+    with open(path, "rb") as f:
+        video = np.frombuffer(f.read(), np.uint8)
+    inputs: dict = {"video": video}
+    params: dict = {}
+    if frame_range is not None:
+        start, end = (int(v) for v in frame_range)
+        if end < start:
+            raise ValueError(f"frame range {start}-{end} is empty")
+        params.update(start=start, end=end)
+    if clip is not None and use_tracking:
+        camera = tracked_camera(clip)
+        if camera is not None:
+            if frame_range is not None:
+                camera["world_from_camera"] = camera["world_from_camera"][frame_range[0]:frame_range[1] + 1]
+            inputs["camera"] = {k: camera[k] for k in ("world_from_camera", "fx", "fy", "cx", "cy")}
+    return inputs, params
+
+
+def _clip_items(self, context):
+    return [("", "Video File", "Use the file chosen below")] + [
+        (c.name, c.name, c.filepath) for c in bpy.data.movieclips]
+
+
 class NSTUDIO_OT_motion_recover(bpy.types.Operator):
-    """Recover a body's motion from a video file on the server (motion.recover)"""
+    """Recover a body's motion from a video (a file or a movie clip) on the server (motion.recover)"""
 
     bl_idname = "nstudio.motion_recover"
     bl_label = "Recover Motion from Video"
 
     filepath: StringProperty(subtype="FILE_PATH")
+    clip: EnumProperty(name="Movie Clip", items=_clip_items,
+                       description="A movie clip in this file (its solved camera goes along)")
+    use_range: BoolProperty(name="Frame Range", default=False)
+    frame_start: IntProperty(name="Start", default=0, min=0, description="First video frame (0-based)")
+    frame_end: IntProperty(name="End", default=100, min=0, description="Last video frame (0-based)")
+    use_tracking: BoolProperty(name="Tracked Camera", default=True,
+                               description="Send the clip's camera solved by Blender's tracker")
     name: StringProperty(name="Name", default="Body")
 
     def invoke(self, context, event):
+        if len(bpy.data.movieclips):
+            return context.window_manager.invoke_props_dialog(self)
         context.window_manager.fileselect_add(self)
         return {"RUNNING_MODAL"}
 
@@ -262,15 +335,18 @@ class NSTUDIO_OT_motion_recover(bpy.types.Operator):
         if live is None or not live.client.connected:
             self.report({"ERROR"}, "not connected to a Neural Studio server: press Connect in the Neural Studio panel")
             return {"CANCELLED"}
-        path = bpy.path.abspath(self.filepath)
-        if not os.path.isfile(path):
-            self.report({"ERROR"}, f"no video file at '{path}'")
+        info = ((live.client.welcome or {}).get("pipelines") or {}).get(RECOVER)
+        if info is None or not info.get("available", False):
+            reason = (info or {}).get("reason") or "the server has no such pipeline"
+            self.report({"ERROR"}, f"'{RECOVER}' cannot run on the server: {reason}")
             return {"CANCELLED"}
-        with open(path, "rb") as f:
-            video = np.frombuffer(f.read(), np.uint8)
+        clip = bpy.data.movieclips.get(self.clip) if self.clip else None
+        path = bpy.path.abspath(clip.filepath if clip is not None else self.filepath)
         try:
-            live.submit(context.scene, RECOVER, params={}, inputs={"video": video}, target=self.name)
-        except client_mod.ClientError as exc:
+            inputs, params = recover_request(path, clip, (self.frame_start, self.frame_end) if self.use_range
+                                             else None, self.use_tracking)
+            live.submit(context.scene, RECOVER, params=params, inputs=inputs, target=self.name)
+        except (ValueError, OSError, client_mod.ClientError) as exc:
             self.report({"ERROR"}, str(exc))
             return {"CANCELLED"}
         context.scene.neural_studio_jobs[-1][PROP_VIDEO] = path

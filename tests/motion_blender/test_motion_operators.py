@@ -81,3 +81,47 @@ def test_import_amass_npz_file_operator(blender_addon, tmp_path):
     bpy.context.scene.frame_set(bpy.context.scene.frame_start + 10)
     heads = np.array([obj.matrix_world @ obj.pose.bones[n].head for n in walk.names])
     np.testing.assert_allclose(heads, walk.joints[10], atol=1e-4)
+
+
+def test_recover_request_and_the_operator_refuses_clearly_without_the_pipeline(blender_addon, tmp_path):
+    from addon.blender import motion_ui, session
+    from addon.blender.ops_splat import write_png
+
+    video = tmp_path / "clip.png"  # Blender opens a still image as a one-frame movie clip
+    write_png(str(video), np.full((8, 8, 4), 200, np.uint8))
+    clip = bpy.data.movieclips.load(str(video))
+    inputs, params = motion_ui.recover_request(str(video), clip, (0, 0))
+    assert inputs["video"].dtype == np.uint8 and inputs["video"].tobytes() == video.read_bytes()
+    assert params == {"start": 0, "end": 0} and "camera" not in inputs  # the clip has no solve
+    with pytest.raises(ValueError, match="no video file"):
+        motion_ui.recover_request(str(tmp_path / "missing.mp4"))
+    with pytest.raises(ValueError, match="empty"):
+        motion_ui.recover_request(str(video), frame_range=(5, 2))
+    # Not connected: a clear error, nothing submitted.
+    session.disconnect()
+    with pytest.raises(RuntimeError, match="not connected"):
+        bpy.ops.nstudio.motion_recover(filepath=str(video))
+
+
+def test_recover_operator_names_the_missing_pipeline_on_a_real_server(blender_addon, tmp_path):
+    import blender_support
+    from blender_support import tick_until
+
+    from addon.blender import session
+
+    server = blender_support.LoopbackServer(tmp_path).start()
+    try:
+        blender_support.preferences().endpoint = server.endpoint
+        assert bpy.ops.neural_studio.connect() == {"FINISHED"}
+        tick_until(lambda: session.current().client.connected, 30, "the welcome", server=server)
+        video = tmp_path / "walk.mp4"
+        video.write_bytes(b"\x00" * 64)
+        if "motion.recover" in (session.current().client.welcome or {}).get("pipelines", {}):
+            pytest.skip("this server has motion.recover: the operator's refusal cannot be shown here")
+        with pytest.raises(RuntimeError, match="'motion.recover' cannot run on the server"):
+            bpy.ops.nstudio.motion_recover(filepath=str(video))
+        assert len(bpy.context.scene.neural_studio_jobs) == 0
+    finally:
+        session.disconnect()
+        blender_support.reset_preferences()
+        server.stop()
