@@ -55,8 +55,19 @@ def two_bone_ik(hip: np.ndarray, knee: np.ndarray, ankle: np.ndarray, goal: np.n
     return r_upper, r_lower
 
 
+def _reach_drop(hip: np.ndarray, goal: np.ndarray, reach: float) -> np.ndarray:
+    """How far the hip must come down (along Z) for ``goal`` to be within ``reach``. [T]"""
+    d = goal - hip
+    h2 = d[:, 0] ** 2 + d[:, 1] ** 2
+    v = np.sqrt(np.maximum(reach ** 2 - h2, 0.0))
+    return np.maximum(-d[:, 2] - v, 0.0)
+
+
 def pin_feet(rig, world_rot, mats, tgt_canon, contacts, root_rot, settings, repose):
     """Pin the ankles on contact frames; returns (new matrices, {side: [T] bool pinned}).
+
+    A pin a leg cannot reach (a target whose legs are straighter than the source's) lowers the
+    root just enough, smoothed over the blend window so the body does not pop.
 
     Args:
         rig: `retarget.TargetRig`.
@@ -66,12 +77,15 @@ def pin_feet(rig, world_rot, mats, tgt_canon, contacts, root_rot, settings, repo
         contacts: the Motion's contacts. [T, 4]
         root_rot: the source root's world rotation, for a fallback knee direction. [T, 3, 3]
         settings: `retarget.RetargetSettings`.
-        repose: ``repose(world_rot) -> mats``, the rig's forward kinematics (`retarget.pose_matrices`).
+        repose: ``repose(world_rot, root_offset [T, 3]) -> mats``, the rig's forward kinematics
+            (`retarget.pose_matrices` with the root moved by ``root_offset``).
     """
     t = len(contacts)
     pinned = {"left": np.zeros(t, bool), "right": np.zeros(t, bool)}
     arm_rot = np.asarray(rig.world_from_armature, dtype=np.float64)[:3, :3]
-    changed = False
+    heads = rig.heads
+    plans = []
+    # 1. Where each foot must stay: one point per contact segment, faded in and out.
     for col, s in ((0, "left"), (2, "right")):
         keys = (f"{s}_hip", f"{s}_knee", f"{s}_ankle")
         if not all(k in tgt_canon for k in keys):
@@ -91,7 +105,6 @@ def pin_feet(rig, world_rot, mats, tgt_canon, contacts, root_rot, settings, repo
             goal[a:b] = pin
             weight[a:b] = 1.0
             pinned[s][a:b] = True
-            # Fade in before and out after, towards the same pin.
             n = settings.blend_frames
             for k in range(1, n + 1):
                 w = 1.0 - k / (n + 1)
@@ -99,21 +112,40 @@ def pin_feet(rig, world_rot, mats, tgt_canon, contacts, root_rot, settings, repo
                     if 0 <= f < t and w > weight[f]:
                         weight[f] = w
                         goal[f] = (1 - w) * ankle[f] + w * pin
-        frames = np.flatnonzero(weight > 0)
+        reach = np.linalg.norm(heads[kb] - heads[hb]) + np.linalg.norm(heads[ab] - heads[kb])
+        plans.append((hb, kb, ab, np.flatnonzero(weight > 0), goal, 0.998 * reach))
+    if not plans:
+        return mats, pinned
+    # 2. Lower the root where a pin is out of reach (the larger need of the two legs), spread
+    # over the blend window (a moving maximum, then a moving average) so it eases in and out.
+    drop = np.zeros(t)
+    for hb, _, _, frames, goal, reach in plans:
+        need = np.zeros(t)
+        need[frames] = _reach_drop(mats[hb][frames, :3, 3], goal[frames], reach)
+        drop = np.maximum(drop, need)
+    offset = None
+    if drop.max() > 0:
+        n = max(settings.blend_frames, 1)
+        padded = np.pad(drop, n, mode="edge")
+        widened = np.max(np.stack([padded[i:i + t] for i in range(2 * n + 1)]), axis=0)
+        padded = np.pad(widened, n, mode="edge")
+        smooth = np.mean(np.stack([padded[i:i + t] for i in range(2 * n + 1)]), axis=0)
+        offset = np.zeros((t, 3))
+        offset[:, 2] = -np.maximum(smooth, drop)
+        mats = repose(world_rot, offset)
+    # 3. Two-bone IK of thigh and shin onto the goals.
+    for hb, kb, ab, frames, goal, _ in plans:
         hip = mats[hb][frames, :3, 3]
         knee = mats[kb][frames, :3, 3]
-        ank = ankle[frames]
+        ank = mats[ab][frames, :3, 3]
         # The knee bends towards where it is now; for a straight leg, towards the front.
         line = ank - hip
         line /= np.maximum(np.linalg.norm(line, axis=-1, keepdims=True), 1e-9)
-        offset = (knee - hip) - np.sum((knee - hip) * line, axis=-1, keepdims=True) * line
+        bent = (knee - hip) - np.sum((knee - hip) * line, axis=-1, keepdims=True) * line
         front = (arm_rot.T @ (root_rot[frames] @ np.array([0.0, -1.0, 0.0])).T).T
-        straight = np.linalg.norm(offset, axis=-1) < 1e-3
-        pole = np.where(straight[:, None], front, offset)
+        straight = np.linalg.norm(bent, axis=-1) < 1e-3
+        pole = np.where(straight[:, None], front, bent)
         r_up, r_low = two_bone_ik(hip, knee, ank, goal[frames], pole)
         world_rot[hb][frames] = r_up @ world_rot[hb][frames]
         world_rot[kb][frames] = r_low @ r_up @ world_rot[kb][frames]
-        changed = True
-    if changed:
-        mats = repose(world_rot)
-    return mats, pinned
+    return repose(world_rot, offset), pinned

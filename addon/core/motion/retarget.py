@@ -335,7 +335,8 @@ def retarget(motion: Motion, rig: TargetRig, pairs: list[tuple[str, str]],
 
         mats, pinned = footpin.pin_feet(
             rig, world_rot, mats, tgt_canon, motion.contacts, g[:, root_joint], settings,
-            lambda rots: pose_matrices(rig, bones, rots, root, root_head, t))
+            lambda rots, offset=None: pose_matrices(rig, bones, rots, root,
+                                                    root_head if offset is None else root_head + offset, t))
 
     basis = bases_from_matrices(rig, keyed, mats)
     quats = rot.quat_continuous(rot.matrix_to_quat(basis[..., :3, :3]), axis=0)
