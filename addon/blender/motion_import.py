@@ -18,7 +18,7 @@ import bpy
 import numpy as np
 
 from ..core.motion import motion as motion_mod
-from ..core.motion.retarget import _main_children
+from ..core.motion.retarget import main_children
 from ..wire.contracts import CONTACT_POINTS
 from . import anim_write
 
@@ -34,7 +34,7 @@ def build_armature(motion: motion_mod.Motion, name: str, collection=None):
     data = bpy.data.armatures.new(name)
     obj = bpy.data.objects.new(name, data)
     (collection or bpy.context.scene.collection).objects.link(obj)
-    mains = _main_children(motion)
+    mains = main_children(motion)
     rest = motion.rest.astype(np.float64)
     view_layer = bpy.context.view_layer
     previous = view_layer.objects.active
@@ -232,8 +232,11 @@ def motion_from_armature(obj, frames: int | None = None, fps: float | None = Non
     contacts = None
     fcurves = {fc.data_path: fc for fc in action_fcurves(obj)}
     if all(f'["{PROP_CONTACT}{p}"]' in fcurves for p in CONTACT_POINTS):
-        contacts = np.stack([np.interp(np.arange(frames), *(lambda f, v: (f - f[0], v))(
-            *anim_write.read_channel(fcurves[f'["{PROP_CONTACT}{p}"]']))) for p in CONTACT_POINTS], axis=1)
+        columns = []
+        for point in CONTACT_POINTS:
+            keys, values = anim_write.read_channel(fcurves[f'["{PROP_CONTACT}{point}"]'])
+            columns.append(np.interp(np.arange(frames), keys - keys[0], values))
+        contacts = np.stack(columns, axis=1)
     fps = fps or float(obj.get(PROP_SOURCE, 0.0)) or bpy.context.scene.render.fps
     # The object's transform (rotation, translation, uniform scale: BVH/FBX imports use them)
     # moves the rest frames into the world; pose locations scale with it.

@@ -84,6 +84,10 @@ def test_import_3000_frames_24_bones_writes_exactly_the_values_sent():
         bpy.context.scene.frame_set(frame + 1)
         heads = np.array([obj.matrix_world @ obj.pose.bones[n].head for n in motion.names])
         np.testing.assert_allclose(heads, motion.joints[frame], atol=1e-4)
+    # Rolls: knees and elbows bend about their bone's X axis (Z faces the body's front, -Y).
+    for name in ("left_knee", "right_hip", "left_elbow", "spine2"):
+        z_axis = np.array(obj.data.bones[name].matrix_local)[:3, 2]
+        assert z_axis @ np.array([0.0, -1.0, 0.0]) > 0.9, name
     # Reading the armature back gives the same motion.
     back = motion_import.motion_from_armature(obj)
     np.testing.assert_allclose(back.joints[:, [back.names.index(n) for n in motion.names]], motion.joints, atol=1e-4)

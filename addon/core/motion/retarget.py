@@ -116,7 +116,7 @@ class RetargetResult:
     pinned: dict
 
 
-def _main_children(motion: Motion) -> dict:
+def main_children(motion: Motion) -> dict:
     """Source joint index -> the child joint index its bone points to (missing for leaves)."""
     canon = canonical_names(motion.names, motion.parents, motion.rest)
     by_name = {v: k for k, v in canon.items()}
@@ -147,7 +147,7 @@ def source_directions(motion: Motion) -> tuple[dict, np.ndarray]:
         (main child per joint index, unit directions [T, J, 3] (zeros for leaves)).
     """
     g, _ = forward_kinematics(motion.parents, motion.rest, motion.rotations, motion.root_translation)
-    mains = _main_children(motion)
+    mains = main_children(motion)
     rest = motion.rest.astype(np.float64)
     d = np.zeros((motion.frames, motion.joint_count, 3))
     for j, c in mains.items():
@@ -261,7 +261,7 @@ def retarget(motion: Motion, rig: TargetRig, pairs: list[tuple[str, str]],
 
     # 1. Source world rotations and bone directions.
     g, src_pos = forward_kinematics(motion.parents, motion.rest, motion.rotations, motion.root_translation)
-    mains = _main_children(motion)
+    mains = main_children(motion)
     world_from_arm = np.asarray(rig.world_from_armature, dtype=np.float64)
     arm_rot = world_from_arm[:3, :3]
     arm_from_world = np.linalg.inv(world_from_arm)
