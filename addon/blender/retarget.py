@@ -5,7 +5,8 @@ from a bone, an ancestor that copies another bone's transforms (a full-influence
 Transforms, as Rigify's ORG/MCH bones do) moves with that bone, so the walk continues there;
 the first bone reached that is keyed (or the top) is the parent `addon.core.motion.retarget`
 uses. `bake` writes the result as a new action (quaternions for every mapped bone, location for
-the root) and pushes it onto an NLA track as a strip, so the user can blend and edit it.
+the root) and pushes it down onto a new NLA track as a strip (`compat.push_down`), so the user
+can blend, layer and edit it; several retargets stack as tracks.
 
 Rigify generated rigs are switched to FK (IK_FK = 1 on the limbs, FK limb follow 0, neck and
 head following the chest) because the preset keys the FK controls.
@@ -21,7 +22,7 @@ import numpy as np
 from ..core.motion import bone_maps
 from ..core.motion import retarget as rt
 from ..core.motion.motion import Motion
-from . import anim_write
+from . import anim_write, compat
 from .motion_import import bone_rest_matrices
 
 log = logging.getLogger(__name__)
@@ -115,21 +116,12 @@ def bake(obj, result: rt.RetargetResult, frame_start: int = 1, name: str | None 
     pose = obj.pose.bones
     for bone in result.bones:
         pose[bone].rotation_mode = "QUATERNION"
-    anim = obj.animation_data
-    previous = anim.action if anim is not None else None
     action_name = name or f"{obj.name} Retarget"
     channels = anim_write.bone_channels(result.bones, result.quaternions, result.root_bone, result.root_location)
     action = anim_write.write_channels(obj, action_name, "OBJECT", channels, frame_start)
     if nla:
-        anim = obj.animation_data
-        track = anim.nla_tracks.new()
-        track.name = action_name
-        strip = track.strips.new(action_name, int(frame_start), action)
+        strip = compat.push_down(obj, action, action_name, frame_start)
         strip.blend_type = "REPLACE"
-        # The strip plays the action; keep the action assigned too, so it shows in editors
-        # and evaluates on its own when the NLA is muted.
-        if previous is not None and previous != action:
-            log.info("'%s': previous action '%s' stays in the file", obj.name, previous.name)
     return action
 
 

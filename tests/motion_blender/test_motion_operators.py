@@ -37,7 +37,8 @@ def test_bone_map_edit_save_load_and_retarget(blender_addon):
     rows = {r.canonical: r for r in rig.nstudio_bone_map}
     assert rows["head"].target == "" and rows["right_elbow"].target == "Bip_R_Forearm"
     assert bpy.ops.nstudio.motion_retarget() == {"FINISHED"}
-    keyed = {fc.data_path.split('"')[1] for fc in compat.fcurves_for(rig)}
+    strip = rig.animation_data.nla_tracks[0].strips[0]
+    keyed = {fc.data_path.split('"')[1] for fc in compat.action_fcurves(strip.action)}
     assert "Bip_L_Calf" in keyed and "Bip_Head" not in keyed
     assert len(rig.animation_data.nla_tracks) == 1
 
