@@ -316,7 +316,8 @@ def _run(args, out: Path, endpoint: str, server, stages) -> list[str]:
     if args.no_server:
         recovered_obj = motion_import.import_motion(bpy.context, walk, "Recovered", frame_start=1)
         world_align = np.eye(4)
-        say("   --no-server: the known motion stands in for the recovered one")
+        say("   --no-server: the known walk stands in for the recovered motion (the accuracy then compares "
+            "the template skeleton with the Anny body it drove: their proportions differ)")
     else:
         with stages.stage("recover on server"):
             inputs = {"frames": frames, "fps": float(args.fps),
