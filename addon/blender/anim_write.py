@@ -82,11 +82,25 @@ def bone_channels(names, quats: np.ndarray, root: str | None = None, root_locati
             yield f"{path}.rotation_quaternion", i, name, np.ascontiguousarray(quats[:, k, i])
 
 
+def euler_to_quat(angles: np.ndarray, order: str) -> np.ndarray:
+    """Blender Euler angles (radians, ``order`` e.g. "XYZ": X applied first) to (w, x, y, z). [T, 3] -> [T, 4]"""
+    from ..core.motion import rotations as rot
+
+    m = np.broadcast_to(np.eye(3), angles.shape[:-1] + (3, 3))
+    for axis in order:
+        v = np.zeros(angles.shape)
+        i = "XYZ".index(axis)
+        v[..., i] = angles[..., i]
+        m = rot.axis_angle_to_matrix(v) @ m
+    return rot.matrix_to_quat(m)
+
+
 def read_bone_quaternions(obj, names, frames: int) -> tuple[np.ndarray, np.ndarray]:
     """Quaternions [T, K, 4] and root-location-like [T, K, 3] sampled at the action's keys.
 
     Bones without a channel keep their rest (identity / zero); keys are read with foreach_get
-    and interpolated linearly onto whole frames starting at the first key.
+    and interpolated linearly onto whole frames starting at the first key. Bones keyed in Euler
+    angles (their pose bone's rotation mode) are converted.
     """
     fcurves = compat.fcurves_for(obj)
     index = {(fc.data_path, fc.array_index): fc for fc in fcurves}
@@ -102,6 +116,15 @@ def read_bone_quaternions(obj, names, frames: int) -> tuple[np.ndarray, np.ndarr
             if fc is not None and len(fc.keyframe_points):
                 f, v = read_channel(fc)
                 quats[:, k, i] = np.interp(grid, f, v)
+        euler = [index.get((f"{path}.rotation_euler", i)) for i in range(3)]
+        mode = obj.pose.bones[name].rotation_mode
+        if any(fc is not None for fc in euler) and len(mode) == 3:
+            angles = np.zeros((frames, 3))
+            for i, fc in enumerate(euler):
+                if fc is not None and len(fc.keyframe_points):
+                    f, v = read_channel(fc)
+                    angles[:, i] = np.interp(grid, f, v)
+            quats[:, k] = euler_to_quat(angles, mode)
         for i in range(3):
             fc = index.get((f"{path}.location", i))
             if fc is not None and len(fc.keyframe_points):

@@ -200,7 +200,9 @@ def import_motion(context, motion_map, name: str = "Body", frame_start: int | No
     obj = build_armature(motion, name, scene.collection)
     write_motion_action(obj, motion, start)
     obj[PROP_SOURCE] = float(motion.fps)
+    # 29.97 fps is fps 30 with fps_base 1.001.
     scene.render.fps = max(1, int(round(motion.fps)))
+    scene.render.fps_base = scene.render.fps / motion.fps
     scene.frame_start = start
     scene.frame_end = start + motion.frames - 1
     if markers:
@@ -216,9 +218,27 @@ def import_motion(context, motion_map, name: str = "Body", frame_start: int | No
 
 def motion_from_armature(obj, frames: int | None = None, fps: float | None = None) -> motion_mod.Motion:
     """The Motion of any armature's current action (our imports, BVH/FBX imports, user rigs)."""
-    names = [b.name for b in obj.data.bones]
+    bones = list(obj.data.bones)
+    roots = [b for b in bones if b.parent is None]
+    if len(roots) > 1:
+        # A Motion has one root: keep the biggest tree (FBX/glTF imports may add stray roots).
+        keep = max(roots, key=lambda b: len(b.children_recursive))
+        log.info("'%s': %d root bones; reading the tree under '%s'", obj.name, len(roots), keep.name)
+        bones = [b for b in bones if b == keep or keep in b.parent_recursive]
+    # Parents before children, as a Motion's skeleton must be.
+    ordered, seen = [], set()
+    for bone in bones:
+        chain = []
+        while bone is not None and bone.name not in seen:
+            chain.append(bone)
+            bone = bone.parent
+        for b in reversed(chain):
+            seen.add(b.name)
+            ordered.append(b)
+    bones = ordered
+    names = [b.name for b in bones]
     index = {n: i for i, n in enumerate(names)}
-    parents = [index[b.parent.name] if b.parent else -1 for b in obj.data.bones]
+    parents = [index[b.parent.name] if b.parent else -1 for b in bones]
     rest = bone_rest_matrices(obj, names)
     if frames is None:
         action = obj.animation_data.action if obj.animation_data else None

@@ -197,3 +197,21 @@ def test_fbx_and_gltf_exports_reimport_with_the_same_animation(tmp_path, fmt, mo
     frames = [1, 8, 17, 30]
     np.testing.assert_allclose(_posed_heads(imported, walk.names, frames), walk.joints[[f - 1 for f in frames]],
                                atol=2e-3)
+
+
+def test_motion_from_an_euler_keyed_bvh_import(tmp_path):
+    import addon_utils
+
+    addon_utils.enable("io_anim_bvh", default_set=True, handle_error=None)
+    walk = synthetic.walk(20)
+    obj = motion_import.import_motion(bpy.context, walk.to_map(), "Body", frame_start=1)
+    path = str(tmp_path / "walk.bvh")
+    bpy.context.view_layer.objects.active = obj
+    bpy.ops.export_anim.bvh(filepath=path, frame_start=1, frame_end=20, root_transform_only=True)
+    # Blender's own BVH import keys Euler angles in each joint's native order.
+    bpy.ops.import_anim.bvh(filepath=path, rotate_mode="NATIVE", axis_forward="Y", axis_up="Z",
+                            update_scene_fps=False, update_scene_duration=False)
+    imported = bpy.context.active_object
+    assert {pb.rotation_mode for pb in imported.pose.bones} != {"QUATERNION"}
+    back = motion_import.motion_from_armature(imported, frames=20, fps=walk.fps)
+    np.testing.assert_allclose(back.joints[:, [back.names.index(n) for n in walk.names]], walk.joints, atol=1e-3)
