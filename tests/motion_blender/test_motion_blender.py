@@ -215,3 +215,18 @@ def test_motion_from_an_euler_keyed_bvh_import(tmp_path):
     assert {pb.rotation_mode for pb in imported.pose.bones} != {"QUATERNION"}
     back = motion_import.motion_from_armature(imported, frames=20, fps=walk.fps)
     np.testing.assert_allclose(back.joints[:, [back.names.index(n) for n in walk.names]], walk.joints, atol=1e-3)
+
+
+def test_retarget_onto_the_anny_body_rig():
+    """The Anny/MakeHuman preset on the real Anny skeleton (104 bones, split twist bones)."""
+    pytest.importorskip("anny")
+    from tools import demo_motion
+
+    body = demo_motion.anny_body()
+    obj = demo_motion.build_anny_armature(body)
+    assert bpy.data.objects["Anny Body"].vertex_groups.get("upperleg01.L") is not None
+    walk = synthetic.walk(30)
+    _, result = retarget.retarget_onto(walk, obj, frame_start=1)
+    assert dict((d, s) for s, d in result.pairs)["upperleg01.L"] == "left_hip"
+    evaluated = _evaluated(obj, [d for _, d in result.pairs], walk.frames)
+    assert _check_retarget(walk, obj, result, evaluated) >= 15
