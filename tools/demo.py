@@ -265,7 +265,18 @@ def _interrupt(signum, _frame):
 
 
 def main(argv=None) -> int:
-    """Run the demo; returns the process exit status (0 success, 1 failure, 130 Ctrl-C)."""
+    """Run the demo; returns the process exit status (0 success, 1 failure, 130 Ctrl-C).
+
+    ``nstudio demo motion ...`` runs the motion demo (`tools.demo_motion`); ``nstudio demo
+    [splat] ...`` this one.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "motion":
+        from tools import demo_motion
+
+        return demo_motion.main(argv[1:])
+    if argv and argv[0] == "splat":
+        argv = argv[1:]
     args = parse_args(argv)
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)

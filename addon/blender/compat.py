@@ -236,6 +236,14 @@ def fcurves_for(id_data) -> list:
     return [] if bag is None else list(bag.fcurves)
 
 
+def action_fcurves(action) -> list:
+    """Every fcurve of ``action`` (all its slots' channelbags on 4.5+; ``Action.fcurves`` before)."""
+    if not _slotted_actions():
+        return list(action.fcurves)
+    return [fc for layer in action.layers for strip in layer.strips for bag in strip.channelbags
+            for fc in bag.fcurves]
+
+
 # ------------------------------------------------------------------ render output
 
 def multilayer_exr_settings() -> list[tuple[str, object]]:
@@ -245,3 +253,24 @@ def multilayer_exr_settings() -> list[tuple[str, object]]:
         # 5.0 lists OPEN_EXR_MULTILAYER only once the media type says multilayer.
         pairs.insert(0, ("media_type", "MULTI_LAYER_IMAGE"))
     return pairs
+
+
+def push_down(id_data, action, name: str, frame_start: int):
+    """Move ``id_data``'s active ``action`` onto a new NLA track as a strip (Blender's Push Down).
+
+    4.4+: the strip plays the action's slot the ID was using (``NlaStrip.action_slot``); 4.2-4.3
+    strips have no slots. The active action is cleared afterwards, so the strip is what plays
+    and the user can blend and edit it in the NLA editor.
+
+    Returns:
+        The strip.
+    """
+    anim = id_data.animation_data
+    slot = getattr(anim, "action_slot", None)
+    track = anim.nla_tracks.new()
+    track.name = name
+    strip = track.strips.new(name, int(frame_start), action)
+    if slot is not None and hasattr(strip, "action_slot"):
+        strip.action_slot = slot
+    anim.action = None
+    return strip

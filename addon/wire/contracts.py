@@ -8,6 +8,8 @@ with ``dataclasses.replace(GAUSSIANS, optional=True, doc=...)``. Symbols: ``N`` 
 
 from __future__ import annotations
 
+import dataclasses
+
 from .schema import Array, Either, Struct, Value
 
 F4 = ("<f4",)
@@ -62,4 +64,65 @@ CAMERAS = Struct(
     doc="T pinhole cameras sharing one resolution (PROTOCOL.md Camera, with a leading axis T).",
 )
 
-__all__ = ["ALL_DTYPES", "CAMERAS", "GAUSSIANS", "SH_REST_COUNTS"]
+
+# ---------------------------------------------------------------------------------------------
+# Motion (PROTOCOL.md "Motion"): symbols T frames, J joints, V/F vertices/faces, I influences.
+# ---------------------------------------------------------------------------------------------
+
+#: The COCO-17 keypoint order of ``keypoints3d`` (PROTOCOL.md).
+COCO17 = (
+    "nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder", "right_shoulder",
+    "left_elbow", "right_elbow", "left_wrist", "right_wrist", "left_hip", "right_hip", "left_knee",
+    "right_knee", "left_ankle", "right_ankle",
+)
+#: The columns of ``contacts``, in order.
+CONTACT_POINTS = ("left_heel", "left_toe", "right_heel", "right_toe")
+
+SKELETON = Struct(
+    {
+        "names": Value("list", "joint names, J unique strings"),
+        "parents": Array(("<i4",), ("J",), "parent joint index, -1 for the root; parents come "
+                         "before their children. [J]"),
+        "rest": Array(F4, ("J", 3), "rest-pose joint positions in the body's own frame (Z up, "
+                      "metres, feet on Z = 0, facing -Y); joint frames at rest are axis-aligned. [J, 3]"),
+    },
+    doc="The joint hierarchy and its rest pose (PROTOCOL.md Motion.skeleton).",
+)
+
+MOTION_MESH = Struct(
+    {
+        "vertices": Array(F4, ("V", 3), "rest-pose vertices, body frame, metres. [V, 3]"),
+        "faces": Array(("<i4",), ("F", 3), "triangles. [F, 3]"),
+        "skin_index": Array(("<i4",), ("V", "I"), "joint index of each influence. [V, I]"),
+        "skin_weight": Array(F4, ("V", "I"), "weight of each influence (rows sum to 1). [V, I]"),
+    },
+    doc="The skinned body at rest (PROTOCOL.md Motion.mesh).",
+    optional=True,
+)
+
+MOTION = Struct(
+    {
+        "fps": Value("float", "frames per second"),
+        "skeleton": SKELETON,
+        "rotations": Array(F4, ("T", "J", 4), "local joint rotations (w, x, y, z) relative to the "
+                           "parent, on axis-aligned rest frames. [T, J, 4]"),
+        "root_translation": Array(F4, ("T", 3), "root joint world position, metres. [T, 3]"),
+        "joints": Array(F4, ("T", "J", 3), "posed world joint positions (forward kinematics). [T, J, 3]"),
+        "keypoints3d": Array(F4, ("T", 17, 3), "COCO-17 keypoints in the world, metres. [T, 17, 3]"),
+        "contacts": Array(F4, ("T", 4), "left heel, left toe, right heel, right toe touching the "
+                          "ground, in [0, 1]. [T, 4]"),
+        "confidence": Array(F4, ("T",), "per-frame confidence in [0, 1]. [T]"),
+        "camera": dataclasses.replace(CAMERAS, optional=True,
+                                      doc="the source video's camera per frame (T cameras), same world"),
+        "body": Struct({"model": Value("str", "body model: anny, smpl, smplx, ..."),
+                        "*": Value("any", "the model's own parameters")},
+                       doc="the body model and its parameters", optional=True),
+        "mesh": MOTION_MESH,
+        "*": Value("any", "further outputs (e.g. keypoints2d), ignored by consumers that do not know them"),
+    },
+    doc="A body's animation (PROTOCOL.md Motion): skeleton + local rotations + root translation, "
+        "COCO-17 world keypoints, foot contacts.",
+)
+
+__all__ = ["ALL_DTYPES", "CAMERAS", "COCO17", "CONTACT_POINTS", "GAUSSIANS", "MOTION", "MOTION_MESH",
+           "SH_REST_COUNTS", "SKELETON"]
