@@ -23,6 +23,7 @@ FEATURE_MODULES = (
     "ui",
     "ops_gaussians",
     "ops_splat",
+    "texture",
 )
 
 _registered: list = []

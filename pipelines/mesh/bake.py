@@ -2,7 +2,8 @@
 
 For every texel the UV rasterizer gives the surface point it stands for. A view contributes to
 a texel when the texel's point projects inside the view and the view's own depth map agrees
-with the point's depth at all four pixels of the bilinear footprint (relative tolerance): so a
+with the point's depth at all four pixels of the bilinear footprint (a relative tolerance plus
+the depth change a slanted surface has across that footprint): so a
 texel hidden behind an occluder, or sitting on the edge of one, never samples the occluder's
 colour. The contributions are blended with the weight
 
@@ -29,6 +30,10 @@ from torch import Tensor
 
 from nskernels.camera import Cameras
 from nskernels.mesh_raster import MeshFragments, UVFragments, rasterize_mesh, rasterize_uv
+
+
+#: Largest surface slope (tan of the view angle, ~72 degrees) the visibility test allows for.
+_MAX_SLOPE = 3.0
 
 
 @dataclass
@@ -190,9 +195,15 @@ def project_view(
     taps = torch.stack([i0, i0 + 1, i0 + W, i0 + W + 1], dim=1)  # [m, 4]
     tap_w = torch.cat([(1 - fx_) * (1 - fy_), fx_ * (1 - fy_), (1 - fx_) * fy_, fx_ * fy_], dim=1)
 
-    # 3. Visibility: the view's own depth agrees at every tap of the bilinear footprint
+    # 3. Visibility: the view's own depth agrees at every tap of the bilinear footprint. The
+    # taps lie up to 1.5 px from the texel's projection, where a slanted surface is nearer or
+    # farther by (z / f) * tan(angle) per pixel: that slope is allowed on top of the relative
+    # tolerance (capped, so that an occluder is never mistaken for a grazing surface).
     depth = frags.depth.reshape(-1).to(z.dtype)[taps]  # [m, 4], inf where empty
-    visible = ((depth - z[:, None]).abs() <= settings.depth_tolerance * z[:, None]).all(dim=1)
+    tan = (1.0 - cos * cos).clamp_min(0).sqrt() / cos
+    focal = torch.minimum(camera.fx[0], camera.fy[0]).to(z.dtype)
+    tol = z * (settings.depth_tolerance + 1.5 * tan.clamp(max=_MAX_SLOPE) / focal)
+    visible = ((depth - z[:, None]).abs() <= tol[:, None]).all(dim=1)
     ids, cos, taps, tap_w = ids[visible], cos[visible], taps[visible], tap_w[visible]
 
     # 4. Colour and weight
