@@ -3,10 +3,13 @@
 `uv_sphere` has a latitude-longitude UV layout (per-corner UVs, the seam duplicated), `box` an
 axis-aligned box with each face its own UV island; `pattern` is a smooth procedural texture
 (period >= a dozen texels, so resampling it loses little), `render_textured` renders a textured
-mesh with our own rasterizer (for the in-process round trips; the Blender tests use Cycles).
+mesh with our own rasterizer (for the in-process round trips; the Blender tests use Cycles);
+`RecordingJob` is a real in-process Job that records what a pipeline reports.
 """
 
 from __future__ import annotations
+
+import time
 
 import numpy as np
 
@@ -84,3 +87,36 @@ def render_textured(vertices, faces, uvs, texture_srgb, cameras: dict, colours=N
         out[i, ..., :3] = np.where(hit[..., None], rgb, 0.0)
         out[i, ..., 3] = hit
     return out
+
+
+class RecordingJob:
+    """A Job (pipelines.base.Job) that keeps every progress report and partial.
+
+    Args:
+        cancel_after: check_cancel raises Cancelled on call number cancel_after + 1 (None: never).
+    """
+
+    id = "test-job"
+    device = "cpu"
+
+    def __init__(self, cancel_after: int | None = None):
+        self.cancel_after = cancel_after
+        self.checks = 0
+        self.progress_log: list[tuple] = []
+        self.partials: list[dict] = []
+        self.cancelled_at: float | None = None
+
+    def progress(self, stage, step, total, message="", preview=None):
+        self.progress_log.append((stage, step, total, message, preview))
+
+    def partial(self, outputs):
+        self.partials.append(dict(outputs))
+
+    def check_cancel(self):
+        self.checks += 1
+        if self.cancel_after is not None and self.checks > self.cancel_after:
+            if self.cancelled_at is None:
+                self.cancelled_at = time.monotonic()
+            from pipelines.base import Cancelled
+
+            raise Cancelled()
