@@ -163,13 +163,16 @@ def photo_views(cameras) -> tuple[dict, np.ndarray]:
 
 
 def render_views(source_obj, cameras: list, size: int) -> tuple[dict, np.ndarray]:
-    """Render `source_obj` alone from `cameras` (Blender camera objects) with the scene's engine."""
+    """Render `source_obj` alone from `cameras` (Blender camera objects) with the scene's engine
+    and samples (transparent film, straight-alpha linear RGBA)."""
     from . import capture as capture_mod
 
     engine = {"CYCLES": "CYCLES", "BLENDER_EEVEE": "EEVEE", "BLENDER_EEVEE_NEXT": "EEVEE",
               "BLENDER_WORKBENCH": "WORKBENCH"}.get(bpy.context.scene.render.engine, "CYCLES")
+    scene = bpy.context.scene
+    samples = scene.cycles.samples if engine == "CYCLES" else scene.eevee.taa_render_samples
     opts = capture_mod.CaptureOptions(width=size, height=size, engine=engine, points=0,
-                                      samples=16)
+                                      samples=max(1, int(samples)))
     captured = capture_mod.capture([source_obj], opts, cameras=cameras)
     return captured["cameras"], captured["images"]
 

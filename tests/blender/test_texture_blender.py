@@ -190,6 +190,7 @@ def test_texture_operator_end_to_end(enabled_addon, shared_server):
     settings.source, settings.source_object = "RENDER", source
     settings.cameras, settings.count, settings.elevation, settings.resolution = "RING", 4, 15.0, 96
     settings.texture_size = 128
+    bpy.context.scene.render.engine = "CYCLES"  # the views are rendered with the scene's engine
     bpy.context.scene.cycles.samples = 4
     bpy.ops.object.select_all(action="DESELECT")
     target.select_set(True)
