@@ -41,6 +41,8 @@ _CANDIDATES_PER_CHUNK = 1 << 22
 # Triangles whose doubled screen area is below this (pixels^2) are degenerate and skipped.
 _MIN_AREA2 = 1e-12
 _EMPTY = torch.iinfo(torch.int64).max
+# Bounding-box size classes (pixels per side) tested as fixed blocks; larger boxes are listed.
+_BLOCK_SIZES = (1, 2, 3, 4, 6, 8, 12, 16)
 
 
 @dataclass
@@ -71,13 +73,11 @@ class UVFragments:
             island (where UV islands overlap, the lowest id wins). [S, S] int64
         position: the surface point, world frame, metres; 0 outside. [S, S, 3]
         normal: unit face normal, world frame; 0 outside. [S, S, 3]
-        barycentric: weights of the triangle's corners; 0 outside. [S, S, 3]
     """
 
     triangle: Tensor
     position: Tensor
     normal: Tensor
-    barycentric: Tensor
 
 
 def face_normals(vertices: Tensor, faces: Tensor) -> Tensor:
@@ -187,19 +187,25 @@ def rasterize_uv(
     valid = torch.isfinite(xy).all(dim=2).all(dim=1)
     triangle = _zbuffer(xy, flat, valid, size, size, check)
 
-    hit = triangle >= 0
-    tri = triangle[hit]
-    pix = hit.nonzero()
-    centre = torch.stack([pix[:, 1], pix[:, 0]], dim=-1).to(xy.dtype) + 0.5
-    lam = _screen_barycentric(xy[tri], centre)
-    corners = vertices[faces[tri]]  # [n, 3, 3]
-    position = torch.zeros(size, size, 3, dtype=vertices.dtype, device=vertices.device)
-    position[hit] = (lam[:, :, None] * corners).sum(dim=1)
+    # Each triangle's texel -> surface point map is affine in texel coordinates:
+    # P(p) = sum_i lam_i(p) V_i = (sum_i V_i a_i^T) p + sum_i b_i V_i (lam_i = a_i . p + b_i).
+    a, b = _edge_coefficients(xy.double())
+    corners = vertices[faces].double()  # [F, 3 corners, 3 xyz]
+    affine = torch.cat([torch.einsum("fcx,fcj->fxj", corners, a),
+                        torch.einsum("fcx,fc->fx", corners, b)[..., None]], dim=-1).to(vertices.dtype)
+    flat_tri = triangle.reshape(-1)
+    texel = (flat_tri >= 0).nonzero().squeeze(1)
+    tri = flat_tri[texel]
+    centre = torch.stack([(texel % size).to(vertices.dtype) + 0.5,
+                          (texel // size).to(vertices.dtype) + 0.5], dim=-1)
+    m = affine[tri]  # [n, 3, 3]
+    point = m[:, :, 0] * centre[:, 0:1] + m[:, :, 1] * centre[:, 1:2] + m[:, :, 2]
+    position = torch.zeros(size * size, 3, dtype=vertices.dtype, device=vertices.device)
+    position[texel] = point
     normal = torch.zeros_like(position)
-    normal[hit] = face_normals(vertices, faces)[tri]
-    barycentric = torch.zeros_like(position)
-    barycentric[hit] = lam
-    return UVFragments(triangle=triangle, position=position, normal=normal, barycentric=barycentric)
+    normal[texel] = face_normals(vertices, faces)[tri]
+    return UVFragments(triangle=triangle, position=position.view(size, size, 3),
+                       normal=normal.view(size, size, 3))
 
 
 # ---------------------------------------------------------------------------- mechanics
@@ -294,22 +300,67 @@ def _zbuffer(
     b_all = b_all.float()
     inv_z = (1.0 / tz.double()).float()
 
+    # Small triangles (nearly all of a dense mesh) by bounding-box size class: each class tests
+    # a fixed kw x kh pixel block per triangle with the triangle's coefficients broadcast over
+    # the block (no per-pixel gathers); larger ones as a flat list of their box's pixels.
+    classes = torch.tensor(_BLOCK_SIZES, device=device)
+    cw = torch.searchsorted(classes, bw[ids])  # class index per side; len(classes): too big
+    ch = torch.searchsorted(classes, bh[ids])
+    n_cls = len(_BLOCK_SIZES)
+    small = (cw < n_cls) & (ch < n_cls)
+    group = cw * n_cls + ch
+    for g in torch.unique(group[small]).tolist():
+        kw, kh = _BLOCK_SIZES[g // n_cls], _BLOCK_SIZES[g % n_cls]
+        sel = ids[small & (group == g)]
+        step = max(1, _CANDIDATES_PER_CHUNK // (kw * kh))
+        for start in range(0, sel.numel(), step):
+            if check is not None:
+                check()
+            _zbuffer_block(sel[start:start + step], kw, kh, x0, y0, bw, bh, a_all, b_all, inv_z,
+                           width, best)
+    big = ids[~small]
+    counts = counts[~small]
     # Chunks: consecutive triangles whose candidate counts sum to at most the budget (one
     # triangle larger than the budget is a chunk of its own).
     ends = torch.cumsum(counts, 0)
     start = 0
-    n = ids.numel()
+    n = big.numel()
     while start < n:
         base = int(ends[start - 1]) if start > 0 else 0
         stop = int(torch.searchsorted(ends, base + _CANDIDATES_PER_CHUNK, right=True))
         stop = max(stop, start + 1)
         if check is not None:
             check()
-        _zbuffer_chunk(ids[start:stop], counts[start:stop], x0, y0, bw, a_all, b_all, inv_z,
+        _zbuffer_chunk(big[start:stop], counts[start:stop], x0, y0, bw, a_all, b_all, inv_z,
                        width, best)
         start = stop
     triangle = torch.where(best == _EMPTY, torch.full_like(best, -1), best & 0xFFFFFFFF)
     return triangle.view(height, width)
+
+
+def _zbuffer_block(
+    ids: Tensor, kw: int, kh: int, x0: Tensor, y0: Tensor, bw: Tensor, bh: Tensor,
+    a_all: Tensor, b_all: Tensor, inv_z: Tensor, width: int, best: Tensor,
+) -> None:
+    """Test a kw x kh pixel block at each triangle's bounding-box corner; fold hits into `best`."""
+    dy, dx = torch.meshgrid(torch.arange(kh, device=ids.device), torch.arange(kw, device=ids.device),
+                            indexing="ij")
+    dx, dy = dx.reshape(1, -1), dy.reshape(1, -1)
+    px = x0[ids][:, None] + dx  # [n, k*k]
+    py = y0[ids][:, None] + dy
+    inside = (dx < bw[ids][:, None]) & (dy < bh[ids][:, None])
+    cx = px.float() + 0.5
+    cy = py.float() + 0.5
+    a, b, iz = a_all[ids], b_all[ids], inv_z[ids]
+    inv_depth = torch.zeros_like(cx)
+    for i in range(3):
+        lam = a[:, i, 0:1] * cx + a[:, i, 1:2] * cy + b[:, i:i + 1]
+        inside &= lam >= 0
+        inv_depth += lam * iz[:, i:i + 1]
+    tri = ids[:, None].expand_as(px)[inside]
+    depth = 1.0 / inv_depth[inside]
+    bits = depth.clamp_min(0).view(torch.int32).long()
+    best.scatter_reduce_(0, py[inside] * width + px[inside], (bits << 32) | tri, reduce="amin")
 
 
 def _zbuffer_chunk(

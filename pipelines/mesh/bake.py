@@ -64,20 +64,26 @@ class TexelSet:
         position: surface points, world frame, metres. [M, 3]
         normal: unit face normals, world frame. [M, 3]
         size: texture side S.
+        normal_dot_position: N . P per texel (view-independent part of the facing test). [M]
+        position_sq: |P|^2 per texel. [M]
     """
 
     index: Tensor
     position: Tensor
     normal: Tensor
     size: int
+    normal_dot_position: Tensor
+    position_sq: Tensor
 
     @classmethod
     def from_fragments(cls, frags: UVFragments) -> "TexelSet":
         S = frags.triangle.shape[0]
         inside = frags.triangle.reshape(-1) >= 0
         index = inside.nonzero().squeeze(1)
-        return cls(index=index, position=frags.position.reshape(-1, 3)[index],
-                   normal=frags.normal.reshape(-1, 3)[index], size=S)
+        P = frags.position.reshape(-1, 3)[index]
+        N = frags.normal.reshape(-1, 3)[index]
+        return cls(index=index, position=P, normal=N, size=S,
+                   normal_dot_position=(N * P).sum(dim=1), position_sq=(P * P).sum(dim=1))
 
 
 @dataclass
@@ -169,11 +175,11 @@ def project_view(
     """
     H, W = camera.height, camera.width
     P, N = texels.position, texels.normal
-    # 1. Facing test: the view must see the texel's side of the surface reasonably squarely
+    # 1. Facing test: the view must see the texel's side of the surface reasonably squarely.
+    # cos = N . (c - P) / |c - P|, expanded so that only two mat-vecs touch all M texels.
     centre = camera.centers()[0].to(P.dtype)
-    to_cam = centre[None] - P
-    dist = to_cam.norm(dim=1).clamp_min(1e-12)
-    cos = (N * to_cam).sum(dim=1) / dist
+    dist_sq = (texels.position_sq - 2.0 * (P @ centre) + centre.dot(centre)).clamp_min(1e-24)
+    cos = (N @ centre - texels.normal_dot_position) * dist_sq.rsqrt()
     ids = (cos > settings.min_cos).nonzero().squeeze(1)
     P, cos = P[ids], cos[ids]
 
@@ -199,19 +205,25 @@ def project_view(
     # taps lie up to 1.5 px from the texel's projection, where a slanted surface is nearer or
     # farther by (z / f) * tan(angle) per pixel: that slope is allowed on top of the relative
     # tolerance (capped, so that an occluder is never mistaken for a grazing surface).
-    depth = frags.depth.reshape(-1).to(z.dtype)[taps]  # [m, 4], inf where empty
+    # One gather for everything the taps need: [m, 4, C] of (depth, edge weight, r, g, b[, alpha]).
+    columns = [frags.depth.reshape(-1, 1).to(z.dtype), edge_weight_map(frags.depth, settings).reshape(-1, 1),
+               image.reshape(-1, 3).to(z.dtype)]
+    if alpha is not None:
+        columns.append(alpha.reshape(-1, 1).to(z.dtype))
+    vals = torch.cat(columns, dim=1)[taps]
+    depth = vals[..., 0]  # [m, 4], inf where empty
     tan = (1.0 - cos * cos).clamp_min(0).sqrt() / cos
     focal = torch.minimum(camera.fx[0], camera.fy[0]).to(z.dtype)
     tol = z * (settings.depth_tolerance + 1.5 * tan.clamp(max=_MAX_SLOPE) / focal)
     visible = ((depth - z[:, None]).abs() <= tol[:, None]).all(dim=1)
-    ids, cos, taps, tap_w = ids[visible], cos[visible], taps[visible], tap_w[visible]
+    ids, cos, vals, tap_w = ids[visible], cos[visible], vals[visible], tap_w[visible]
 
-    # 4. Colour and weight
-    colour = (image.reshape(-1, 3)[taps] * tap_w[:, :, None]).sum(dim=1)
-    edge = (edge_weight_map(frags.depth, settings).reshape(-1)[taps] * tap_w).sum(dim=1)
-    weight = cos * edge.clamp_min(1e-3)
+    # 4. Colour and weight: bilinear over the taps
+    mixed = (vals[..., 1:] * tap_w[:, :, None]).sum(dim=1)  # [m, C - 1]
+    colour = mixed[:, 1:4]
+    weight = cos * mixed[:, 0].clamp_min(1e-3)
     if alpha is not None:
-        weight = weight * (alpha.reshape(-1)[taps] * tap_w).sum(dim=1)
+        weight = weight * mixed[:, 4]
     keep = weight > 0
     return ids[keep], colour[keep].float(), weight[keep].float()
 
@@ -262,15 +274,28 @@ def pad_islands(rgb: Tensor, known: Tensor, steps: int) -> Tensor:
     Returns:
         The padded colours (known texels unchanged). [S, S, 3]
     """
-    colour = rgb.permute(2, 0, 1)[None] * known[None, None]
-    mask = known[None, None].float()
+    # Colour and count together, channels last: [S, S, 4]; 3x3 box sums as separable shifted
+    # adds (much cheaper on the CPU than avg_pool2d at 2048^2).
+    state = torch.cat([rgb * known[..., None], known[..., None].to(rgb.dtype)], dim=-1)
     for _ in range(steps):
-        total = tf.avg_pool2d(colour, 3, 1, 1, count_include_pad=False)
-        count = tf.avg_pool2d(mask, 3, 1, 1, count_include_pad=False)
-        grow = (count > 0) & (mask == 0)
-        colour = torch.where(grow, total / count.clamp_min(1e-12), colour)
-        mask = torch.where(grow, torch.ones_like(mask), mask)
-    return colour[0].permute(1, 2, 0)
+        total = _box3(state)
+        grow = (total[..., 3] > 0) & (state[..., 3] == 0)
+        if not bool(grow.any()):
+            break
+        fill = total[grow]
+        state[grow] = torch.cat([fill[:, :3] / fill[:, 3:], torch.ones_like(fill[:, 3:])], dim=-1)
+    return state[..., :3]
+
+
+def _box3(x: Tensor) -> Tensor:
+    """Sum over each 3x3 neighbourhood (zero outside). [S, S, C] -> [S, S, C]"""
+    h = x.clone()
+    h[:, 1:] += x[:, :-1]
+    h[:, :-1] += x[:, 1:]
+    v = h.clone()
+    v[1:] += h[:-1]
+    v[:-1] += h[1:]
+    return v
 
 
 def render_texture(frags: MeshFragments, texture: Tensor, known: Tensor) -> tuple[Tensor, Tensor]:
