@@ -91,10 +91,15 @@ def main() -> None:
           f"{args.texture}x{args.texture}, torch threads {torch.get_num_threads()}")
 
     bench_split(V, F, U, cams, args.size, 64)  # warm-up (allocator, first-call costs)
+    cpu0 = time.process_time()
     t = bench_split(V, F, U, cams, args.size, args.texture)
+    cpu = time.process_time() - cpu0
     total = t["rasterize"] + t["project"] + t["blend"]
     print(f"  rasterize {t['rasterize']:.2f} s | project {t['project']:.2f} s | blend {t['blend']:.2f} s"
           f" | total {total:.2f} s ({100 * t['seen']:.0f} % of texels seen)")
+    # On a shared machine wall time depends on the other processes; CPU time much less so.
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"  process CPU time of the split: {cpu:.2f} s (load average {load:.1f} on {os.cpu_count()} cores)")
 
     images = np.full((args.views, args.size, args.size, 3), 128, np.uint8)
     t0 = time.perf_counter()
