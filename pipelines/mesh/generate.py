@@ -25,6 +25,7 @@ import numpy as np
 from addon.wire.schema import PipelineError
 
 from ..base import ModelSource, ModelSpec
+from .colour import linear_to_srgb8
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ def load_inpaint(source: ModelSource, device: str) -> Any:
         pipe = StableDiffusionInpaintPipeline.from_single_file(str(path), torch_dtype=dtype,
                                                                local_files_only=True)
     else:
-        pipe = AutoPipelineForInpainting.from_pretrained(str(path or source.ref), torch_dtype=dtype,
+        pipe = AutoPipelineForInpainting.from_pretrained(str(path or source.ref), dtype=dtype,
                                                          local_files_only=True)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
@@ -172,8 +173,6 @@ class ViewGenerator:
         known_rgb, known = bake.render_texture(frags, texture, seen)
         hit = (frags.triangle >= 0).cpu().numpy()
         known = known.cpu().numpy()
-        from .texture import linear_to_srgb8
-
         # The camera looks down its -Z axis: shade by the normals' component along that axis.
         view_dir = camera.world_from_camera[0, :3, 2].cpu().numpy()
         init = normal_shading(frags.normal.cpu().numpy(), hit, view_dir)

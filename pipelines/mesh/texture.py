@@ -30,6 +30,7 @@ from addon.wire.schema import Array, PipelineError, Struct
 from ..base import NO_MODELS, Job, Pipeline
 from ..splat.wire import cameras_from_wire, check_camera_values, check_finite
 from . import generate
+from .colour import linear_to_srgb8, srgb_to_linear
 
 log = logging.getLogger(__name__)
 
@@ -203,22 +204,6 @@ def run(inputs: dict, params: Params, job: Job, models: Mapping = NO_MODELS) -> 
     log.info("baked %d views into %dx%d (%.1f %% of the texels seen)", count, params.texture_size,
              params.texture_size, 100.0 * float(seen.float().mean()))
     return {"texture": texture, "images": views}
-
-
-# ---------------------------------------------------------------------------- colour
-
-
-def srgb_to_linear(image: np.ndarray) -> np.ndarray:
-    """sRGB-encoded uint8 -> linear float32 (the IEC 61966-2-1 curve). [..., C]"""
-    x = np.asarray(image, dtype=np.float32) / 255.0
-    return np.where(x <= 0.04045, x / 12.92, ((x + 0.055) / 1.055) ** 2.4).astype(np.float32)
-
-
-def linear_to_srgb8(rgb: np.ndarray) -> np.ndarray:
-    """Linear float -> sRGB-encoded uint8 (clipped to [0, 1] first). [..., C]"""
-    x = np.clip(np.nan_to_num(np.asarray(rgb, dtype=np.float32)), 0.0, 1.0)
-    x = np.where(x <= 0.0031308, 12.92 * x, 1.055 * np.power(x, 1.0 / 2.4) - 0.055)
-    return (x * 255.0 + 0.5).astype(np.uint8)
 
 
 def _wire_view(image: np.ndarray, device):
