@@ -87,7 +87,7 @@ def test_register_and_unregister_leave_nothing_behind(addon_disabled):
         assert session.on_load_post in bpy.app.handlers.load_post
         assert handlers.get_handler("system.echo") is not None
         footprint = _footprint()
-        assert footprint["scene_properties"] == ["neural_studio_jobs", "nstudio_final_shot"]
+        assert footprint["scene_properties"] == ["neural_studio_jobs", "nstudio_final_shot", "nstudio_texture"]
         assert footprint["app_handlers"] == {
             "depsgraph_update_post": ["addon.blender.final_shot._sync_companions", "addon.blender.render_engine._on_depsgraph_update"],
             "load_post": ["addon.blender.render_engine._on_load_post", "addon.blender.session.on_load_post"],
@@ -95,7 +95,7 @@ def test_register_and_unregister_leave_nothing_behind(addon_disabled):
         assert footprint["menus"] == {"TOPBAR_MT_file_export": ["addon.blender.ops_gaussians.menu_export"],
                                       "TOPBAR_MT_file_import": ["addon.blender.ops_gaussians.menu_import"]}
         assert footprint["timers"] == ["timer_tick"]  # the viewport's starts with a viewport
-        assert footprint["result_handlers"] == ["splat.reconstruct", "splat.render", "system.echo"]
+        assert footprint["result_handlers"] == ["mesh.texture", "splat.reconstruct", "splat.render", "system.echo"]
     finally:
         addon_utils.disable("addon", default_set=True, handle_error=None)
     assert _our_types() == []
