@@ -212,3 +212,50 @@ def test_texture_operator_end_to_end(enabled_addon, shared_server):
     image.pixels.foreach_get(px)
     rgb = px.reshape(-1, 4)[:, :3]
     assert rgb.std(axis=0).min() > 0.02  # the pattern came through, not a flat colour
+
+
+def test_photos_come_from_the_cameras_background_images(enabled_addon):
+    """PHOTOS source: each selected camera's background image is its view, its own lens."""
+    from mathutils import Matrix
+
+    from addon.blender import texture as blender_texture
+    from addon.core import capture_math
+
+    for obj in list(bpy.data.objects):
+        bpy.data.objects.remove(obj)
+    bpy.ops.mesh.primitive_uv_sphere_add(segments=16, ring_count=8, radius=1.0)
+    mesh_obj = bpy.context.active_object
+    cams = capture_math.capture_cameras([-1] * 3, [1] * 3, layout="ring", count=2, width=40,
+                                        height=24, lens_mm=35.0)
+    rng = np.random.default_rng(0)
+    photos = rng.integers(0, 256, (2, 24, 40, 3), dtype=np.uint8)
+    camera_objs = []
+    for i in range(2):
+        data = bpy.data.cameras.new(f"cam{i}")
+        data.lens, data.sensor_width, data.sensor_fit = 35.0, 36.0, "AUTO"
+        obj = bpy.data.objects.new(f"cam{i}", data)
+        obj.matrix_world = Matrix(cams["world_from_camera"][i].astype(np.float64).tolist())
+        bpy.context.scene.collection.objects.link(obj)
+        img = bpy.data.images.new(f"photo{i}", 40, 24)
+        rgba = np.concatenate([photos[i][::-1] / 255.0, np.ones((24, 40, 1))], -1).astype(np.float32)
+        img.pixels.foreach_set(rgba.ravel())
+        bg = data.background_images.new()
+        bg.image = img
+        camera_objs.append(obj)
+    got_cams, images = blender_texture.photo_views(camera_objs)
+    np.testing.assert_array_equal(images, photos)
+    np.testing.assert_allclose(got_cams["world_from_camera"], cams["world_from_camera"], atol=1e-5)
+    np.testing.assert_allclose(np.broadcast_to(got_cams["fx"], (2,)), float(cams["fx"]), rtol=1e-5)
+    assert (got_cams["width"], got_cams["height"]) == (40, 24)
+
+    settings = bpy.context.scene.nstudio_texture
+    settings.source = "PHOTOS"
+    for o in camera_objs:
+        o.select_set(True)
+    bpy.context.view_layer.objects.active = mesh_obj
+    params, inputs, target = blender_texture.gather(bpy.context, settings)
+    assert target == mesh_obj and inputs["images"].shape == (2, 24, 40, 3)
+    # A camera without a photo is named.
+    camera_objs[1].data.background_images.clear()
+    with pytest.raises(ValueError, match="cam1"):
+        blender_texture.photo_views(camera_objs)
