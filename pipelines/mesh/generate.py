@@ -157,11 +157,12 @@ class ViewGenerator:
         ref = params.model.strip() or None
         return cls(loader(INPAINT, ref, "params.model" if ref else None), params)
 
-    def view(self, index: int, camera, frags, texels, acc, job) -> np.ndarray:
+    def view(self, index: int, total: int, camera, frags, texels, acc, job) -> np.ndarray:
         """Paint view `index` (sRGB uint8 [H, W, 3]) given the texture accumulated so far.
 
         Args:
             index: the view's position (its seed is params.seed + index).
+            total: the number of views.
             camera: the view (C = 1, `nskernels.camera.Cameras`).
             frags: the view's fragments (with UVs).
             texels, acc: the UV texels and the views accumulated so far (`pipelines.mesh.bake`).
@@ -182,7 +183,7 @@ class ViewGenerator:
         fraction = float((~known & hit).sum()) / max(int(hit.sum()), 1)
         self.mask_fractions.append(fraction)
         p = self.params
-        job.progress("generate", index, index + 1, f"view {index + 1}: painting "
+        job.progress("generate", index, total, f"view {index + 1}/{total}: painting "
                      f"{100 * fraction:.0f} % of the mesh's pixels")
         return generate_view(self.pipe, p.prompt, frags.depth.cpu().numpy(), mask, p.seed + index,
                              init=init, negative_prompt=p.negative_prompt, steps=p.steps,

@@ -180,7 +180,7 @@ def run(inputs: dict, params: Params, job: Job, models: Mapping = NO_MODELS) -> 
                 missing.append(i)
             alpha = None
             if images is None:
-                views[i] = generator.view(i, camera, frags, texels, acc, job)
+                views[i] = generator.view(i, count, camera, frags, texels, acc, job)
                 linear = torch.from_numpy(srgb_to_linear(views[i])).to(device)
             else:
                 views[i], linear, alpha = _wire_view(images[i], device)

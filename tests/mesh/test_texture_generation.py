@@ -122,6 +122,7 @@ def test_generated_views_inpaint_what_is_missing(inpaint_model, make_job, monkey
     # The result: a texture with seen texels and the three generated views, previews per view.
     assert out["texture"].shape == (64, 64, 4) and (out["texture"][..., 3] == 255).mean() > 0.3
     assert out["images"].shape == (3, 32, 32, 3)
+    assert [p[1:3] for p in job.progress_log if p[0] == "generate"] == [(0, 3), (1, 3), (2, 3)]
     previews = [p[4] for p in job.progress_log if p[0] == "project"]
     assert len(previews) == 3 and all(p.shape == (32, 32, 3) for p in previews)
     # Kept pixels of later views are the texture baked so far, not repainted.
