@@ -138,17 +138,28 @@ def edge_weight_map(depth: Tensor, settings: BakeSettings) -> Tensor:
     # surface goes on where the view cannot see it.
     empty_nb = -tf.max_pool2d(-tf.pad(d, (1, 1, 1, 1), value=-1.0), 3, 1, 0) < 0
     jump = (far - near) > settings.depth_tolerance * near.clamp_min(1e-9)
-    interior = (~(empty_nb | jump)).float()
+    interior = (~(empty_nb | jump))[0, 0]
     # Chessboard distance to the nearest edge pixel by repeated 3x3 erosion, capped at `radius`.
     radius = max(2, int(round(settings.edge_falloff * max(H, W))))
-    dist = torch.zeros_like(interior)
+    dist = torch.zeros(H, W, dtype=depth.dtype, device=depth.device)
     current = interior
     for _ in range(radius):
-        dist = dist + current
-        current = -tf.max_pool2d(-current, 3, 1, 1)
+        dist += current
+        current = _erode3(current)
         if not bool(current.any()):
             break
-    return (dist / radius).clamp(max=1.0)[0, 0]
+    return (dist / radius).clamp(max=1.0)
+
+
+def _erode3(mask: Tensor) -> Tensor:
+    """3x3 erosion of a boolean image (outside counts as set), as separable shifted ANDs. [H, W]"""
+    h = mask.clone()
+    h[:, 1:] &= mask[:, :-1]
+    h[:, :-1] &= mask[:, 1:]
+    v = h.clone()
+    v[1:] &= h[:-1]
+    v[:-1] &= h[1:]
+    return v
 
 
 def project_view(
