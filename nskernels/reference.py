@@ -164,3 +164,53 @@ def _shade(
     weight = alpha * T  # [P, N]
     a = 1 - torch.prod(1 - alpha, dim=1)
     return weight @ colours, a, weight.sum(dim=1), weight @ z
+
+
+def rasterize_mesh_dense(vertices: Tensor, faces: Tensor, cameras: Cameras) -> tuple[Tensor, Tensor]:
+    """Brute-force twin of `nskernels.mesh_raster.rasterize_mesh`: every pixel x every triangle.
+
+    Literal definition, float64: a pixel centre is covered by a triangle when its three screen
+    barycentrics are >= 0; the surface depth there is the plane's camera z along the ray
+    through the centre; the nearest triangle wins (ties: the lower id). Triangles with a
+    corner at depth <= near are culled. Costs H*W*F; for tests.
+
+    Args:
+        vertices: world frame, metres. [V, 3]
+        faces: vertex indices. [F, 3]
+        cameras: one camera.
+
+    Returns:
+        `(triangle [H, W] int64 (-1 empty), depth [H, W] float64 (inf empty))`.
+    """
+    cam = cameras.camera_from_world()[0].double()
+    pc = vertices.double() @ cam[:3, :3].T + cam[:3, 3]
+    tri = pc[faces.long()]  # [F, 3, 3] OpenCV camera frame
+    H, W = cameras.height, cameras.width
+    fx, fy = float(cameras.fx[0]), float(cameras.fy[0])
+    cx, cy = float(cameras.cx[0]), float(cameras.cy[0])
+    rows, cols = torch.meshgrid(torch.arange(H, dtype=torch.float64),
+                                torch.arange(W, dtype=torch.float64), indexing="ij")
+    # The ray through each pixel centre, z = 1.
+    ray = torch.stack([(cols + 0.5 - cx) / fx, (rows + 0.5 - cy) / fy, torch.ones_like(rows)], -1)
+    ray = ray.reshape(-1, 3)
+    a, b, c = tri[:, 0], tri[:, 1], tri[:, 2]
+    # Inside test by the signs of the ray's triple products with the triangle's edges (the
+    # same as screen barycentrics >= 0, computed without projecting).
+    e0 = torch.linalg.cross(b, c, dim=-1)
+    e1 = torch.linalg.cross(c, a, dim=-1)
+    e2 = torch.linalg.cross(a, b, dim=-1)
+    vol = (a * e0).sum(-1)  # [F]
+    l0 = ray @ e0.T
+    l1 = ray @ e1.T
+    l2 = ray @ e2.T
+    s = torch.sign(vol)[None]
+    inside = (l0 * s >= 0) & (l1 * s >= 0) & (l2 * s >= 0) & (vol.abs() > 1e-18)[None]
+    culled = (tri[:, :, 2] <= cameras.near).any(1) | (tri[:, :, 2] >= cameras.far).any(1)
+    inside &= ~culled[None]
+    normal = torch.linalg.cross(b - a, c - a, dim=-1)
+    # Plane n . p = n . a; along the ray p = t ray, depth t = n.a / n.ray (ray z = 1).
+    t = (normal * a).sum(-1)[None] / (ray @ normal.T)
+    depth = torch.where(inside, t, torch.full_like(t, float("inf")))
+    best, idx = depth.min(dim=1)
+    triangle = torch.where(torch.isfinite(best), idx, torch.full_like(idx, -1))
+    return triangle.view(H, W), best.view(H, W)

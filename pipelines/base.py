@@ -124,7 +124,9 @@ class Pipeline:
         outputs: name -> field.
         run: ``run(inputs, params, job, models) -> outputs``; inputs are read-only numpy
             arrays and plain values, already checked against ``inputs``; ``models`` maps each
-            `ModelSpec.key` to the loaded model.
+            `ModelSpec.key` to the loaded model; on the server it also offers
+            ``models.load(spec, ref, field)`` for models chosen per request (ControlNets, an
+            inpainting model only some requests need), held until the job ends.
         probe: ``() -> (available, reason)``; imports nothing heavy.
         check: optional ``check(inputs, params)`` for what the schema cannot express (values
             that must be finite, a param bounded by the inputs, e.g. ``sh_degree`` by the

@@ -18,6 +18,7 @@ MODULES = (
     "pipelines.splat.render",
     "pipelines.splat.reconstruct",
     "pipelines.image.generate",
+    "pipelines.mesh.texture",
 )
 
 

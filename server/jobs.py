@@ -101,7 +101,7 @@ def models_for(pipeline: Pipeline, params: Any, device: str, registry=None) -> M
     it owns (the actor's own, so its models stay warm on its GPU). The caller closes what it
     gets (``models.close()``) when the job ends, so the registry may evict them again.
     """
-    if registry is not None and pipeline.models:
+    if registry is not None:  # even with none declared: run() may load some on demand
         return registry.acquire(pipeline, params, device)
     return NO_MODELS
 

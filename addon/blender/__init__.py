@@ -30,6 +30,7 @@ FEATURE_MODULES = (
     "splat_panel",
     "generate",
     "motion_ui",
+    "texture",
 )
 
 _registered: list = []

@@ -88,7 +88,7 @@ def test_register_and_unregister_leave_nothing_behind(addon_disabled):
         assert handlers.get_handler("system.echo") is not None
         footprint = _footprint()
         assert footprint["scene_properties"] == ["nstudio_final_shot", "nstudio_generate", "nstudio_jobs",
-                                                 "nstudio_motion_source"]
+                                                 "nstudio_motion_source", "nstudio_texture"]
         assert footprint["app_handlers"] == {
             "depsgraph_update_post": ["addon.blender.final_shot._sync_companions", "addon.blender.scene_gaussians._on_depsgraph_update"],
             "load_post": ["addon.blender.scene_gaussians._on_load_post", "addon.blender.session.on_load_post"],
@@ -98,7 +98,7 @@ def test_register_and_unregister_leave_nothing_behind(addon_disabled):
         assert footprint["menus"] == {"TOPBAR_MT_file_export": ["addon.blender.ops_gaussians.menu_export"],
                                       "TOPBAR_MT_file_import": ["addon.blender.ops_gaussians.menu_import"]}
         assert footprint["timers"] == ["timer_tick"]  # the viewport's starts with a viewport
-        assert footprint["result_handlers"] == ["image.generate", "motion.recover", "splat.reconstruct",
+        assert footprint["result_handlers"] == ["image.generate", "mesh.texture", "motion.recover", "splat.reconstruct",
                                                 "splat.render", "system.echo"]
     finally:
         addon_utils.disable("addon", default_set=True, handle_error=None)

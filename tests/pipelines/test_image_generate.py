@@ -15,23 +15,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import pipelines as _pipelines_package
+import image_models  # tests/pipelines/image_models.py: the tiny model builders
+from addon.wire.schema import PipelineError, check_inputs, parse_params
+from pipelines.base import Cancelled
+from pipelines.image import generate
+from pipelines.image.families import FAMILIES
+from recording_job import RecordingJob
+from server.models import ModelMissing, ModelRegistry
 
 REPO = Path(__file__).resolve().parents[2]
-# pytest imports this folder as the package "pipelines" (tests/ has no __init__.py), which
-# hides the real package's subpackages that were not imported before; let both be found.
-if str(REPO / "pipelines") not in list(_pipelines_package.__path__):
-    _pipelines_package.__path__.append(str(REPO / "pipelines"))
-
-from addon.wire.schema import PipelineError, check_inputs, parse_params  # noqa: E402
-from pipelines.base import Cancelled  # noqa: E402
-from pipelines.image import generate  # noqa: E402
-from pipelines.image.families import FAMILIES  # noqa: E402
-from server.models import ModelMissing, ModelRegistry  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import image_models  # noqa: E402  (tests/pipelines/image_models.py: the tiny model builders)
-from pipelines.conftest import RecordingJob  # noqa: E402  (tests/pipelines/conftest.py)
 
 SIZE = 32
 PROMPT = "a red cube"

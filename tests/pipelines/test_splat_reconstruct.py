@@ -22,7 +22,7 @@ def _psnr_of(message: str) -> float:
 
 @pytest.fixture(scope="module")
 def trained(tiny_scene):
-    from .conftest import RecordingJob
+    from recording_job import RecordingJob
 
     job = RecordingJob()
     inputs = {"images": tiny_scene["images"], "cameras": tiny_scene["cameras"]}
@@ -52,7 +52,7 @@ def test_psnr_rises_and_outputs_match_contract(trained):
 def test_alpha_supervision_keeps_background_empty(trained, tiny_scene):
     from pipelines.splat import render
 
-    from .conftest import RecordingJob
+    from recording_job import RecordingJob
 
     out, _ = trained
     target_alpha = tiny_scene["images"][..., 3]

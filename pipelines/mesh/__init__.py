@@ -1,0 +1,1 @@
+"""Mesh pipelines: `mesh.texture` (project or generate views and bake them onto a UV layout)."""
