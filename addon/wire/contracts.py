@@ -63,3 +63,56 @@ CAMERAS = Struct(
 )
 
 __all__ = ["ALL_DTYPES", "CAMERAS", "GAUSSIANS", "SH_REST_COUNTS"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Motion (PROTOCOL.md "Motion"): what motion.recover returns and the add-on imports.
+# Symbols: T frames, J joints, V/F mesh vertices/faces.
+# ---------------------------------------------------------------------------------------------
+
+SKELETON = Struct(
+    {
+        "names": Value("list", "joint names, J strings"),
+        "parents": Array(("<i4",), ("J",), "parent joint index, -1 for the root; a parent comes before its children. [J]"),
+        "rest": Array(F4, ("J", 3), "rest joint positions in the body's frame: Z up, metres, feet on Z = 0, facing -Y; joint frames at rest are axis-aligned. [J, 3]"),
+    },
+    doc="the body's joint tree",
+)
+
+BODY_PARAMS = Struct(
+    {
+        "model": Value("str", '"anny", "smpl", "smplx"'),
+        "*": Value("any", "the model's own parameters: SMPL family betas (B,), global_orient (T,3), body_pose (T,69|63) axis-angle, transl (T,3) in SMPL's Y-up frame, world_from_body (4,4); Anny phenotype (6,) with phenotype_labels"),
+    },
+    doc="the body model's own parameters",
+    optional=True,
+)
+
+SKINNED_MESH = Struct(
+    {
+        "vertices": Array(F4, ("V", 3), "rest mesh in the body's frame, metres. [V, 3]"),
+        "faces": Array(("<i4",), ("F", 3), "triangles. [F, 3]"),
+        "skin_index": Array(("<i4",), ("V", None), "influencing joints per vertex. [V, I]"),
+        "skin_weight": Array(F4, ("V", None), "their weights, summing to 1. [V, I]"),
+    },
+    doc="the skinned body at rest (default body only)",
+    optional=True,
+)
+
+MOTION_FIELDS = {
+    "fps": Value("float", "frames per second"),
+    "skeleton": SKELETON,
+    "rotations": Array(F4, ("T", "J", 4), "local joint rotations (w, x, y, z) relative to the parent; the root's relative to the world. [T, J, 4]"),
+    "root_translation": Array(F4, ("T", 3), "root joint position in the world (Blender: Z up, metres, ground Z = 0). [T, 3]"),
+    "joints": Array(F4, ("T", "J", 3), "posed joint positions in the world. [T, J, 3]"),
+    "keypoints3d": Array(F4, ("T", 17, 3), "COCO-17 keypoints in the world, metres. [T, 17, 3]"),
+    "contacts": Array(F4, ("T", 4), "left heel, left toe, right heel, right toe on the ground, in [0, 1]. [T, 4]"),
+    "confidence": Array(F4, ("T",), "per-frame confidence in [0, 1]. [T]"),
+    "camera": Struct(dict(CAMERAS.fields), doc="the source video's camera per frame, same world", optional=True),
+    "body": BODY_PARAMS,
+    "mesh": SKINNED_MESH,
+}
+
+MOTION = Struct(MOTION_FIELDS, doc="a body's animation in Blender's world (PROTOCOL.md Motion)")
+
+__all__ += ["BODY_PARAMS", "MOTION", "MOTION_FIELDS", "SKELETON", "SKINNED_MESH"]

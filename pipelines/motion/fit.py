@@ -381,8 +381,7 @@ class Fitter:
                 per_frame = per_frame + (obs_h["dir_w"] * (1 - (fitted * obs_h["dirs"]).sum(-1))).sum(-1)
             per_frame.sum().backward()
             optimiser.step()
-            if step % 10 == 0:
-                self.report("fit", step, s.init_iterations + s.iterations)
+            self.report("fit", step, s.init_iterations + s.iterations)
         best = per_frame.detach().reshape(h, t).argmin(0)
         frames = torch.arange(t)
         root0 = root.detach().reshape(h, t, 3)[best, frames]
@@ -437,8 +436,7 @@ class Fitter:
             loss.backward()
             optimiser.step()
             schedule.step()
-            if step % 10 == 0:
-                self.report(stage, offset + step, total)
+            self.report(stage, offset + step, total)
         with torch.no_grad():
             shape = self.model.shape(shape_raw)
             rest = self.body.rest(shape)

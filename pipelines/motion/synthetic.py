@@ -212,3 +212,72 @@ def metrics(pred: np.ndarray, true: np.ndarray, fps: float, pred_contacts: np.nd
         on = (pred_contacts[1:] > 0.5) & (pred_contacts[:-1] > 0.5)
         out["foot_sliding"] = float(step[on].mean() * mm) if on.any() else 0.0
     return out
+
+
+def render_clip(body: Body, clip: Clip, background=(70, 90, 110)) -> np.ndarray:
+    """Render the clip's body as a shaded point-splatted mesh (numpy; no GPU, no bpy).
+
+    Each vertex of the skinned Anny mesh is projected through the clip's camera and splatted as
+    a small square, far to near (painter's order), shaded by its normal (Lambert, key light from
+    the camera's upper left); a checker ground plane is drawn first.
+
+    Returns:
+        sRGB frames. [T, H, W, 3] uint8
+    """
+    from nskernels.skinning import Kinematics, skin_points
+
+    rest = body.rest(torch.tensor(clip.shape, dtype=torch.float32), full=True)
+    faces = torch.tensor(body.faces, dtype=torch.long)
+    with torch.no_grad():
+        rotations = torch.tensor(clip.local_rotations)
+        positions = torch.tensor(clip.joints)
+        world_rot = _world_rotations(rotations, body.parents)
+        verts = skin_points(Kinematics(world_rot, positions), rest.joints, rest.vertices,
+                            torch.tensor(body.skin_index, dtype=torch.long),
+                            torch.tensor(body.skin_weight)).numpy()
+    w, h = clip.width, clip.height
+    fx, fy, cx, cy = clip.intrinsics
+    camera_from_world = np.linalg.inv(clip.world_from_camera_cv)
+    frames = np.empty((len(verts), h, w, 3), np.uint8)
+    # Ground: a checker of 0.5 m squares seen through the camera (per pixel ray-plane hit).
+    ys, xs = np.mgrid[0:h, 0:w] + 0.5
+    rays = np.stack([(xs - cx) / fx, (ys - cy) / fy, np.ones_like(xs)], -1) @ clip.world_from_camera_cv[:3, :3].T
+    origin = clip.world_from_camera_cv[:3, 3]
+    hit = -origin[2] / np.where(rays[..., 2] < -1e-6, rays[..., 2], -1e-6)
+    ground = origin + rays * hit[..., None]
+    checker = ((np.floor(ground[..., 0] * 2) + np.floor(ground[..., 1] * 2)) % 2).astype(bool)
+    floor = np.where(checker[..., None], np.array([150, 150, 140]), np.array([110, 110, 100]))
+    sky = rays[..., 2] >= -1e-6
+    base = np.where(sky[..., None], np.array(background), floor).astype(np.uint8)
+    light = np.array([-0.4, -0.6, -0.7])
+    light /= np.linalg.norm(light)
+    for t, v in enumerate(verts):
+        cam = v @ camera_from_world[:3, :3].T + camera_from_world[:3, 3]
+        tri = cam[faces.numpy()]
+        normals = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
+        vn = np.zeros_like(cam)
+        for k in range(3):
+            np.add.at(vn, faces.numpy()[:, k], normals)
+        vn /= np.linalg.norm(vn, axis=1, keepdims=True) + 1e-12
+        shade = np.clip(-(vn @ light), 0.0, 1.0) * 0.75 + 0.25
+        facing = (vn * cam).sum(1) < 0          # normals towards the camera
+        u = np.round(fx * cam[:, 0] / cam[:, 2] + cx - 0.5).astype(int)
+        r = np.round(fy * cam[:, 1] / cam[:, 2] + cy - 0.5).astype(int)
+        order = np.argsort(-cam[:, 2])
+        image = base.copy()
+        skin = np.array([205, 160, 130])
+        for du in (-1, 0, 1):
+            for dv in (-1, 0, 1):
+                uu, rr = u[order] + du, r[order] + dv
+                ok = (uu >= 0) & (uu < w) & (rr >= 0) & (rr < h) & facing[order]
+                image[rr[ok], uu[ok]] = (skin * shade[order][ok, None]).astype(np.uint8)
+        frames[t] = image
+    return frames
+
+
+def _world_rotations(local: torch.Tensor, parents: list) -> torch.Tensor:
+    out = local.clone()
+    for j, p in enumerate(parents):
+        if p >= 0:
+            out[:, j] = out[:, p] @ local[:, j]
+    return out
