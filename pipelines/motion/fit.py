@@ -386,6 +386,13 @@ class Fitter:
         frames = torch.arange(t)
         root0 = root.detach().reshape(h, t, 3)[best, frames]
         position0 = position.detach().reshape(h, t, 3)[best, frames]
+        # Frames without a detection take the orientation of the nearest frame with one (their
+        # hypotheses all cost nothing); the fit fills them through the smoothness term.
+        observed = (obs["conf"] > 0.05).sum(1) >= 4
+        if observed.any() and not observed.all():
+            seen = torch.nonzero(observed)[:, 0]
+            nearest = seen[(frames[:, None] - seen[None]).abs().argmin(1)]
+            root0 = root0[nearest]
 
         # 2. Everything, all frames at once.
         root = root0.clone().requires_grad_(True)
