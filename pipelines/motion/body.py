@@ -221,7 +221,8 @@ class _ChumpyFree(pickle.Unpickler):
                 ("numpy._core.multiarray", "scalar"), ("scipy.sparse.csc", "csc_matrix"),
                 ("scipy.sparse._csc", "csc_matrix"), ("scipy.sparse.csr", "csr_matrix"),
                 ("scipy.sparse._csr", "csr_matrix"), ("builtins", "object"), ("copy_reg", "_reconstructor"),
-                ("copyreg", "_reconstructor"), ("__builtin__", "object")}
+                ("copyreg", "_reconstructor"), ("__builtin__", "object"),
+                ("_codecs", "encode")}  # protocol-2 pickles written by Python 3 wrap bytes so
 
     def find_class(self, module, name):
         if module.startswith("chumpy"):
