@@ -50,8 +50,8 @@ class FitSettings:
     """Weights and schedules of the fit.
 
     Attributes:
-        init_iterations: Adam steps of the root-only stage per yaw hypothesis (default 60).
-        iterations: Adam steps of the full camera-frame fit (default 300).
+        init_iterations: Adam steps of the root-only stage per yaw hypothesis (default 40).
+        iterations: Adam steps of the full camera-frame fit (default 250).
         ground_iterations: Adam steps of the ground-stage refinement (default 150).
         lr: Adam learning rate (default 0.03).
         sigma: Geman-McClure scale, fraction of the person's image height (default 0.05).
@@ -60,16 +60,16 @@ class FitSettings:
         w_pose: weight of the pose prior (default 0.002).
         w_knee: weight of the knee hinge (default 0.5).
         w_shape: weight of the shape prior (default 0.01).
-        w_contact_velocity: weight of foot velocity on contacts, per (m/frame)^2 (default 2000).
-        w_contact_height: weight of contact height, per m^2 (default 200).
+        w_contact_velocity: weight of foot velocity on contacts, per (m/frame)^2 (default 200).
+        w_contact_height: weight of contact height, per m^2 (default 20).
         w_penetration: weight of points below the ground, per m^2 (default 1000).
         anneal: the robust kernel starts this many times wider than ``sigma`` (default 10).
         shape_iterations: steps of each stage during which the shape is optimised too; it is
-            frozen afterwards (default 100).
+            frozen afterwards (default 40).
     """
 
-    init_iterations: int = 60
-    iterations: int = 300
+    init_iterations: int = 40
+    iterations: int = 250
     ground_iterations: int = 150
     lr: float = 0.03
     sigma: float = 0.05
@@ -78,11 +78,11 @@ class FitSettings:
     w_pose: float = 0.002
     w_knee: float = 0.5
     w_shape: float = 0.01
-    w_contact_velocity: float = 2000.0
-    w_contact_height: float = 200.0
+    w_contact_velocity: float = 200.0
+    w_contact_height: float = 20.0
     w_penetration: float = 1000.0
     anneal: float = 10.0
-    shape_iterations: int = 100
+    shape_iterations: int = 40
 
 
 @dataclass

@@ -55,7 +55,7 @@ class Params:
         start, end: frame range [start, end) of the video or frames (end None: to the end).
         fov_degrees: horizontal field of view when the camera's intrinsics are not given
             (default 57.5, between the contract's 55 and 60).
-        iterations: steps of the full fit (default 300).
+        iterations: steps of the full fit (default 250).
         ground_iterations: steps of the ground stage (default 150; 0 skips the contact
             refinement but still places the ground and the camera).
         smoothness: weight of the acceleration term (default 20).
@@ -67,7 +67,7 @@ class Params:
     start: int = field(default=0, metadata={"doc": "first frame", "min": 0})
     end: int | None = field(default=None, metadata={"doc": "frame to stop before (default: the end)", "min": 1})
     fov_degrees: float = field(default=57.5, metadata={"doc": "horizontal field of view when intrinsics are not given", "min": 5.0, "max": 170.0})
-    iterations: int = field(default=300, metadata={"doc": "steps of the full fit", "min": 0, "max": 20000})
+    iterations: int = field(default=250, metadata={"doc": "steps of the full fit", "min": 0, "max": 20000})
     ground_iterations: int = field(default=150, metadata={"doc": "steps of the ground and contact stage", "min": 0, "max": 20000})
     smoothness: float = field(default=20.0, metadata={"doc": "weight of the acceleration term", "min": 0.0})
     min_confidence: float = field(default=0.5, metadata={"doc": "detector confidence threshold", "min": 0.0, "max": 1.0})
@@ -311,7 +311,7 @@ def run(inputs: dict, params: Params, job: Job, models: Mapping) -> dict:
     if settings.ground_iterations > 0:
         from .fit import Ground
 
-        contact = ground.contacts(world.keypoints.numpy()[:, FEET], fps, lift)
+        contact = ground.initial_contacts(world, common, fps)
         state = Ground(torch.tensor(placement.camera_from_world), torch.tensor(placement.camera_position),
                        torch.tensor(contact))
         world = fitter.fit_ground(observations, world, state)

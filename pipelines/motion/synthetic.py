@@ -1,7 +1,8 @@
 """Synthetic clips with a known answer: a body moving in the world, seen by a static camera.
 
 Used by the tests, the benchmark and the demo. A motion is a set of local rotations of the
-body's fitted joints plus a root path; feet are put on the ground frame by frame. The
+body's fitted joints plus a root path; the lower foot of each frame stays planted (the root
+moves by what it moved, so walks do not skate) and feet are put on the ground frame by frame. The
 observations are the body's 23 common keypoints projected through the camera, with pixel noise,
 dropped points and the metric, camera-aligned 3D landmarks a detector such as MediaPipe gives.
 """
@@ -94,9 +95,8 @@ def _motion(body: Body, kind: str, t_count: int, fps: float):
         set_x(lambda n: is_arm(n) and left(n), 0.4 * np.sin(phase))
         set_x(lambda n: is_arm(n) and right(n), -0.4 * np.sin(phase))
         if kind == "walk":
+            # The body moves forward by planting its feet (see make_clip), not along a path.
             yaw[:] = math.radians(60)
-            direction = np.array([math.cos(yaw[0] - math.pi / 2), math.sin(yaw[0] - math.pi / 2), 0])
-            path = np.outer(time, 1.1 * direction)
         else:
             yaw = np.linspace(0, 1.5 * math.pi, t_count)
     elif kind == "crouch":
@@ -137,6 +137,17 @@ def make_clip(body: Body, kind: str = "walk", frames: int = 60, fps: float = 30.
         position = torch.tensor(path, dtype=torch.float32) + pelvis
         # Yaw enters as the root rotation; the axis-angle of a pure yaw is (0, 0, yaw).
         root[:, 2] = torch.tensor(yaw, dtype=torch.float32)
+        rotations, kin, kp = model.pose(rest, root, torch.tensor(pose, dtype=torch.float32), position)
+        # Walk without skating: the lower foot of each frame stays where it was planted, and
+        # the root moves by what that foot moved relative to the body.
+        feet = kp[:, [17, 19, 21]].numpy(), kp[:, [18, 20, 22]].numpy()     # left, right soles
+        low = np.stack([f[..., 2].min(1) for f in feet], 1)                   # [T, 2]
+        shift_xy = np.zeros((frames, 3))
+        for t in range(1, frames):
+            stance = int(np.argmin(low[t]))
+            step = feet[stance][t].mean(0) - feet[stance][t - 1].mean(0)
+            shift_xy[t] = shift_xy[t - 1] - np.array([step[0], step[1], 0.0])
+        position = position + torch.tensor(shift_xy, dtype=torch.float32)
         rotations, kin, kp = model.pose(rest, root, torch.tensor(pose, dtype=torch.float32), position)
         # Stand on the ground: the lowest foot point of each frame on Z = 0 (plus the jump).
         lowest = kp[..., 2].min(1).values - torch.tensor(path[:, 2], dtype=torch.float32)
