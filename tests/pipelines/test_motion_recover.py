@@ -141,5 +141,22 @@ def test_run_from_client_keypoints_gives_the_motion_map(make_job, walk_keypoints
     to_body = out["root_translation"].mean(0) - cam["world_from_camera"][0, :3, 3]
     assert look @ to_body / np.linalg.norm(to_body) > 0.9
     assert out["keypoints2d"].shape == (t, 25, 3)
+    # The contract's forward kinematics, in plain numpy from the quaternions: the joints follow
+    # from skeleton.rest, rotations (local, root's in the world) and root_translation.
+    q = out["rotations"].astype(np.float64)
+    w, x, y, z = np.moveaxis(q, -1, 0)
+    local = np.stack([1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
+                      2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
+                      2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)], -1).reshape(t, j, 3, 3)
+    rest, parents = out["skeleton"]["rest"], out["skeleton"]["parents"]
+    world_rot = np.empty_like(local)
+    joints = np.empty((t, j, 3))
+    for k, p in enumerate(parents):
+        if p < 0:
+            world_rot[:, k], joints[:, k] = local[:, k], out["root_translation"]
+        else:
+            world_rot[:, k] = world_rot[:, p] @ local[:, k]
+            joints[:, k] = joints[:, p] + world_rot[:, p] @ (rest[k] - rest[p])
+    np.testing.assert_allclose(joints, out["joints"], atol=2e-4)
     stages = [p[0] for p in job.progress_log]
     assert "fit" in stages and stages[-1] == "ground"
