@@ -32,10 +32,10 @@ import torch
 from torch import Tensor
 
 from nskernels.rotations import axis_angle_to_matrix, matrix_to_axis_angle, rotation_x, rotation_z
-from nskernels.skinning import Kinematics, anchor_points, forward_kinematics, kinematic_levels
+from nskernels.skinning import anchor_points, forward_kinematics, kinematic_levels
 
 from .body import Body, Rest
-from .keypoints import BONES, CONTACT_POINTS, INDEX
+from .keypoints import BONES, INDEX
 
 log = logging.getLogger(__name__)
 

@@ -33,7 +33,7 @@ from addon.wire.contracts import FLOAT, MOTION_FIELDS
 from addon.wire.schema import Array, PipelineError, Struct, Value
 
 from ..base import Job, ModelSource, ModelSpec, Pipeline
-from .keypoints import COMMON, FORMATS
+from .keypoints import FORMATS
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from nskernels.rotations import rotation_x, rotation_z
 
 from .body import Body
 from .fit import Observations, _Model
