@@ -64,6 +64,7 @@ class FitSettings:
         w_contact_height: weight of contact height, per m^2 (default 20).
         w_penetration: weight of points below the ground, per m^2 (default 1000).
         anneal: the robust kernel starts this many times wider than ``sigma`` (default 10).
+        w_depth: weight of the pull of the root depth to the torso-length depth (default 10).
         shape_iterations: steps of each stage during which the shape is optimised too; it is
             frozen afterwards (default 40).
     """
@@ -83,6 +84,7 @@ class FitSettings:
     w_penetration: float = 1000.0
     anneal: float = 10.0
     shape_iterations: int = 40
+    w_depth: float = 10.0
 
 
 @dataclass
@@ -296,6 +298,10 @@ class Fitter:
         if t >= 3 and s.w_accel > 0:
             accel = kp[2:] - 2 * kp[1:-1] + kp[:-2]
             terms["accel"] = s.w_accel * (accel ** 2).sum(-1).mean()
+        if ground is None and s.w_depth > 0 and obs.get("depth0") is not None and len(obs["depth0"]) == t:
+            # The torso's image length gives the depth whatever the limbs do; a soft pull to it
+            # keeps folded legs (a crouch) from being read as the body moving away.
+            terms["depth"] = s.w_depth * ((position[:, 2] / obs["depth0"] - 1) ** 2).mean()
         terms["pose"] = s.w_pose * (pose ** 2).sum(-1).mean()
         if self.model.knees:
             knee = pose[:, [k - 1 for k in self.model.knees]]
@@ -355,6 +361,7 @@ class Fitter:
             torso = (rest0.anchor_weight[TORSO][:, :, None] * (rest0.anchor_offset[TORSO] + rest0.joints)).sum(1)
             torso_m = float(((torso[0] + torso[1]) / 2 - (torso[2] + torso[3]) / 2).norm())
         position0 = torch.tensor(_initial_translation(observations.keypoints2d, obs["intrinsics"], torso_m))
+        obs["depth0"] = position0[:, 2].clone()
 
         # 1. Root orientation: four yaws per frame, each fitted alone, the best kept.
         upright = rotation_x(torch.tensor(math.pi / 2))  # body Z up -> camera -y, facing the camera
