@@ -19,6 +19,7 @@ MODULES = (
     "pipelines.splat.reconstruct",
     "pipelines.image.generate",
     "pipelines.mesh.texture",
+    "pipelines.motion.recover",
 )
 
 

@@ -14,6 +14,7 @@ atexit.register(shutil.rmtree, _SCRATCH, True)
 for _var, _sub in (
     ("BLENDER_USER_RESOURCES", "blender"),
     ("XDG_CACHE_HOME", "cache"),
+    ("XDG_DATA_HOME", "data"),
     ("HF_HOME", "hf"),
     ("TORCH_EXTENSIONS_DIR", "torch_ext"),
     ("NUMBA_CACHE_DIR", "numba"),
@@ -21,6 +22,13 @@ for _var, _sub in (
     os.environ[_var] = os.path.join(_SCRATCH, _sub)
     os.makedirs(os.environ[_var], exist_ok=True)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Anny derives its body data from the wheel on first use (about a minute of CPU) and caches it;
+# warp-lang (which Anny uses) caches compiled kernels. Both go in the checkout's own ignored
+# .cache/, out of $HOME, so that a second local run does not pay again.
+_REPO_CACHE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".cache")
+for _var, _sub in (("ANNY_CACHE_DIR", "anny"), ("WARP_CACHE_PATH", "warp")):
+    os.environ.setdefault(_var, os.path.join(_REPO_CACHE, _sub))
+    os.makedirs(os.environ[_var], exist_ok=True)
 
 
 def _has_cuda() -> bool:

@@ -100,6 +100,17 @@ MOTION_MESH = Struct(
     optional=True,
 )
 
+BODY_PARAMS = Struct(
+    {
+        "model": Value("str", '"anny", "smpl", "smplx"'),
+        "*": Value("any", "the model's own parameters: SMPL family betas (B,), global_orient (T,3), "
+                   "body_pose (T,69|63) axis-angle, transl (T,3) in SMPL's Y-up frame, "
+                   "world_from_body (4,4); Anny phenotype (6,) with phenotype_labels"),
+    },
+    doc="the body model's own parameters",
+    optional=True,
+)
+
 MOTION = Struct(
     {
         "fps": Value("float", "frames per second"),
@@ -114,9 +125,7 @@ MOTION = Struct(
         "confidence": Array(F4, ("T",), "per-frame confidence in [0, 1]. [T]"),
         "camera": dataclasses.replace(CAMERAS, optional=True,
                                       doc="the source video's camera per frame (T cameras), same world"),
-        "body": Struct({"model": Value("str", "body model: anny, smpl, smplx, ..."),
-                        "*": Value("any", "the model's own parameters")},
-                       doc="the body model and its parameters", optional=True),
+        "body": BODY_PARAMS,
         "mesh": MOTION_MESH,
         "*": Value("any", "further outputs (e.g. keypoints2d), ignored by consumers that do not know them"),
     },
@@ -124,5 +133,8 @@ MOTION = Struct(
         "COCO-17 world keypoints, foot contacts.",
 )
 
-__all__ = ["ALL_DTYPES", "CAMERAS", "COCO17", "CONTACT_POINTS", "GAUSSIANS", "MOTION", "MOTION_MESH",
-           "SH_REST_COUNTS", "SKELETON"]
+#: The Motion map's fields, for a pipeline's ``outputs`` (it may add its own beside them).
+MOTION_FIELDS = {k: v for k, v in MOTION.fields.items() if k != "*"}
+
+__all__ = ["ALL_DTYPES", "BODY_PARAMS", "CAMERAS", "COCO17", "CONTACT_POINTS", "GAUSSIANS", "MOTION",
+           "MOTION_FIELDS", "MOTION_MESH", "SH_REST_COUNTS", "SKELETON"]

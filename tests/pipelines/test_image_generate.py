@@ -257,7 +257,6 @@ def test_cancel_between_steps(registry):
 def test_over_the_wire_equals_direct(tiny, tmp_path):
     import zmq
 
-    sys.path.insert(0, str(REPO / "tests" / "server"))
     from server_harness import Client, ServerProcess
 
     context = zmq.Context()

@@ -1,7 +1,8 @@
 """Test harness: a real ``nstudio serve`` subprocess on loopback, and a small protocol client.
 
-(Not conftest.py itself so that test modules can import it: tests/server has no __init__.py,
-which would make it a package named ``server`` and shadow the real one.)
+Shared by tests/server, tests/conformance and the pipelines' end-to-end tests (tests/ is on the
+import path through the top conftest; the test folders have no __init__.py, which would make
+them packages named ``server`` or ``pipelines`` and shadow the real ones).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import zmq
 
 from addon.wire import protocol
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 TERMINAL = ("result", "error", "cancelled")
 # Test pipelines (a strict schema; one never available), loaded with --pipelines.
 SHAPES_PIPELINE = "tests.server.shapes_pipeline,tests.server.unavailable_pipeline"

@@ -1,0 +1,145 @@
+"""Benchmark: motion.recover's fit on synthetic clips of a known Anny motion (CPU or GPU).
+
+Accuracy: for each motion (walk, turn, jump, crouch) and camera placement, the body's 23 common
+keypoints are projected through a static pinhole camera (1 px noise, 10 % dropped, MediaPipe-like
+metric 3D landmarks with 2 cm noise), fitted in the camera frame, grounded (plane, camera height
+and pitch from the feet) and refined with the contact terms; printed: MPJPE (pelvis aligned),
+PA-MPJPE, WA-MPJPE (one similarity per clip), W-MPJPE (first two frames aligned), root error,
+acceleration error (mm/frame^2), foot sliding (mm/frame on contact frames), camera height error.
+Caveat: the scripted walk's stance foot itself slides a little (the root moves at a constant
+speed while the legs swing sinusoidally), which bounds the figures on that clip.
+
+Speed: the same energy (fit.py) on the same 100 frames, batched (all frames one batch, with the
+temporal terms) against per frame (one frame at a time, no temporal terms), in the same run;
+per-frame time is measured on --per-frame-sample frames and scaled to 100. Detection speed: MediaPipe
+on 100 rendered 640x360 frames.
+
+Goals (issue 10): PA-MPJPE <= 50 mm, WA-MPJPE <= 90 mm, foot sliding <= 3 mm/frame,
+acceleration error <= 6 mm/frame^2; fit >= 10x faster than per frame and <= 5 s per 100 frames.
+
+Usage:
+    python benchmarks/bench_motion.py [--frames 60] [--device cpu] [--per-frame-sample 5]
+        [--motions walk,turn,jump,crouch] [--skip-detect]
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+CAMERAS = {"front-right": (0.8, -5.0, 1.4), "high-left": (-2.5, -4.0, 2.6)}
+
+
+def accuracy(body, kind, camera, frames, settings):
+    import torch
+
+    from pipelines.motion import ground
+    from pipelines.motion.fit import FEET, Fitter, Ground, rest_keypoints
+    from pipelines.motion.keypoints import CONTACT_POINTS
+    from pipelines.motion.synthetic import make_clip, metrics
+
+    clip = make_clip(body, kind, frames=frames, camera_position=camera, seed=hash(kind) % 1000)
+    start = time.perf_counter()
+    fitter = Fitter(body, settings)
+    cam = fitter.fit_camera(clip.observations)
+    placement = ground.estimate_ground(cam, clip.fps)
+    world = ground.to_world(cam, placement)
+    lift = rest_keypoints(world.rest)[FEET, 2].numpy()
+    state = Ground(torch.tensor(placement.camera_from_world), torch.tensor(placement.camera_position),
+                   torch.tensor(ground.initial_contacts(world, clip.observations.keypoints2d, clip.fps)))
+    world = fitter.fit_ground(clip.observations, world, state)
+    seconds = time.perf_counter() - start
+    kp = world.keypoints.numpy()
+    lift4 = rest_keypoints(world.rest)[list(CONTACT_POINTS), 2].numpy()
+    contacts = ground.contacts(kp[:, list(CONTACT_POINTS)], clip.fps, lift4)
+    m = metrics(kp[:, :17], clip.keypoints[:, :17], clip.fps)
+    m.update({k: v for k, v in metrics(kp, clip.keypoints, clip.fps, contacts, list(CONTACT_POINTS)).items()
+              if k == "foot_sliding"})
+    _, position = state.corrected()
+    m["camera_height_error"] = abs(float(position[2]) - float(clip.world_from_camera_cv[2, 3])) * 1000
+    m["seconds"] = seconds
+    return m
+
+
+def speed(body, frames, sample, settings):
+    from pipelines.motion.fit import Fitter, Observations
+    from pipelines.motion.synthetic import make_clip
+
+    clip = make_clip(body, "walk", frames=frames, seed=11)
+    start = time.perf_counter()
+    Fitter(body, settings).fit_camera(clip.observations)
+    batched = time.perf_counter() - start
+    obs = clip.observations
+    start = time.perf_counter()
+    for t in range(sample):
+        one = Observations(obs.keypoints2d[t:t + 1], obs.directions3d[t:t + 1], obs.intrinsics)
+        Fitter(body, settings).fit_camera(one)
+    per_frame = (time.perf_counter() - start) / sample * frames
+    return batched, per_frame
+
+
+def detect_speed(body, frames):
+    from pipelines.motion.detect import PoseDetector
+    from pipelines.motion.synthetic import make_clip, render_clip
+
+    clip = make_clip(body, "walk", frames=frames, width=640, height=360, camera_position=(0.5, -4.0, 1.3))
+    images = render_clip(body, clip)
+    detector = PoseDetector()
+    start = time.perf_counter()
+    found = sum(detector(image)[0][:, 2].mean() > 0.5 for image in images)
+    seconds = time.perf_counter() - start
+    detector.close()
+    return seconds, found
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--frames", type=int, default=60)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--per-frame-sample", type=int, default=5)
+    parser.add_argument("--motions", default="walk,turn,jump,crouch")
+    parser.add_argument("--skip-detect", action="store_true")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    import torch
+
+    from pipelines.motion import recover
+    from pipelines.motion.fit import FitSettings
+
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    body = recover._fallback_load("body", "anny", args.device)
+    settings = FitSettings()
+    print(f"device {args.device}, torch threads {torch.get_num_threads()}, Anny body "
+          f"({len(body.names)} joints, {len(body.free)} fitted)")
+    print("\naccuracy (mm; accel mm/frame^2; sliding mm/frame)")
+    keys = ("mpjpe", "pa_mpjpe", "wa_mpjpe", "w_mpjpe", "root_error", "accel_error", "foot_sliding",
+            "camera_height_error", "seconds")
+    print(f"{'motion':8s} {'camera':12s} " + " ".join(f"{k:>10s}" for k in keys))
+    rows = []
+    for kind in args.motions.split(","):
+        for name, position in CAMERAS.items():
+            m = accuracy(body, kind, position, args.frames, settings)
+            rows.append(m)
+            print(f"{kind:8s} {name:12s} " + " ".join(f"{m.get(k, float('nan')):10.1f}" for k in keys))
+    mean = {k: float(np.mean([r[k] for r in rows if k in r])) for k in keys}
+    print(f"{'mean':8s} {'':12s} " + " ".join(f"{mean[k]:10.1f}" for k in keys))
+
+    print("\nspeed: the same energy, 100 frames")
+    batched, per_frame = speed(body, 100, args.per_frame_sample, settings)
+    print(f"  batched (all frames, temporal terms): {batched:7.2f} s per 100 frames")
+    print(f"  per frame (one at a time, measured on {args.per_frame_sample}, scaled): {per_frame:7.2f} s per 100 frames")
+    print(f"  speed-up {per_frame / batched:.1f}x")
+    if not args.skip_detect:
+        seconds, found = detect_speed(body, 100)
+        print(f"  detect (MediaPipe full, 640x360): {seconds:.2f} s per 100 frames, person found in {found}/100")
+
+
+if __name__ == "__main__":
+    main()

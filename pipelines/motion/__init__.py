@@ -1,0 +1,1 @@
+"""`motion.recover`: video -> body motion in Blender's world (see recover.py)."""

@@ -1,0 +1,155 @@
+"""SMPL through the ``smplx`` package from a model file read without chumpy.
+
+The model is a tiny SMPL-format file written by the test (24 joints, 45 vertices, the official
+pickle's keys, some arrays stored as chumpy objects and J_regressor as a scipy sparse matrix),
+since the real files sit behind a licence form.
+"""
+
+from __future__ import annotations
+
+import pickle
+import sys
+import types
+
+import numpy as np
+import pytest
+import scipy.sparse
+import torch
+
+from addon.wire.schema import PipelineError
+from pipelines.motion import body as bodies
+from pipelines.motion import recover
+from pipelines.motion.fit import _Model
+
+PARENTS = [-1, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 9, 9, 12, 13, 14, 16, 17, 18, 19, 20, 21]
+JOINTS = np.array([
+    (0, .95, 0), (.09, .88, 0), (-.09, .88, 0), (0, 1.05, 0), (.1, .5, 0), (-.1, .5, 0),
+    (0, 1.18, 0), (.1, .1, 0), (-.1, .1, 0), (0, 1.25, 0), (.1, .03, .1), (-.1, .03, .1),
+    (0, 1.45, 0), (.07, 1.38, 0), (-.07, 1.38, 0), (0, 1.6, 0), (.18, 1.4, 0), (-.18, 1.4, 0),
+    (.45, 1.4, 0), (-.45, 1.4, 0), (.7, 1.4, 0), (-.7, 1.4, 0), (.78, 1.4, 0), (-.78, 1.4, 0)])
+# Named vertices (SMPL faces +Z, Y up): name -> (position, joint that carries it)
+EXTRA = {"nose": ((0, 1.62, .1), 15), "reye": ((-.03, 1.65, .08), 15), "leye": ((.03, 1.65, .08), 15),
+         "rear": ((-.07, 1.62, 0), 15), "lear": ((.07, 1.62, 0), 15),
+         "LBigToe": ((.1, 0, .18), 10), "LSmallToe": ((.14, 0, .15), 10), "LHeel": ((.1, 0, -.05), 7),
+         "RBigToe": ((-.1, 0, .18), 11), "RSmallToe": ((-.14, 0, .15), 11), "RHeel": ((-.1, 0, -.05), 8),
+         # smplx's vertex selector also wants the fingertips.
+         **{f"{side}{tip}": ((sign * .85, 1.4, .01 * i), hand) for side, sign, hand in (("l", 1, 22), ("r", -1, 23))
+            for i, tip in enumerate(("thumb", "index", "middle", "ring", "pinky"))}}
+VERTEX_IDS = {name: 24 + i for i, name in enumerate(EXTRA)}
+
+
+class Ch:
+    """Pickled as chumpy.ch.Ch, as the official SMPL files store some arrays."""
+
+    def __init__(self, x):
+        self.x = x
+
+
+def write_tiny_smpl(path):
+    rng = np.random.default_rng(0)
+    v = np.concatenate([JOINTS, np.array([p for p, _ in EXTRA.values()])]).astype(np.float64)
+    count = len(v)
+    weights = np.zeros((count, 24))
+    weights[np.arange(24), np.arange(24)] = 1.0
+    for i, (_, joint) in enumerate(EXTRA.values()):
+        weights[24 + i, joint] = 1.0
+    regressor = np.zeros((24, count))
+    regressor[np.arange(24), np.arange(24)] = 1.0
+    data = {
+        "v_template": Ch(v), "shapedirs": Ch(rng.normal(0, 0.01, (count, 3, 10))),
+        "posedirs": np.zeros((count, 3, 207)), "J_regressor": scipy.sparse.csc_matrix(regressor),
+        "weights": Ch(weights), "f": np.array([[24, 25, 26], [27, 28, 29], [30, 31, 32]], np.uint32),
+        "kintree_table": np.array([[4294967295] + PARENTS[1:], list(range(24))], np.int64),
+        "J": JOINTS, "bs_type": "lrotmin", "bs_style": "lbs",
+    }
+    chumpy, ch = types.ModuleType("chumpy"), types.ModuleType("chumpy.ch")
+    ch.Ch = Ch
+    Ch.__module__ = "chumpy.ch"
+    sys.modules["chumpy"], sys.modules["chumpy.ch"] = chumpy, ch
+    try:
+        with open(path, "wb") as handle:
+            pickle.dump(data, handle, protocol=2)
+    finally:
+        del sys.modules["chumpy"], sys.modules["chumpy.ch"]
+        Ch.__module__ = __name__
+
+
+@pytest.fixture
+def tiny_smpl(tmp_path):
+    path = tmp_path / "SMPL_NEUTRAL.pkl"
+    write_tiny_smpl(path)
+    return path
+
+
+def test_loader_reads_the_official_pickle_layout_without_chumpy(tiny_smpl):
+    assert "chumpy" not in sys.modules
+    data = bodies.load_smpl_file(tiny_smpl)
+    assert "chumpy" not in sys.modules
+    assert isinstance(data["v_template"], np.ndarray) and data["v_template"].shape == (45, 3)
+    assert data["shapedirs"].shape == (45, 3, 10)
+    np.testing.assert_array_equal(data["J_regressor"].toarray()[:, :24], np.eye(24))
+
+
+def test_smpl_body_rest_and_parameters_agree_with_smplx(tiny_smpl):
+    import smplx
+    from smplx.utils import Struct
+
+    body = bodies.load_smpl(tiny_smpl, "smpl", vertex_ids=VERTEX_IDS)
+    assert body.parents == PARENTS and len(body.names) == 24
+    betas = torch.linspace(-1, 1, 10)
+    rest = body.rest(betas)
+    assert abs(float(rest.vertices[:, 2].min())) < 1e-6          # feet on Z = 0
+    # Body frame = SMPL's turned +90 degrees about X: SMPL's +Y (up) is +Z, +Z (front) is -Y.
+    assert rest.joints[15, 2] > rest.joints[0, 2] > rest.joints[7, 2]
+    assert rest.vertices[24, 1] < rest.joints[15, 1]               # the nose is towards -Y
+
+    # Pose the body our way, convert to SMPL parameters, run smplx, compare the joints.
+    g = torch.Generator().manual_seed(3)
+    model = _Model(body)
+    t = 4
+    root = torch.randn(t, 3, generator=g) * 0.5
+    pose = torch.randn(t, len(body.free) - 1, 3, generator=g) * 0.3
+    position = torch.randn(t, 3, generator=g)
+    with torch.no_grad():
+        rotations, kin, keypoints = model.pose(rest, root, pose, position)
+        params = body.to_body_params(rotations, position, betas)
+    data = bodies.load_smpl_file(tiny_smpl)
+    data["J_regressor"] = data["J_regressor"].toarray()
+    layer = smplx.SMPL(model_path=str(tiny_smpl), data_struct=Struct(**data), vertex_ids=VERTEX_IDS,
+                       num_betas=10, batch_size=t)
+    out = layer(betas=torch.tensor(params["betas"])[None].expand(t, 10),
+                global_orient=torch.tensor(params["global_orient"]),
+                body_pose=torch.tensor(params["body_pose"]), transl=torch.tensor(params["transl"]))
+    smpl_world = out.joints[:, :24].detach().numpy() @ params["world_from_body"][:3, :3].T
+    # Our rest is shifted so the feet touch Z = 0; SMPL's is not: compare up to that shift.
+    ours = kin.positions.numpy()
+    np.testing.assert_allclose(smpl_world - smpl_world[:, :1], ours - ours[:, :1], atol=1e-5)
+    np.testing.assert_allclose(smpl_world[:, 0], position.numpy(), atol=1e-5)
+    # The named vertices (nose, toes, heels) become the common keypoints, as smplx selects them.
+    nose = out.joints[:, 24].detach().numpy() @ params["world_from_body"][:3, :3].T
+    np.testing.assert_allclose(nose, keypoints[:, 0].numpy(), atol=1e-5)
+    assert params["body_pose"].shape == (t, 69) and params["global_orient"].shape == (t, 3)
+
+
+def test_loader_refuses_other_classes(tmp_path):
+    path = tmp_path / "SMPL_EVIL.pkl"
+
+    class Evil:
+        def __reduce__(self):
+            import os
+            return (os.system, ("true",))
+
+    path.write_bytes(pickle.dumps({"v_template": Evil()}, protocol=2))
+    with pytest.raises(PipelineError) as error:
+        bodies.load_smpl_file(path)
+    assert error.value.code == "unavailable" and "refusing" in error.value.message
+
+
+def test_missing_smpl_file_names_the_file(tmp_path):
+    missing = tmp_path / "models" / "SMPL_NEUTRAL.pkl"
+    with pytest.raises(PipelineError) as error:
+        recover.load_body(recover.ModelSource("smpl", missing, "file"), "cpu")
+    assert error.value.code == "unavailable" and str(missing) in error.value.message
+    with pytest.raises(PipelineError) as error:
+        recover.load_body(recover.ModelSource("smpl", None, "models-dir"), "cpu")
+    assert "SMPL_NEUTRAL.pkl" in error.value.message
