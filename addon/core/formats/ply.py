@@ -135,6 +135,9 @@ def _required_names(path: str, el: _Element) -> tuple[list[str], int]:
                 "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3"]
     missing = [n for n in required if n not in types]
     if missing:
+        what = describe_vertex(set(types))
+        if what:
+            raise FormatError(f"{path}: this is {what} (it lacks the 3DGS properties {missing})")
         raise FormatError(f"{path}: vertex element lacks required 3DGS properties {missing}")
     rest_names = [n for _, n in rest]
     not_float = [f"{n} ({types[n]})" for n in required + rest_names if types[n] not in ("<f4", "<f8")]
@@ -222,6 +225,50 @@ def _columns(data: np.ndarray, names: list[str], channel_major_k: int | None = N
     return shaped(out)
 
 
+def read_header(path: str | os.PathLike) -> tuple[str, list[_Element], int]:
+    """Read and parse a PLY header: (format, elements, byte offset of the body).
+
+    Raises:
+        FormatError: the file cannot be read, is not a PLY (the message names the format it is
+            when it recognises one, e.g. an SPZ file), or its header is malformed.
+    """
+    path = os.fspath(path)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+            while b"end_header" not in head and len(head) < _MAX_HEADER_BYTES:
+                more = f.read(65536)
+                if not more:
+                    break
+                head += more
+    except OSError as exc:
+        raise FormatError(f"{path}: cannot read: {exc.strerror or exc}") from exc
+    if not head.startswith(b"ply"):
+        from .detect import describe_bytes
+
+        what = describe_bytes(head[:64])
+        if what:
+            raise FormatError(f"{path}: not a PLY file: this is {what}")
+    return _parse_header(path, head)
+
+
+def vertex_properties(path: str | os.PathLike) -> list[str]:
+    """The vertex property names of a PLY file, in order (e.g. to tell whether it had normals)."""
+    _, elements, _ = read_header(path)
+    return [name for el in elements if el.name == "vertex" for name, _ in el.props]
+
+
+def describe_vertex(names: set[str]) -> str | None:
+    """Name the kind of non-3DGS PLY a vertex property set belongs to, or None."""
+    if {"value", "weight"} <= names:
+        return "a volume-Gaussian PLY (x y z value weight ...), not 3D Gaussian Splatting"
+    if {"red", "green", "blue"} <= names or {"r", "g", "b"} <= names:
+        return "a coloured point cloud (x y z + colours), not 3D Gaussian Splatting"
+    if not names - {"x", "y", "z", "nx", "ny", "nz"}:
+        return "a plain point cloud (x y z), not 3D Gaussian Splatting"
+    return None
+
+
 def read_ply(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """Read a 3DGS PLY file into a Gaussians map.
 
@@ -239,17 +286,12 @@ def read_ply(path: str | os.PathLike) -> dict[str, np.ndarray]:
             truncated data, or element counts that do not match the file size.
     """
     path = os.fspath(path)
-    try:
-        with open(path, "rb") as f:
-            head = f.read(4096)
-            while b"end_header" not in head and len(head) < _MAX_HEADER_BYTES:
-                more = f.read(65536)
-                if not more:
-                    break
-                head += more
-    except OSError as exc:
-        raise FormatError(f"{path}: cannot read: {exc.strerror or exc}") from exc
-    fmt, elements, body_offset = _parse_header(path, head)
+    fmt, elements, body_offset = read_header(path)
+    from . import playcanvas  # here, not at the top: playcanvas imports this module
+
+    if playcanvas.is_compressed_layout(elements):
+        # The same extension, a different layout: read it rather than report missing properties.
+        return playcanvas.read_compressed_ply(path)
     # Check the properties before reading any data.
     rest_names, k = _required_names(path, _vertex_layout(path, elements)[0])
     vertex, data = _read_body(path, fmt, elements, body_offset)
