@@ -61,8 +61,10 @@ def detect_format(path: str | os.PathLike) -> str:
         return "compressed_ply" if playcanvas.is_compressed_layout(elements) else "ply"
     if head[:2] == b"\x1f\x8b" or (len(head) >= 4 and struct.unpack_from("<I", head)[0] == 0x5053474E):
         return "spz"
-    if path.lower().endswith(".splat"):
-        return "splat"
+    # Nothing recognisable inside: trust the extension, so that reader reports what is wrong.
+    for ext, fmt in ((".splat", "splat"), (".ply", "ply"), (".spz", "spz")):
+        if path.lower().endswith(ext):
+            return fmt
     what = describe_bytes(head)
     raise FormatError(
         f"{path}: not a Gaussians file" + (f": this is {what}" if what else "")

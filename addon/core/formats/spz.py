@@ -89,6 +89,14 @@ def decode_spz(blob: bytes, source: str = "spz") -> dict[str, np.ndarray]:
         try:
             raw = gzip.decompress(blob)
         except (OSError, EOFError, zlib.error) as exc:
+            # A damaged SPZ still shows its magic in the part that does decompress.
+            partial = zlib.decompressobj(16 + zlib.MAX_WBITS)
+            try:
+                start = partial.decompress(blob, 16)
+            except zlib.error:
+                start = b""
+            if len(start) >= 4 and struct.unpack_from("<I", start)[0] == MAGIC:
+                raise FormatError(f"{source}: this is {NAME} (gzip, v1-3), but it is truncated or corrupt: {exc}") from exc
             raise FormatError(f"{source}: this is a gzip file (an SPZ v1-3?) that does not decompress: {exc}") from exc
         return _decode_legacy(raw, source)
     if len(blob) >= 4 and struct.unpack_from("<I", blob)[0] == MAGIC:
