@@ -27,7 +27,7 @@ import numpy as np
 
 from .errors import FormatError
 from .gaussians import DEGREE_BY_K, SH_C0, check_gaussians
-from .ply import _Element, _parse_header, read_header
+from .ply_header import _Element, read_header
 
 CHUNK_SIZE = 256
 NAME = "a compressed PlayCanvas PLY"

@@ -15,6 +15,7 @@ import os
 import numpy as np
 
 from .errors import FormatError
+from .sniff import describe_bytes
 from .gaussians import SH_C0
 
 SPLAT_DTYPE = np.dtype([("position", "<f4", (3,)), ("scale", "<f4", (3,)), ("rgba", "u1", (4,)), ("rot", "u1", (4,))])
@@ -69,8 +70,6 @@ def read_splat(path: str | os.PathLike) -> dict[str, np.ndarray]:
     try:
         with open(path, "rb") as f:
             head = f.read(64)
-        from .detect import describe_bytes
-
         what = describe_bytes(head)
         if what:
             # .splat has no header, so a file that announces another format is not one.
