@@ -296,7 +296,7 @@ class NSTUDIO_SplatRenderEngine(bpy.types.RenderEngine):
         # only in the evaluated copy.
         camera = scene.camera.original.evaluated_get(depsgraph) if scene.camera is not None else None
         cameras = camera_for_frame(scene, camera, width, height)
-        params = render_params(scene)
+        params = {**render_params(scene), "depth_front": True}  # splat-assets: see below
         settings = render_settings(scene)
         n = len(gaussians["means"])
         self.update_stats("", f"Rendering {n:,} Gaussians on {settings.endpoint}")
@@ -304,6 +304,9 @@ class NSTUDIO_SplatRenderEngine(bpy.types.RenderEngine):
                                    should_cancel=self.test_break,
                                    on_progress=lambda s, t: self.update_progress(s / t if t else 0.0))
         rgb, alpha, depth = out["rgb"][0], out["alpha"][0], out["depth"][0]
+        # splat-assets: the Depth pass the final shot compares with meshes is the front surface
+        # (transmittance 0.5), not the expected depth, which lies behind it at contacts.
+        depth = out["depth_front"][0] if "depth_front" in out else depth
         if spaces and all(s == "srgb" for s in spaces):
             rgb = render_client.srgb_to_linear_premultiplied(rgb, alpha)
         elif "srgb" in spaces:

@@ -6,8 +6,11 @@ tile rasterizer elsewhere).
 
 Inputs: `gaussians` (the Gaussians map) and `cameras` (T cameras, one resolution).
 Outputs: `rgb` [T, H, W, 3] (premultiplied unless a background is given), `alpha` [T, H, W],
-`depth` [T, H, W] (metres along -Z, inf where empty), all float32. Every frame is also sent as a
-`partial` (`frame`, `rgb`, `alpha`, `depth`) as soon as it is ready.
+`depth` [T, H, W] (metres along -Z, inf where empty), all float32; with the param `depth_front`
+also the extension output `depth_front` [T, H, W]: the front-surface depth, where the
+transmittance first falls to 0.5 (docs/protocol-notes.md; what final shots compare with mesh
+depth). Every frame is also sent as a `partial` (`frame`, `rgb`, `alpha`, `depth`
+[, `depth_front`]) as soon as it is ready.
 """
 
 from __future__ import annotations
@@ -36,12 +39,17 @@ class Params:
         sh_degree: SH degree to evaluate (0-3); default None: every degree the Gaussians have.
         background: linear [r, g, b] composited behind the Gaussians; default None: the frames
             stay premultiplied (PROTOCOL.md).
+        depth_front: also return the front-surface depth (an extension output, off by default so
+            the core contract's outputs stay exactly rgb, alpha, depth).
     """
 
     sh_degree: int | None = field(default=None, metadata={
         "doc": "SH degree to evaluate (default: all the Gaussians have)", "min": 0, "max": 3})
     background: list[float] | None = field(default=None, metadata={
         "doc": "linear [r, g, b] behind the Gaussians (default none: premultiplied)", "length": 3})
+    depth_front: bool = field(default=False, metadata={
+        "doc": "also return depth_front: the depth where the transmittance first falls to 0.5 (for "
+               "compositing against meshes; the expected depth lies behind the surface at contacts)"})
 
 
 INPUTS = {"gaussians": GAUSSIANS, "cameras": CAMERAS}
@@ -49,6 +57,10 @@ OUTPUTS = {
     "rgb": Array(("<f4",), ("T", "H", "W", 3), "linear colour, premultiplied unless a background was given. [T, H, W, 3]"),
     "alpha": Array(("<f4",), ("T", "H", "W"), "coverage 1 - prod(1 - alpha_i). [T, H, W]"),
     "depth": Array(("<f4",), ("T", "H", "W"), "expected depth along -Z, metres, inf where empty. [T, H, W]"),
+    "depth_front": Array(("<f4",), ("T", "H", "W"),
+                         "front-surface depth along -Z, metres: the depth where the transmittance first falls "
+                         "to 0.5 (or of the heaviest contribution where alpha < 0.5); inf where empty; only with "
+                         "params.depth_front. [T, H, W]", optional=True),
 }
 
 
@@ -93,6 +105,7 @@ def run(inputs: dict, params: Params, job: Job, models: Mapping = NO_MODELS) -> 
     rgb = np.empty((t, h, w, 3), dtype=np.float32)
     alpha = np.empty((t, h, w), dtype=np.float32)
     depth = np.empty((t, h, w), dtype=np.float32)
+    depth_front = np.empty((t, h, w), dtype=np.float32) if params.depth_front else None
 
     # 3. Render frame by frame so each one streams back as soon as it is ready
     with torch.no_grad():
@@ -103,12 +116,19 @@ def run(inputs: dict, params: Params, job: Job, models: Mapping = NO_MODELS) -> 
             rgb[i] = out.rgb[0].cpu().numpy()
             alpha[i] = out.alpha[0].cpu().numpy()
             depth[i] = out.depth[0].cpu().numpy()
-            job.partial({"frame": i, "rgb": rgb[i], "alpha": alpha[i], "depth": depth[i]})
+            frame = {"frame": i, "rgb": rgb[i], "alpha": alpha[i], "depth": depth[i]}
+            if params.depth_front:
+                depth_front[i] = out.depth_front[0].cpu().numpy()
+                frame["depth_front"] = depth_front[i]
+            job.partial(frame)
             job.progress("render", i + 1, t, f"frame {i + 1}/{t}")
     log.info("rendered %d frames %dx%d of %d Gaussians", t, w, h, g["means"].shape[0])
 
     # 4. Package outputs
-    return {"rgb": rgb, "alpha": alpha, "depth": depth}
+    result = {"rgb": rgb, "alpha": alpha, "depth": depth}
+    if params.depth_front:
+        result["depth_front"] = depth_front
+    return result
 
 
 def probe() -> tuple[bool, str]:

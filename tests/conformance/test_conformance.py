@@ -270,7 +270,8 @@ def test_hello_welcome(client):
     # "Core pipeline contracts": these inputs and outputs are fixed.
     render = pipelines["splat.render"]
     assert set(render["inputs"]) == {"gaussians", "cameras"}
-    assert set(render["outputs"]) == {"rgb", "alpha", "depth"}
+    # The fixed outputs, plus only the documented opt-in extension (docs/protocol-notes.md).
+    assert set(render["outputs"]) - {"depth_front"} == {"rgb", "alpha", "depth"}
     assert {"sh_degree", "background"} <= set(render["params"])
     if "splat.reconstruct" in pipelines:
         rec = pipelines["splat.reconstruct"]
