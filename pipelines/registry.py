@@ -17,6 +17,7 @@ MODULES = (
     "pipelines.system.echo",
     "pipelines.splat.render",
     "pipelines.splat.reconstruct",
+    "pipelines.splat.to_mesh",
 )
 
 

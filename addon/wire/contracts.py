@@ -62,4 +62,14 @@ CAMERAS = Struct(
     doc="T pinhole cameras sharing one resolution (PROTOCOL.md Camera, with a leading axis T).",
 )
 
-__all__ = ["ALL_DTYPES", "CAMERAS", "GAUSSIANS", "SH_REST_COUNTS"]
+MESH = Struct(
+    {
+        "vertices": Array(F4, ("V", 3), "vertex positions, world frame (Blender, Z up), metres. [V, 3]"),
+        "faces": Array(("<i4",), ("F", 3), "triangles as vertex indices, counter-clockwise seen from outside. [F, 3]"),
+        "uvs": Array(F4, ("F", 3, 2), "per-corner texture coordinates. [F, 3, 2]", optional=True),
+        "colors": Array(F4, ("V", (3, 4)), "per-vertex linear colour (RGB or RGBA). [V, 3|4]", optional=True),
+    },
+    doc="A triangle mesh (PROTOCOL.md Mesh); splat.to_mesh fills vertices, faces and colors.",
+)
+
+__all__ = ["ALL_DTYPES", "CAMERAS", "GAUSSIANS", "MESH", "SH_REST_COUNTS"]
