@@ -23,6 +23,7 @@ FEATURE_MODULES = (
     "ui",
     "ops_gaussians",
     "ops_splat",
+    "splat_mesh",  # splat-assets: splat.to_mesh operator and result importer
 )
 
 _registered: list = []
