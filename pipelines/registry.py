@@ -18,6 +18,7 @@ MODULES = (
     "pipelines.splat.render",
     "pipelines.splat.reconstruct",
     "pipelines.splat.to_mesh",
+    "pipelines.splat.select",
 )
 
 
