@@ -24,6 +24,7 @@ FEATURE_MODULES = (
     "ops_gaussians",
     "ops_splat",
     "splat_mesh",  # splat-assets: splat.to_mesh operator and result importer
+    "splat_edit",  # splat-assets: select / delete / separate / recolour / transform Gaussians
 )
 
 _registered: list = []
