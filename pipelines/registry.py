@@ -19,6 +19,7 @@ MODULES = (
     "pipelines.splat.reconstruct",
     "pipelines.splat.to_mesh",
     "pipelines.splat.select",
+    "pipelines.splat.upload",
 )
 
 

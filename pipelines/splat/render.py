@@ -17,13 +17,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from addon.wire.contracts import CAMERAS, GAUSSIANS
-from addon.wire.schema import Array, PipelineError
+from addon.wire.schema import Array, PipelineError, Value
 
 from ..base import NO_MODELS, Job, Pipeline
 from . import wire
@@ -52,7 +53,10 @@ class Params:
                "compositing against meshes; the expected depth lies behind the surface at contacts)"})
 
 
-INPUTS = {"gaussians": GAUSSIANS, "cameras": CAMERAS}
+# `gaussians_ref` (an extension, docs/protocol-notes.md): Gaussians kept by `splat.upload`, in
+# place of `gaussians`; exactly one of the two.
+INPUTS = {"gaussians": dataclasses.replace(GAUSSIANS, optional=True), "cameras": CAMERAS,
+          "gaussians_ref": Value("str", "a splat.upload reference instead of inputs.gaussians", optional=True)}
 OUTPUTS = {
     "rgb": Array(("<f4",), ("T", "H", "W", 3), "linear colour, premultiplied unless a background was given. [T, H, W, 3]"),
     "alpha": Array(("<f4",), ("T", "H", "W"), "coverage 1 - prod(1 - alpha_i). [T, H, W]"),
@@ -66,8 +70,11 @@ OUTPUTS = {
 
 def _check(inputs: dict, params: Params) -> int:
     """Validate what the schema cannot; returns the SH degree of the Gaussians."""
-    g = inputs.get("gaussians")
-    wire.check_gaussians(g)
+    from .gaussian_cache import resolve
+
+    g = resolve(inputs)
+    if inputs.get("gaussians") is not None:
+        wire.check_gaussians(g)
     degree = wire.DEGREE_BY_K[np.shape(g["shN"])[1]]
     if params.sh_degree is not None and params.sh_degree > degree:
         raise PipelineError(
@@ -96,7 +103,10 @@ def run(inputs: dict, params: Params, job: Job, models: Mapping = NO_MODELS) -> 
     # 2. Gaussians and cameras to the device (cameras to OpenCV happens in nskernels.camera)
     device = torch.device(job.device)
     cameras = wire.cameras_from_wire(inputs["cameras"], device)
-    g = wire.gaussians_to_torch(inputs["gaussians"], device)
+    from .gaussian_cache import resolve
+
+    g_np = resolve(inputs)
+    g = wire.gaussians_to_torch(g_np, device)
     sh_degree = degree if params.sh_degree is None else params.sh_degree
     background = None
     if params.background is not None:
