@@ -29,6 +29,8 @@ from ..wire import protocol
 log = logging.getLogger(__name__)
 
 PIPELINE = "splat.render"
+#: Keeps Gaussians on the server for later renders by reference (``Connection.upload``).
+UPLOAD = "splat.upload"
 CLIENT_NAME = "neural-studio-render"
 
 
@@ -187,9 +189,24 @@ class Connection:
         """Submit one ``splat.render`` job (``keep: false``) and wait for its result.
 
         Arguments and result as :func:`render`; ``on_accepted`` is called with the job id.
+        ``gaussians`` may be a reference from :meth:`upload` instead of the map.
         Call :meth:`handshake` first (at least once per connection).
         """
         return _run(self, gaussians, cameras, params or {}, on_frame, on_progress, on_accepted)
+
+
+    def upload(self, gaussians: dict) -> str:
+        """Keep ``gaussians`` on the server (``splat.upload``); returns the reference that
+        :meth:`render` takes in place of the Gaussians map (docs/protocol-notes.md).
+
+        Raises:
+            RenderError: the server has no ``splat.upload`` or the job failed.
+        """
+        out = _run(self, gaussians, None, {}, None, None, None, pipeline=UPLOAD)
+        ref = out.get("gaussians_ref")
+        if not isinstance(ref, str):
+            raise RenderError("internal", f"{UPLOAD} answered no reference")
+        return ref
 
 
 def check_welcome(welcome: dict, endpoint: str) -> None:
@@ -258,11 +275,14 @@ def _handshake(conn: Connection) -> dict:
     return msg
 
 
-def _run(conn: Connection, gaussians, cameras, params, on_frame, on_progress, on_accepted) -> dict:
+def _run(conn: Connection, gaussians, cameras, params, on_frame, on_progress, on_accepted,
+         pipeline: str = PIPELINE) -> dict:
     s = conn.settings
-    # Submit and wait, pinging so a dead server is noticed.
-    submit = protocol.make_header("submit", pipeline=PIPELINE, params=params,
-                                  inputs={"gaussians": gaussians, "cameras": cameras}, keep=False)
+    # Submit and wait, pinging so a dead server is noticed. A str is a splat.upload reference.
+    inputs = {"gaussians_ref": gaussians} if isinstance(gaussians, str) else {"gaussians": gaussians}
+    if cameras is not None:
+        inputs["cameras"] = cameras
+    submit = protocol.make_header("submit", pipeline=pipeline, params=params, inputs=inputs, keep=False)
     conn.send(submit)
     job = None
     last_heard = last_ping = time.monotonic()
@@ -287,7 +307,7 @@ def _run(conn: Connection, gaussians, cameras, params, on_frame, on_progress, on
             if on_accepted is not None:
                 on_accepted(job)
         elif mtype == "error" and (msg.get("re") == submit["id"] or (job is not None and msg.get("job") == job)):
-            raise RenderError(msg.get("code", "internal"), f"{PIPELINE} failed: {msg.get('message')}",
+            raise RenderError(msg.get("code", "internal"), f"{pipeline} failed: {msg.get('message')}",
                               msg.get("detail"))
         elif job is None or msg.get("job") != job:
             continue  # pong, welcome repeats, stray events
@@ -298,6 +318,8 @@ def _run(conn: Connection, gaussians, cameras, params, on_frame, on_progress, on
             if "frame" in out and "rgb" in out:
                 on_frame(int(out["frame"]), out["rgb"], out["alpha"], out["depth"])
         elif mtype == "result":
+            if pipeline != PIPELINE:
+                return msg.get("outputs") or {}
             return _check_result(msg.get("outputs") or {}, cameras)
         elif mtype == "cancelled":
             raise RenderCancelled()

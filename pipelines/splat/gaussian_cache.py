@@ -44,7 +44,7 @@ class GaussianCache:
             arr = np.ascontiguousarray(g[key], dtype=np.float32)
             h.update(key.encode())
             h.update(np.asarray(arr.shape, np.int64).tobytes())
-            h.update(memoryview(arr).cast("B"))
+            h.update(arr.reshape(-1).view(np.uint8))  # no copy; empty arrays (shN with K = 0) too
         return PREFIX + h.hexdigest()
 
     def put(self, g: dict) -> tuple[str, int]:

@@ -1,0 +1,42 @@
+"""The render handle end to end on a real server: upload once, render frames by reference."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from addon.core import render_client
+
+
+def _gaussians(n=300):
+    rng = np.random.default_rng(4)
+    return {"means": rng.uniform(-0.5, 0.5, (n, 3)).astype(np.float32),
+            "quats": rng.normal(size=(n, 4)).astype(np.float32),
+            "scales": rng.uniform(-3.5, -2.5, (n, 3)).astype(np.float32),
+            "opacities": rng.uniform(0, 3, n).astype(np.float32),
+            "sh0": rng.normal(size=(n, 3)).astype(np.float32), "shN": np.zeros((n, 0, 3), np.float32)}
+
+
+def _camera(x=0.0):
+    m = np.eye(4, dtype=np.float32)
+    m[:3, 3] = (x, 0.0, 3.0)
+    return {"world_from_camera": m[None], "fx": 40.0, "fy": 40.0, "cx": 20.0, "cy": 15.0, "width": 40, "height": 30}
+
+
+def test_upload_once_render_by_reference(server):
+    g = _gaussians()
+    conn = render_client.Connection(render_client.RenderSettings(endpoint=server.endpoint), lambda: False)
+    try:
+        conn.handshake()
+        ref = conn.upload(g)
+        assert ref.startswith("g-")
+        for x in (0.0, 0.1):
+            by_ref = conn.render(ref, _camera(x))
+            by_value = conn.render(g, _camera(x))
+            assert by_ref["alpha"].max() > 0.5
+            for key in ("rgb", "alpha", "depth"):
+                np.testing.assert_array_equal(by_ref[key], by_value[key])
+        with pytest.raises(render_client.RenderError, match="upload the Gaussians again"):
+            conn.render("g-0000", _camera())
+    finally:
+        conn.close()
