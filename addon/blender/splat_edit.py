@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import bpy
 import numpy as np
-from bpy.props import EnumProperty, FloatProperty, FloatVectorProperty
+from bpy.props import EnumProperty, FloatProperty, FloatVectorProperty, StringProperty
 
-from ..core import splat_edit
+from ..core import handlers, splat_edit
 
 SELECT_ATTRIBUTE = ".select_vert"
 _ACTIONS = (("SET", "Set", "Replace the selection"), ("ADD", "Add", "Add to the selection"),
@@ -214,8 +214,86 @@ class NSTUDIO_OT_splat_transform_selected(_EditSelected, bpy.types.Operator):
         return {"FINISHED"}
 
 
+SELECT_PIPELINE = "splat.select"
+
+
+def image_mask(image) -> np.ndarray:
+    """A painted mask image -> bool [H, W], row 0 at the top (Blender stores images bottom-up):
+    selected where the alpha and the red channel are both above one half."""
+    w, h = image.size
+    px = np.empty(w * h * 4, np.float32)
+    image.pixels.foreach_get(px)
+    px = px.reshape(h, w, 4)[::-1]
+    return (px[..., 3] > 0.5) & (px[..., 0] > 0.5)
+
+
+def on_select_result(job, outputs: dict):
+    """The ``splat.select`` result becomes the target object's vertex selection."""
+    obj = bpy.data.objects.get(job.target) if job.target else None
+    selected = outputs.get("selected")
+    if obj is None or selected is None or len(selected) != len(obj.data.vertices):
+        return None  # the object is gone or was edited meanwhile: the mask no longer lines up
+    set_selection(obj, np.asarray(selected, bool))
+    return None
+
+
+class NSTUDIO_OT_splat_select_mask(bpy.types.Operator):
+    """Select the Gaussians that produce the white pixels of a painted mask image, as seen from the
+    scene camera (traced on the server through the rasterizer: splat.select)"""
+
+    bl_idname = "nstudio.splat_select_mask"
+    bl_label = "Select Gaussians by Painted Mask"
+    bl_options = {"REGISTER"}
+
+    image: StringProperty(name="Mask Image", description="Image painted white where to select; its size is the "
+                                                         "camera's resolution")
+    threshold: FloatProperty(name="Threshold", default=0.5, min=0.0, max=1.0,
+                             description="Share of a Gaussian's weight that must fall inside the mask")
+
+    @classmethod
+    def poll(cls, context):
+        return _gaussian_poll(context) and context.scene.camera is not None
+
+    def execute(self, context):
+        from ..core import client as client_mod
+        from ..core.gaussian_transform import transform_gaussians
+        from . import session
+        from .importers.gaussians import read_gaussians
+        from .render_engine import camera_for_frame
+
+        obj = context.active_object
+        image = bpy.data.images.get(self.image)
+        if image is None or image.size[0] == 0:
+            self.report({"ERROR"}, f"no mask image named {self.image!r}")
+            return {"CANCELLED"}
+        live = session.current()
+        if live is None or not live.client.connected:
+            self.report({"ERROR"}, "not connected to a Neural Studio server: press Connect in the Neural Studio panel")
+            return {"CANCELLED"}
+        try:
+            w, h = image.size
+            cameras = camera_for_frame(context.scene, context.scene.camera, int(w), int(h))
+            mask = image_mask(image).astype(np.uint8)[None]
+            gaussians = transform_gaussians(read_gaussians(obj), np.array(obj.matrix_world, dtype=np.float64))
+            live.submit(context.scene, SELECT_PIPELINE, params={"threshold": self.threshold},
+                        inputs={"gaussians": gaussians, "cameras": cameras, "mask": mask}, target=obj.name)
+        except (ValueError, client_mod.ClientError) as exc:
+            self.report({"ERROR"}, str(exc))
+            return {"CANCELLED"}
+        return {"FINISHED"}
+
+
+def register() -> None:
+    handlers.register_result_handler(SELECT_PIPELINE, on_select_result)
+
+
+def unregister() -> None:
+    handlers.unregister_result_handler(SELECT_PIPELINE)
+
+
 CLASSES = (
     NSTUDIO_OT_splat_select,
+    NSTUDIO_OT_splat_select_mask,
     NSTUDIO_OT_splat_delete_selected,
     NSTUDIO_OT_splat_separate_selected,
     NSTUDIO_OT_splat_recolour_selected,

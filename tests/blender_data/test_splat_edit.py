@@ -72,3 +72,26 @@ def test_nothing_selected_cancels(blender_addon):
     assert bpy.ops.nstudio.splat_select(mode="SPHERE", centre=(99, 99, 99), radius=0.1) == {"FINISHED"}
     assert bpy.ops.nstudio.splat_delete_selected() == {"CANCELLED"}
     assert len(obj.data.vertices) == 20
+
+
+def test_painted_mask_image_and_select_result(blender_addon):
+    from addon.blender import splat_edit as ops
+
+    img = bpy.data.images.new("Mask", 8, 4, alpha=True)
+    px = np.zeros((4, 8, 4), np.float32)
+    px[0, :3] = 1.0  # Blender's row 0 is the bottom row of the picture
+    img.pixels.foreach_set(px.reshape(-1))
+    m = ops.image_mask(img)
+    assert m.shape == (4, 8) and m[3, :3].all() and m.sum() == 3  # the bottom row, seen top-down
+
+    obj, _ = _object(30)
+
+    class Job:
+        target = obj.name
+
+    sel = np.zeros(30, bool)
+    sel[[2, 5, 7]] = True
+    ops.on_select_result(Job(), {"selected": sel})
+    np.testing.assert_array_equal(ops.get_selection(obj), sel)
+    ops.on_select_result(Job(), {"selected": np.ones(29, bool)})  # a stale result is ignored
+    np.testing.assert_array_equal(ops.get_selection(obj), sel)
