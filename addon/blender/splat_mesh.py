@@ -107,6 +107,7 @@ class NSTUDIO_OT_splat_to_mesh(bpy.types.Operator):
                             description="Voxels along the longest side of the Gaussians' bounds")
     target_faces: IntProperty(name="Target Faces", default=0, min=0,
                               description="Decimate to about this many faces (0: no decimation)")
+    views: IntProperty(name="Views", default=40, min=4, max=512, description="Rendered views fused into the volume")
 
     @classmethod
     def poll(cls, context):
@@ -132,7 +133,7 @@ class NSTUDIO_OT_splat_to_mesh(bpy.types.Operator):
             return {"CANCELLED"}
         try:
             gaussians = transform_gaussians(read_gaussians(obj), np.array(obj.matrix_world, dtype=np.float64))
-            params = {"resolution": self.resolution, "target_faces": self.target_faces}
+            params = {"resolution": self.resolution, "target_faces": self.target_faces, "views": self.views}
             live.submit(context.scene, PIPELINE, params=params, inputs={"gaussians": gaussians},
                         target=f"{obj.name} Mesh")
         except (ValueError, client_mod.ClientError) as exc:

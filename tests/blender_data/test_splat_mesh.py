@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from pipelines.splat.to_mesh import extract_surface
+from skimage.measure import marching_cubes
 
 bpy = pytest.importorskip("bpy")
 
@@ -13,9 +13,14 @@ def _sphere_mesh(n=24):
     ax = np.arange(n) - (n - 1) / 2
     x, y, z = np.meshgrid(ax, ax, ax, indexing="ij")
     tsdf = np.clip((np.sqrt(x * x + y * y + z * z) - n / 3) / 3, -1, 1)
-    colour = np.where(z[..., None] > 0, [1.0, 0.0, 0.0], [0.0, 0.0, 1.0])
-    v, f, c = extract_surface(tsdf, colour, np.ones(tsdf.shape), np.zeros(3), 0.1)
-    return {"vertices": v, "faces": f, "colors": c}
+    v, f, _, _ = marching_cubes(tsdf.astype(np.float32), 0.0)
+    a, b, cc = v[f[:, 0]], v[f[:, 1]], v[f[:, 2]]
+    if np.einsum("ij,ij->i", a - v.mean(0), np.cross(b - a, cc - a)).sum() < 0:
+        f = f[:, ::-1]  # counter-clockwise from outside, as splat.to_mesh delivers
+    zi = np.clip(np.round(v[:, 2]).astype(int), 0, n - 1)
+    c = np.where((zi > (n - 1) / 2)[:, None], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0])
+    return {"vertices": (v * 0.1).astype(np.float32), "faces": np.ascontiguousarray(f, np.int32),
+            "colors": c.astype(np.float32)}
 
 
 class _Job:
