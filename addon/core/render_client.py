@@ -209,6 +209,43 @@ class Connection:
         return ref
 
 
+    def render_kept(self, key, gaussians_fn: Callable[[], dict], cameras: dict, params: Optional[dict] = None,
+                    **kwargs) -> dict:
+        """:meth:`render` with the Gaussians uploaded once per ``key`` and rendered by reference.
+
+        The reference is remembered per (endpoint, key) for the life of the add-on; when the
+        server answers that it no longer has it (a restart, its cache full) the Gaussians are
+        uploaded again once. ``key`` must change whenever the Gaussians do (e.g. the objects'
+        content keys and matrices); ``gaussians_fn`` is called only when an upload is needed.
+        """
+        slot = (self.settings.endpoint, key)
+        ref = _KEPT.get(slot)
+        for attempt in (0, 1):
+            if ref is None:
+                ref = self.upload(gaussians_fn())
+                _remember(slot, ref)
+            try:
+                return self.render(ref, cameras, params, **kwargs)
+            except RenderError as exc:
+                if attempt or exc.code != "invalid_input" or (exc.detail or {}).get("field") != "inputs.gaussians_ref":
+                    raise
+                _KEPT.pop(slot, None)
+                ref = None
+        raise AssertionError("unreachable")
+
+
+#: (endpoint, key) -> splat.upload reference, most recent last (Connection.render_kept).
+_KEPT: dict = {}
+_KEPT_MAX = 8
+
+
+def _remember(slot, ref: str) -> None:
+    _KEPT.pop(slot, None)
+    _KEPT[slot] = ref
+    while len(_KEPT) > _KEPT_MAX:
+        _KEPT.pop(next(iter(_KEPT)))
+
+
 def check_welcome(welcome: dict, endpoint: str) -> None:
     """Raise :class:`RenderError` unless the server offers a runnable ``splat.render``."""
     pipes = welcome.get("pipelines") or {}

@@ -40,3 +40,31 @@ def test_upload_once_render_by_reference(server):
             conn.render("g-0000", _camera())
     finally:
         conn.close()
+
+
+def test_render_kept_uploads_once_and_again_when_the_server_lost_it(server, monkeypatch):
+    g = _gaussians()
+    conn = render_client.Connection(render_client.RenderSettings(endpoint=server.endpoint), lambda: False)
+    uploads = []
+    real_upload = render_client.Connection.upload
+
+    def counting_upload(self, gaussians):
+        uploads.append(len(gaussians["means"]))
+        return real_upload(self, gaussians)
+
+    monkeypatch.setattr(render_client.Connection, "upload", counting_upload)
+    try:
+        conn.handshake()
+        expected = conn.render(g, _camera(0.05))
+        for _ in range(3):
+            out = conn.render_kept(("ball", 1), lambda: g, _camera(0.05))
+            np.testing.assert_array_equal(out["rgb"], expected["rgb"])
+        assert uploads == [300]
+        # the server forgot it (restart, full cache): one new upload, the render still succeeds
+        render_client._KEPT[(server.endpoint, ("ball", 1))] = "g-" + "0" * 32
+        out = conn.render_kept(("ball", 1), lambda: g, _camera(0.05))
+        np.testing.assert_array_equal(out["rgb"], expected["rgb"])
+        assert uploads == [300, 300]
+    finally:
+        conn.close()
+        render_client._KEPT.clear()
