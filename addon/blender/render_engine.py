@@ -302,7 +302,8 @@ class NSTUDIO_SplatRenderEngine(bpy.types.RenderEngine):
         self.update_stats("", f"Rendering {n:,} Gaussians on {settings.endpoint}")
         out = render_client.render(gaussians, cameras, params, settings,
                                    should_cancel=self.test_break,
-                                   on_progress=lambda s, t: self.update_progress(s / t if t else 0.0))
+                                   on_progress=lambda s, t: self.update_progress(s / t if t else 0.0),
+                                   keep_key=_merged[0])  # splat-assets: uploaded once, by reference after
         rgb, alpha, depth = out["rgb"][0], out["alpha"][0], out["depth"][0]
         # splat-assets: the Depth pass the final shot compares with meshes is the front surface
         # (transmittance 0.5), not the expected depth, which lies behind it at contacts.

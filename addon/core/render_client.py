@@ -262,7 +262,7 @@ def render(gaussians: dict, cameras: dict, params: Optional[dict] = None,
            settings: RenderSettings = RenderSettings(),
            should_cancel: Callable[[], bool] = lambda: False,
            on_frame: Optional[Callable[[int, np.ndarray, np.ndarray, np.ndarray], None]] = None,
-           on_progress: Optional[Callable[[int, int], None]] = None) -> dict:
+           on_progress: Optional[Callable[[int, int], None]] = None, keep_key=None) -> dict:
     """Render Gaussians through ``splat.render`` and wait for the frames.
 
     Args:
@@ -274,6 +274,10 @@ def render(gaussians: dict, cameras: dict, params: Optional[dict] = None,
         on_frame: called with (frame, rgb [H, W, 3], alpha [H, W], depth [H, W]) for each
             ``partial`` frame as it arrives (read-only arrays).
         on_progress: called with (step, total) on ``progress``.
+        keep_key: when given, the Gaussians are uploaded once for this key and later renders
+            with the same key send only the cameras (:meth:`Connection.render_kept`; the key
+            must change whenever the Gaussians do). A server without ``splat.upload`` gets them
+            by value.
 
     Returns:
         The result outputs: ``rgb`` [T, H, W, 3] premultiplied linear, ``alpha`` [T, H, W],
@@ -285,7 +289,10 @@ def render(gaussians: dict, cameras: dict, params: Optional[dict] = None,
     """
     conn = Connection(settings, should_cancel)
     try:
-        conn.handshake()
+        welcome = conn.handshake()
+        if keep_key is not None and UPLOAD in (welcome.get("pipelines") or {}):
+            return conn.render_kept(keep_key, lambda: gaussians, cameras, params, on_frame=on_frame,
+                                    on_progress=on_progress)
         return conn.render(gaussians, cameras, params, on_frame, on_progress)
     finally:
         conn.close()
