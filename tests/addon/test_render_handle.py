@@ -68,3 +68,35 @@ def test_render_kept_uploads_once_and_again_when_the_server_lost_it(server, monk
     finally:
         conn.close()
         render_client._KEPT.clear()
+
+
+def test_viewport_redraws_send_a_large_set_once(server, monkeypatch):
+    from addon.core import viewport
+
+    uploads = []
+    real_upload = render_client.Connection.upload
+
+    def counting_upload(self, gaussians):
+        uploads.append(len(gaussians["means"]))
+        return real_upload(self, gaussians)
+
+    monkeypatch.setattr(render_client.Connection, "upload", counting_upload)
+    monkeypatch.setattr(viewport, "UPLOAD_MIN_GAUSSIANS", 100)
+    g, small = _gaussians(300), _gaussians(50)
+    renderer = viewport.ViewportRenderer(render_client.RenderSettings(endpoint=server.endpoint))
+    try:
+        cams = [viewport.ViewCamera(np.array(_camera(x)["world_from_camera"][0], np.float64), 40.0, 40.0, 20.0, 15.0,
+                                    40, 30, 0.1, 100.0) for x in (0.0, 0.05, 0.1)]
+        frames = [renderer.wait_frame(renderer.submit(g, c), 60) for c in cams]
+        assert uploads == [300]  # three redraws, one upload
+        assert all(f.rgba[..., 3].max() > 0 for f in frames)
+        renderer.wait_frame(renderer.submit(small, cams[0]), 60)  # small: by value
+        assert uploads == [300]
+        g2 = {k: v.copy() for k, v in g.items()}  # a new map (the scene changed): uploaded again
+        renderer.wait_frame(renderer.submit(g2, cams[1]), 60)
+        assert uploads == [300, 300]
+    finally:
+        assert renderer.stop(10)
+    # the redraw by reference draws what the by-value render draws
+    direct = render_client.render(g, cams[2].cameras_map(), settings=render_client.RenderSettings(endpoint=server.endpoint))
+    np.testing.assert_allclose(frames[2].rgba[::-1, :, 3], direct["alpha"][0], atol=1e-6)  # rgba rows bottom-up
