@@ -112,7 +112,7 @@ def profile_stages(scene, cam, repeats: int) -> dict[str, float]:
         t = tick("binning + sort", t)
         # Leaf copies split the backward into the kernel part and the projection autograd part.
         leaves = [x.detach().requires_grad_(True) for x in (proj.means2d, proj.conics, colours, proj.opacities, proj.depths)]
-        rgb, alpha, _ = composite(*leaves, bins, cam.width, cam.height)
+        rgb, alpha, *_ = composite(*leaves, bins, cam.width, cam.height)
         t = tick("forward kernel", t)
         (rgb.sum() + alpha.sum()).backward()
         t = tick("backward kernel + index_add", t)

@@ -41,7 +41,7 @@ def composite(
     width: int,
     height: int,
     impl: str = "auto",
-) -> tuple[Tensor, Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Composite binned 2D Gaussians front to back.
 
     Args:
@@ -59,6 +59,7 @@ def composite(
         rgb: premultiplied colour sum c_i alpha_i T_i. [C, H, W, 3]
         alpha: 1 - prod (1 - alpha_i). [C, H, W]
         depth_sum: sum z_i alpha_i T_i. [C, H, W]
+        depth_front: front-surface depth, no gradient (`RenderOutput.depth_front`). [C, H, W]
     """
     if impl == "auto":
         impl = "numba" if means2d.device.type == "cpu" and numba_status()[0] else "torch"
@@ -108,11 +109,12 @@ class _NumbaComposite(torch.autograd.Function):
         depth_sum = np.empty((C, height, width), np.float32)
         final_T = np.empty((C, height, width), np.float64)
         last = np.empty((C, height, width), np.int32)
+        front = np.empty((C, height, width), np.float32)
         t0 = time.monotonic()
         with _kernel_lock:
             _tile_numba.forward(
                 *flat, ids, offsets, bins.tiles_x, bins.tiles_y, bins.tile_size, width, height,
-                rgb, alpha, depth_sum, final_T, last,
+                rgb, alpha, depth_sum, final_T, last, front,
             )
         _log_compile(t0)
         ctx.flat = flat
@@ -120,10 +122,12 @@ class _NumbaComposite(torch.autograd.Function):
         ctx.size = (C, N, width, height)
         ctx.state = (final_T, last)
         ctx.dtypes = (means2d.dtype, conics.dtype, colours.dtype, opacities.dtype, depths.dtype)
-        return torch.from_numpy(rgb), torch.from_numpy(alpha), torch.from_numpy(depth_sum)
+        front_t = torch.from_numpy(front)
+        ctx.mark_non_differentiable(front_t)
+        return torch.from_numpy(rgb), torch.from_numpy(alpha), torch.from_numpy(depth_sum), front_t
 
     @staticmethod
-    def backward(ctx, v_rgb, v_alpha, v_depth_sum):
+    def backward(ctx, v_rgb, v_alpha, v_depth_sum, _v_front):
         from . import _tile_numba
 
         C, N, width, height = ctx.size

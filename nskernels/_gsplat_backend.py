@@ -24,6 +24,11 @@ Differences from our torch backend that remain (none matters where opacities sta
 - gsplat's radii are ceil()-ed before its on-image test, so `radii`/`visible` may mark a
   Gaussian whose alpha >= 1/255 box ends less than 1 px outside the image; it adds nothing.
 - gsplat's kernels are float32 only: inputs are cast to float32 and gradients cast back.
+
+Front-surface depth: gsplat 1.5.3 has no transmittance-threshold depth for 3D Gaussians (its
+"median depth" exists only for 2DGS), so `depth_front` comes from a second, gradient-free pass of
+our own projection, tile binning and pure-torch compositing on the same CUDA tensors
+(`front_depth_pass`): the same rule as the CPU backends, bit for bit in its logic.
 """
 
 from __future__ import annotations
@@ -92,4 +97,26 @@ def rasterize_gsplat(
     meta = RenderMeta(means2d=info["means2d"], radii=radii, gaussian_ids=info["gaussian_ids"],
                       width=info["width"], height=info["height"], n_cameras=info["n_cameras"],
                       visible=(radii > 0).all(dim=-1), depths=info["depths"])
-    return RenderOutput(rgb, alpha, depth, meta)
+    front = front_depth_pass(means, quats, scales, opacities, cameras).to(dtype)
+    return RenderOutput(rgb, alpha, depth, meta, front)
+
+
+def front_depth_pass(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, cameras: Cameras) -> Tensor:
+    """`RenderOutput.depth_front` by our own projection, binning and pure-torch compositing.
+
+    Colours do not matter for it, so zeros are composited. Runs on any device, no gradient.
+
+    Returns:
+        Front-surface depth, inf where empty. [C, H, W]
+    """
+    from ._binning import bin_gaussians
+    from ._tile_torch import composite_torch
+    from .projection import project_gaussians
+
+    f32 = torch.float32
+    with torch.no_grad():
+        proj = project_gaussians(means.to(f32), quats.to(f32), scales.to(f32), opacities.to(f32), cameras)
+        bins = bin_gaussians(proj.means2d, proj.depths, proj.extents, proj.visible, cameras.width, cameras.height)
+        colours = torch.zeros(*proj.opacities.shape, 3, dtype=proj.opacities.dtype, device=means.device)
+        return composite_torch(proj.means2d, proj.conics, colours, proj.opacities, proj.depths, bins,
+                               cameras.width, cameras.height)[3]

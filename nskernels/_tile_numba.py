@@ -22,7 +22,7 @@ import math
 import numba
 import numpy as np
 
-from .conventions import ALPHA_MAX, ALPHA_MIN, T_MIN
+from .conventions import ALPHA_MAX, ALPHA_MIN, T_FRONT, T_MIN
 
 # sigma > ln(255 opacity) means alpha < 1/255; testing it first skips the exp() for most
 # pairs. The slack keeps the exact alpha test the decider near the boundary.
@@ -60,7 +60,7 @@ def _gather_tile(start, n, gaussian_ids, means2d, conics, opacities, colours, de
 def forward(
     means2d, conics, colours, opacities, depths, gaussian_ids, tile_offsets,
     tiles_x, tiles_y, tile_size, width, height,
-    out_rgb, out_alpha, out_depth, out_T, out_last,
+    out_rgb, out_alpha, out_depth, out_T, out_last, out_front,
 ):  # pragma: no cover - compiled
     """Composite all tiles of all cameras.
 
@@ -74,6 +74,9 @@ def forward(
         out_depth: sum of z_i alpha_i T_i [C, H, W] float32 (written).
         out_T: final transmittance [C, H, W] float64 (written, for the backward).
         out_last: number of tile entries walked up to the last contributor [C, H, W] int32.
+        out_front: front-surface depth [C, H, W] float32 (written): the depth of the
+            contribution after which T first falls to T_FRONT or below, else of the
+            largest-weight contribution; inf where alpha < 1/255.
     """
     n_tiles = tiles_x * tiles_y
     for tid in numba.prange(tile_offsets.shape[0] - 1):
@@ -97,6 +100,7 @@ def forward(
                     out_depth[cam, py, px] = 0.0
                     out_T[cam, py, px] = 1.0
                     out_last[cam, py, px] = 0
+                    out_front[cam, py, px] = math.inf
             continue
         p, lnth = _gather_tile(start, n, gaussian_ids, means2d, conics, opacities, colours, depths)
         for py in range(py0, py1):
@@ -109,6 +113,9 @@ def forward(
                 b = 0.0
                 d = 0.0
                 last = 0
+                front = math.inf
+                wmax = 0.0
+                zmax = math.inf
                 for k in range(n):
                     dx = p[k, 0] - cx
                     dy = p[k, 1] - cy
@@ -126,8 +133,16 @@ def forward(
                     gg += p[k, 7] * w
                     b += p[k, 8] * w
                     d += p[k, 9] * w
+                    if T > T_FRONT and next_T <= T_FRONT:
+                        front = p[k, 9]
+                    if w > wmax:
+                        wmax = w
+                        zmax = p[k, 9]
                     T = next_T
                     last = k + 1
+                if front == math.inf and 1.0 - T >= ALPHA_MIN:
+                    front = zmax
+                out_front[cam, py, px] = front
                 out_rgb[cam, py, px, 0] = r
                 out_rgb[cam, py, px, 1] = gg
                 out_rgb[cam, py, px, 2] = b

@@ -12,6 +12,7 @@ from torch import Tensor
 
 from ._binning import TileBins
 from .conventions import ALPHA_MAX, ALPHA_MIN, T_MIN
+from .output import front_depth_from_weights
 
 
 def composite_torch(
@@ -25,7 +26,8 @@ def composite_torch(
     height: int,
     budget: int = 1 << 22,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Same contract as `_composite.composite`; `budget` bounds the pairs per chunk."""
+    """Same contract as `_composite.composite` (rgb, alpha, depth sum, front depth); `budget`
+    bounds the pairs per chunk."""
     C, N = opacities.shape
     device = means2d.device
     ts, tiles_x, tiles_y = bins.tile_size, bins.tiles_x, bins.tiles_y
@@ -63,21 +65,22 @@ def composite_torch(
         done_values.append(_composite_chunk(feats, bins, tiles, lx, ly, tiles_x, tiles_y))
         i = j
 
-    values = torch.zeros(n_tiles, P, 5, dtype=feats.dtype, device=device)
+    values = torch.zeros(n_tiles, P, 6, dtype=feats.dtype, device=device)
+    values[..., 5] = float("inf")  # depth_front of empty tiles
     if done_tiles:
         values = values.index_copy(0, torch.cat(done_tiles), torch.cat(done_values))
     image = (
-        values.reshape(C, tiles_y, tiles_x, ts, ts, 5)
+        values.reshape(C, tiles_y, tiles_x, ts, ts, 6)
         .permute(0, 1, 3, 2, 4, 5)
-        .reshape(C, tiles_y * ts, tiles_x * ts, 5)[:, :height, :width]
+        .reshape(C, tiles_y * ts, tiles_x * ts, 6)[:, :height, :width]
     )
-    return image[..., 0:3], image[..., 3], image[..., 4]
+    return image[..., 0:3], image[..., 3], image[..., 4], image[..., 5].detach()
 
 
 def _composite_chunk(
     feats: Tensor, bins: TileBins, tiles: Tensor, lx: Tensor, ly: Tensor, tiles_x: int, tiles_y: int
 ) -> Tensor:
-    """Composite a chunk of tiles -> [Tc, P, 5] (r, g, b, alpha, depth sum) per tile pixel."""
+    """Composite a chunk of tiles -> [Tc, P, 6] (r, g, b, alpha, depth sum, front depth) per tile pixel."""
     starts = bins.tile_offsets[tiles]
     lengths = bins.tile_offsets[tiles + 1] - starts
     L = int(lengths.max())
@@ -104,4 +107,5 @@ def _composite_chunk(
     w = alpha * T
     rgb = torch.einsum("tpl,tlc->tpc", w, f[..., 6:9])
     depth_sum = torch.einsum("tpl,tl->tp", w, f[..., 9])
-    return torch.cat([rgb, (1.0 - trans[..., -1])[..., None], depth_sum[..., None]], -1)
+    front = front_depth_from_weights(alpha, f[:, None, :, 9])
+    return torch.cat([rgb, (1.0 - trans[..., -1])[..., None], depth_sum[..., None], front[..., None]], -1)

@@ -17,3 +17,8 @@ JACOBIAN_CLAMP = 0.3
 #: Low-pass dilation added to the 2D covariance diagonal, pixels^2 ("every Gaussian at least
 #: one pixel wide").
 EPS2D = 0.3
+#: Front-surface depth (``depth_front``): the depth of the contribution at which the
+#: transmittance first falls to this value or below (the median of the pixel's depth
+#: distribution); pixels whose alpha never reaches 1 - T_FRONT take the depth of their
+#: largest-weight contribution instead.
+T_FRONT = 0.5

@@ -12,7 +12,7 @@ from dataclasses import dataclass, fields
 import torch
 from torch import Tensor
 
-from .conventions import ALPHA_MIN
+from .conventions import ALPHA_MIN, T_FRONT
 
 
 @dataclass
@@ -64,12 +64,17 @@ class RenderOutput:
             [C, H, W]
         meta: what gsplat's DefaultStrategy reads, for densification on either backend (the
             dense test reference fills a smaller dict: "means2d", "depths", "valid").
+        depth_front: front-surface depth, metres along -Z: the depth of the contribution at
+            which the transmittance first falls to 0.5 (``conventions.T_FRONT``), or of the
+            largest-weight contribution where alpha stays below 0.5; inf where alpha < 1/255.
+            Not differentiable (no gradient flows through it). [C, H, W]
     """
 
     rgb: Tensor
     alpha: Tensor
     depth: Tensor
     meta: RenderMeta | dict
+    depth_front: Tensor | None = None
 
 
 def finish(
@@ -94,3 +99,28 @@ def finish(
     safe = torch.where(covered, alpha, torch.ones_like(alpha))
     depth = torch.where(covered, depth_sum / safe, torch.full_like(alpha, float("inf")))
     return rgb, depth
+
+
+def front_depth_from_weights(alpha_i: Tensor, z: Tensor) -> Tensor:
+    """Front-surface depth from per-contribution alphas in front-to-back order (torch twin of
+    the numba kernel's rule; see `RenderOutput.depth_front`).
+
+    Args:
+        alpha_i: alphas of the contributions that count (0 for skipped ones), front to back. [..., L]
+        z: their depths, broadcastable to ``alpha_i``. [..., L]
+
+    Returns:
+        The front depth, inf where the pixel's alpha < 1/255. [...]
+    """
+    with torch.no_grad():
+        trans = torch.cumprod(1.0 - alpha_i, -1)
+        before = torch.cat([torch.ones_like(trans[..., :1]), trans[..., :-1]], -1)
+        w = alpha_i * before
+        z = z.expand_as(alpha_i)
+        crossed = (trans <= T_FRONT) & (alpha_i > 0)
+        first = torch.argmax(crossed.to(torch.int8), dim=-1, keepdim=True)
+        heaviest = torch.argmax(w, dim=-1, keepdim=True)
+        idx = torch.where(crossed.any(-1, keepdim=True), first, heaviest)
+        front = torch.gather(z, -1, idx)[..., 0]
+        covered = (1.0 - trans[..., -1]) >= ALPHA_MIN if trans.shape[-1] else torch.zeros_like(front, dtype=torch.bool)
+        return torch.where(covered, front, torch.full_like(front, float("inf")))

@@ -117,13 +117,13 @@ def _rasterize_torch(
     W, H = cameras.width, cameras.height
     bins = bin_gaussians(proj.means2d, proj.depths, proj.extents, proj.visible, W, H)
     # 3. Composite.
-    rgb, alpha, depth_sum = composite(
+    rgb, alpha, depth_sum, depth_front = composite(
         proj.means2d, proj.conics, colours, proj.opacities, proj.depths, bins, W, H, impl=impl
     )
     rgb, depth = finish(rgb, alpha, depth_sum, background)
     meta = RenderMeta(means2d=proj.means2d, radii=proj.radii, gaussian_ids=None, width=W, height=H,
                       n_cameras=len(cameras), visible=proj.visible, depths=proj.depths)
-    return RenderOutput(rgb, alpha, depth, meta)
+    return RenderOutput(rgb, alpha, depth, meta, depth_front)
 
 
 @functools.lru_cache(maxsize=1)

@@ -25,7 +25,7 @@ from torch.utils.checkpoint import checkpoint
 from .camera import Cameras
 from .conventions import ALPHA_MAX, ALPHA_MIN, EPS2D, JACOBIAN_CLAMP, T_MIN
 from .gaussians import covariances
-from .output import RenderOutput
+from .output import RenderOutput, front_depth_from_weights
 from .sh import degree_from_rest, view_colours
 
 # Pixel x Gaussian pairs per chunk beyond which the pixels are processed in chunks.
@@ -73,7 +73,7 @@ def rasterize_dense(
     )
     pixels = torch.stack([cols.reshape(-1) + 0.5, rows.reshape(-1) + 0.5], dim=-1).to(means.device)
 
-    rgbs, alphas, depths, means2ds, zs, valids = [], [], [], [], [], []
+    rgbs, alphas, depths, means2ds, zs, valids, fronts = [], [], [], [], [], [], []
     for c in range(len(cameras)):
         Wc = camera_from_world[c, :3, :3]
         p = means @ Wc.T + camera_from_world[c, :3, 3]  # [N, 3] camera frame
@@ -113,13 +113,13 @@ def rasterize_dense(
         args = (mean2d[order], conic[order], opacity[order], valid[order], colours[c][order], z[order])
         chunk = max(1, _PAIRS_PER_CHUNK // max(1, means.shape[0]))
         if pixels.shape[0] <= chunk:
-            rgb, a, wsum, wz = _shade(pixels, *args)
+            rgb, a, wsum, wz, front = _shade(pixels, *args)
         else:
             parts = [
                 checkpoint(_shade, pixels[i : i + chunk], *args, use_reentrant=False)
                 for i in range(0, pixels.shape[0], chunk)
             ]
-            rgb, a, wsum, wz = (torch.cat(x) for x in zip(*parts))
+            rgb, a, wsum, wz, front = (torch.cat(x) for x in zip(*parts))
         covered = a >= ALPHA_MIN
         depth = torch.where(
             covered,
@@ -132,12 +132,13 @@ def rasterize_dense(
         rgbs.append(rgb.reshape(H, W, 3))
         alphas.append(a.reshape(H, W))
         depths.append(depth.reshape(H, W))
+        fronts.append(front.reshape(H, W))
         means2ds.append(mean2d)
         zs.append(z)
         valids.append(valid)
 
     meta = {"means2d": torch.stack(means2ds), "depths": torch.stack(zs), "valid": torch.stack(valids)}
-    return RenderOutput(torch.stack(rgbs), torch.stack(alphas), torch.stack(depths), meta)
+    return RenderOutput(torch.stack(rgbs), torch.stack(alphas), torch.stack(depths), meta, torch.stack(fronts))
 
 
 def _shade(
@@ -150,7 +151,8 @@ def _shade(
         mean2d, conic, opacity, valid, colours, z: per Gaussian, front to back. [N, ...]
 
     Returns:
-        rgb sum c_i w_i [P, 3], alpha [P], sum w_i [P], sum z_i w_i [P] (w_i = alpha_i T_i).
+        rgb sum c_i w_i [P, 3], alpha [P], sum w_i [P], sum z_i w_i [P] (w_i = alpha_i T_i),
+        front-surface depth [P] (`RenderOutput.depth_front`).
     """
     dx = pixels[:, 0:1] - mean2d[None, :, 0]  # [P, N]
     dy = pixels[:, 1:2] - mean2d[None, :, 1]
@@ -163,7 +165,8 @@ def _shade(
     T = torch.cumprod(torch.cat([torch.ones_like(alpha[:, :1]), 1 - alpha[:, :-1]], dim=1), dim=1)
     weight = alpha * T  # [P, N]
     a = 1 - torch.prod(1 - alpha, dim=1)
-    return weight @ colours, a, weight.sum(dim=1), weight @ z
+    front = front_depth_from_weights(alpha, z[None, :])
+    return weight @ colours, a, weight.sum(dim=1), weight @ z, front
 
 
 def rasterize_mesh_dense(vertices: Tensor, faces: Tensor, cameras: Cameras) -> tuple[Tensor, Tensor]:

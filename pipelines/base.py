@@ -101,8 +101,9 @@ class Frames:
     Attributes:
         input: the input map whose arrays carry a leading frame axis T (e.g. ``"cameras"``);
             its arrays with that leading axis are split, its other values go to every piece.
-        outputs: the outputs with a leading frame axis T, reassembled in frame order; every
-            other output is taken from the first piece.
+        outputs: the outputs with a leading frame axis T, reassembled in frame order (those a
+            request did not ask for are skipped); every other output is taken from the first
+            piece.
         partial_key: the key of the frame index (0-based, within the job) in each ``partial``.
     """
 

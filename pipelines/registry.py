@@ -20,6 +20,9 @@ MODULES = (
     "pipelines.image.generate",
     "pipelines.mesh.texture",
     "pipelines.motion.recover",
+    "pipelines.splat.to_mesh",
+    "pipelines.splat.select",
+    "pipelines.splat.upload",
 )
 
 

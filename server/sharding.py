@@ -60,6 +60,8 @@ def merge(results: list[dict], frames: Frames) -> dict:
     pieces = len(results)
     merged = dict(results[0])
     for name in frames.outputs:
+        if name not in results[0]:  # an optional output this request did not ask for
+            continue
         parts = [np.asarray(result[name]) for result in results]
         total = sum(part.shape[0] for part in parts)
         whole = np.empty((total, *parts[0].shape[1:]), dtype=parts[0].dtype)

@@ -31,6 +31,8 @@ FEATURE_MODULES = (
     "generate",
     "motion_ui",
     "texture",
+    "splat_mesh",
+    "splat_edit",
 )
 
 _registered: list = []

@@ -30,7 +30,7 @@ import numpy as np
 
 from . import cameras, frame_guard, viewport_draw
 from .render_settings import ENGINE_ID, render_params, render_settings, viewport_settings
-from .scene_gaussians import note_geometry_updates, scene_gaussians
+from .scene_gaussians import merged_key, note_geometry_updates, scene_gaussians
 from ..core import colour, render_client, viewport
 from ..core.camera import render_size
 
@@ -139,14 +139,18 @@ class NSTUDIO_SplatRenderEngine(bpy.types.RenderEngine):
         # only in the evaluated copy.
         camera = scene.camera.original.evaluated_get(depsgraph) if scene.camera is not None else None
         cams = camera_for_frame(scene, camera, width, height)
-        params = render_params(scene)
+        params = {**render_params(scene), "depth_front": True}  # the Depth pass: see below
         settings = render_settings(scene)
         n = len(gaussians["means"])
         self.update_stats("", f"Rendering {n:,} Gaussians on {settings.endpoint}")
         out = render_client.render(gaussians, cams, params, settings,
                                    should_cancel=self.test_break,
-                                   on_progress=lambda s, t: self.update_progress(s / t if t else 0.0))
+                                   on_progress=lambda s, t: self.update_progress(s / t if t else 0.0),
+                                   keep_key=merged_key())  # uploaded once, by reference after
         rgb, alpha, depth = out["rgb"][0], out["alpha"][0], out["depth"][0]
+        # The Depth pass the final shot compares with meshes is the front surface
+        # (transmittance 0.5), not the expected depth, which lies behind it at contacts.
+        depth = out["depth_front"][0] if "depth_front" in out else depth
         if spaces and all(s == "srgb" for s in spaces):
             rgb = colour.srgb_to_linear_premultiplied(rgb, alpha)
         elif "srgb" in spaces:

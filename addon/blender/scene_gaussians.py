@@ -88,6 +88,12 @@ def scene_gaussians(depsgraph) -> tuple[Optional[dict], list[str]]:
     return _merged[1], spaces
 
 
+def merged_key():
+    """What identifies the Gaussians :func:`scene_gaussians` merged last (their content and
+    placement): a render uploads them once under this key and renders later frames by reference."""
+    return _merged[0]
+
+
 def note_geometry_updates(depsgraph) -> None:
     """Bump the stamp of every mesh whose geometry the depsgraph reports as changed."""
     for update in depsgraph.updates:

@@ -30,6 +30,8 @@ from . import connection
 log = logging.getLogger(__name__)
 
 PIPELINE = "splat.render"
+#: Keeps Gaussians on the server for later renders by reference (``Connection.upload``).
+UPLOAD = "splat.upload"
 CLIENT_NAME = "neural-studio-render"
 
 
@@ -131,9 +133,61 @@ class Connection:
         """Submit one ``splat.render`` job (``keep: false``) and wait for its result.
 
         Arguments and result as :func:`render`; ``on_accepted`` is called with the job id.
+        ``gaussians`` may be a reference from :meth:`upload` instead of the map.
         Call :meth:`handshake` first (at least once per connection).
         """
         return _run(self, gaussians, cameras, params or {}, on_frame, on_progress, on_accepted)
+
+
+    def upload(self, gaussians: dict) -> str:
+        """Keep ``gaussians`` on the server (``splat.upload``); returns the reference that
+        :meth:`render` takes in place of the Gaussians map (docs/protocol-notes.md).
+
+        Raises:
+            RenderError: the server has no ``splat.upload`` or the job failed.
+        """
+        out = _run(self, gaussians, None, {}, None, None, None, pipeline=UPLOAD)
+        ref = out.get("gaussians_ref")
+        if not isinstance(ref, str):
+            raise RenderError("internal", f"{UPLOAD} answered no reference")
+        return ref
+
+
+    def render_kept(self, key, gaussians_fn: Callable[[], dict], cameras: dict, params: Optional[dict] = None,
+                    **kwargs) -> dict:
+        """:meth:`render` with the Gaussians uploaded once per ``key`` and rendered by reference.
+
+        The reference is remembered per (endpoint, key) for the life of the add-on; when the
+        server answers that it no longer has it (a restart, its cache full) the Gaussians are
+        uploaded again once. ``key`` must change whenever the Gaussians do (e.g. the objects'
+        content keys and matrices); ``gaussians_fn`` is called only when an upload is needed.
+        """
+        slot = (self.settings.endpoint, key)
+        ref = _KEPT.get(slot)
+        for attempt in (0, 1):
+            if ref is None:
+                ref = self.upload(gaussians_fn())
+                _remember(slot, ref)
+            try:
+                return self.render(ref, cameras, params, **kwargs)
+            except RenderError as exc:
+                if attempt or exc.code != "invalid_input" or (exc.detail or {}).get("field") != "inputs.gaussians_ref":
+                    raise
+                _KEPT.pop(slot, None)
+                ref = None
+        raise AssertionError("unreachable")
+
+
+#: (endpoint, key) -> splat.upload reference, most recent last (Connection.render_kept).
+_KEPT: dict = {}
+_KEPT_MAX = 8
+
+
+def _remember(slot, ref: str) -> None:
+    _KEPT.pop(slot, None)
+    _KEPT[slot] = ref
+    while len(_KEPT) > _KEPT_MAX:
+        _KEPT.pop(next(iter(_KEPT)))
 
 
 def check_welcome(welcome: dict, endpoint: str) -> None:
@@ -152,7 +206,7 @@ def render(gaussians: dict, cameras: dict, params: Optional[dict] = None,
            settings: RenderSettings = RenderSettings(),
            should_cancel: Callable[[], bool] = lambda: False,
            on_frame: Optional[Callable[[int, np.ndarray, np.ndarray, np.ndarray], None]] = None,
-           on_progress: Optional[Callable[[int, int], None]] = None) -> dict:
+           on_progress: Optional[Callable[[int, int], None]] = None, keep_key=None) -> dict:
     """Render Gaussians through ``splat.render`` and wait for the frames.
 
     Args:
@@ -164,6 +218,10 @@ def render(gaussians: dict, cameras: dict, params: Optional[dict] = None,
         on_frame: called with (frame, rgb [H, W, 3], alpha [H, W], depth [H, W]) for each
             ``partial`` frame as it arrives (read-only arrays).
         on_progress: called with (step, total) on ``progress``.
+        keep_key: when given, the Gaussians are uploaded once for this key and later renders
+            with the same key send only the cameras (:meth:`Connection.render_kept`; the key
+            must change whenever the Gaussians do). A server without ``splat.upload`` gets them
+            by value.
 
     Returns:
         The result outputs: ``rgb`` [T, H, W, 3] premultiplied linear, ``alpha`` [T, H, W],
@@ -175,7 +233,10 @@ def render(gaussians: dict, cameras: dict, params: Optional[dict] = None,
     """
     conn = Connection(settings, should_cancel)
     try:
-        conn.handshake()
+        welcome = conn.handshake()
+        if keep_key is not None and UPLOAD in (welcome.get("pipelines") or {}):
+            return conn.render_kept(keep_key, lambda: gaussians, cameras, params, on_frame=on_frame,
+                                    on_progress=on_progress)
         return conn.render(gaussians, cameras, params, on_frame, on_progress)
     finally:
         conn.close()
@@ -202,11 +263,14 @@ def _handshake(conn: Connection) -> dict:
     return msg
 
 
-def _run(conn: Connection, gaussians, cameras, params, on_frame, on_progress, on_accepted) -> dict:
+def _run(conn: Connection, gaussians, cameras, params, on_frame, on_progress, on_accepted,
+         pipeline: str = PIPELINE) -> dict:
     s = conn.settings
-    # Submit and wait, pinging so a dead server is noticed.
-    submit = protocol.make_header("submit", pipeline=PIPELINE, params=params,
-                                  inputs={"gaussians": gaussians, "cameras": cameras}, keep=False)
+    # Submit and wait, pinging so a dead server is noticed. A str is a splat.upload reference.
+    inputs = {"gaussians_ref": gaussians} if isinstance(gaussians, str) else {"gaussians": gaussians}
+    if cameras is not None:
+        inputs["cameras"] = cameras
+    submit = protocol.make_header("submit", pipeline=pipeline, params=params, inputs=inputs, keep=False)
     conn.send(submit)
     job = None
     last_heard = last_ping = time.monotonic()
@@ -231,7 +295,7 @@ def _run(conn: Connection, gaussians, cameras, params, on_frame, on_progress, on
             if on_accepted is not None:
                 on_accepted(job)
         elif mtype == "error" and (msg.get("re") == submit["id"] or (job is not None and msg.get("job") == job)):
-            raise RenderError(msg.get("code", "internal"), f"{PIPELINE} failed: {msg.get('message')}",
+            raise RenderError(msg.get("code", "internal"), f"{pipeline} failed: {msg.get('message')}",
                               msg.get("detail"))
         elif job is None or msg.get("job") != job:
             continue  # pong, welcome repeats, stray events
@@ -242,6 +306,8 @@ def _run(conn: Connection, gaussians, cameras, params, on_frame, on_progress, on
             if "frame" in out and "rgb" in out:
                 on_frame(int(out["frame"]), out["rgb"], out["alpha"], out["depth"])
         elif mtype == "result":
+            if pipeline != PIPELINE:
+                return msg.get("outputs") or {}
             return _check_result(msg.get("outputs") or {}, cameras)
         elif mtype == "cancelled":
             raise RenderCancelled()

@@ -32,6 +32,12 @@ from .camera import ViewCamera
 
 log = logging.getLogger(__name__)
 
+#: Gaussian sets at least this large are uploaded once and redrawn by reference (a redraw of 1M
+#: at SH degree 3 would otherwise send 236 MB); smaller ones go by value, one message per view.
+UPLOAD_MIN_GAUSSIANS = 20_000
+
+
+
 # ------------------------------------------------------------------ worker
 
 @dataclass(frozen=True)
@@ -138,6 +144,10 @@ class ViewportRenderer:
         self._spans: list[JobSpan] = []
         self._dropped = 0
         self._thread: Optional[threading.Thread] = None
+        # Worker thread only: the map last uploaded and its reference; whether the server lacks
+        # splat.upload.
+        self._kept: Optional[tuple[dict, str]] = None
+        self._no_upload = False
 
     # -------------------------------------------------------------- main-thread side
 
@@ -305,6 +315,32 @@ class ViewportRenderer:
                     self._pending = req  # nothing newer: try this view again later
             self._cond.notify_all()
 
+    def _render(self, conn: render_client.Connection, req: _Request) -> dict:
+        """One view: large Gaussian sets go up once (``splat.upload``) and every later redraw of
+        the same map (``set_scene`` keeps its identity while nothing changes) sends only the
+        camera; small ones, and servers without ``splat.upload``, are sent by value."""
+        cams = req.camera.cameras_map()
+        kept = self._kept
+        if kept is not None and kept[0] is req.gaussians:
+            try:
+                return conn.render(kept[1], cams, req.params, on_accepted=self._accepted)
+            except render_client.RenderError as exc:
+                if exc.code != "invalid_input" or (exc.detail or {}).get("field") != "inputs.gaussians_ref":
+                    raise
+                self._kept = None  # the server lost it (restart, full cache): upload again
+        if len(req.gaussians["means"]) >= UPLOAD_MIN_GAUSSIANS and not self._no_upload:
+            try:
+                ref = conn.upload(req.gaussians)
+            except render_client.RenderError as exc:
+                if exc.code != "unknown_pipeline":
+                    raise
+                self._no_upload = True
+            else:
+                # Holding the map keeps its identity from being reused by a new one.
+                self._kept = (req.gaussians, ref)
+                return conn.render(ref, cams, req.params, on_accepted=self._accepted)
+        return conn.render(req.gaussians, cams, req.params, on_accepted=self._accepted)
+
     def _run(self) -> None:
         conn: Optional[render_client.Connection] = None
         checked_at = -np.inf
@@ -324,8 +360,7 @@ class ViewportRenderer:
                         checked_at = -np.inf
                     if started - checked_at > self.recheck_s:
                         conn.handshake()
-                    out = conn.render(req.gaussians, req.camera.cameras_map(), req.params,
-                                      on_accepted=self._accepted)
+                    out = self._render(conn, req)
                     checked_at = time.monotonic()
                     rgba = frame_rgba(out["rgb"][0], out["alpha"][0], req.srgb)
                     frame = ViewFrame(req.seq, req.camera, rgba, time.monotonic() - started)

@@ -64,6 +64,16 @@ CAMERAS = Struct(
     doc="T pinhole cameras sharing one resolution (PROTOCOL.md Camera, with a leading axis T).",
 )
 
+MESH = Struct(
+    {
+        "vertices": Array(F4, ("V", 3), "vertex positions, world frame (Blender, Z up), metres. [V, 3]"),
+        "faces": Array(("<i4",), ("F", 3), "triangles as vertex indices, counter-clockwise seen from outside. [F, 3]"),
+        "uvs": Array(F4, ("F", 3, 2), "per-corner texture coordinates. [F, 3, 2]", optional=True),
+        "colors": Array(F4, ("V", (3, 4)), "per-vertex linear colour (RGB or RGBA). [V, 3|4]", optional=True),
+    },
+    doc="A triangle mesh (PROTOCOL.md Mesh); splat.to_mesh fills vertices, faces and colors.",
+)
+
 
 # ---------------------------------------------------------------------------------------------
 # Motion (PROTOCOL.md "Motion"): symbols T frames, J joints, V/F vertices/faces, I influences.
@@ -136,5 +146,5 @@ MOTION = Struct(
 #: The Motion map's fields, for a pipeline's ``outputs`` (it may add its own beside them).
 MOTION_FIELDS = {k: v for k, v in MOTION.fields.items() if k != "*"}
 
-__all__ = ["ALL_DTYPES", "BODY_PARAMS", "CAMERAS", "COCO17", "CONTACT_POINTS", "GAUSSIANS", "MOTION",
+__all__ = ["ALL_DTYPES", "BODY_PARAMS", "CAMERAS", "COCO17", "CONTACT_POINTS", "GAUSSIANS", "MESH", "MOTION",
            "MOTION_FIELDS", "MOTION_MESH", "SH_REST_COUNTS", "SKELETON"]

@@ -99,7 +99,7 @@ def test_register_and_unregister_leave_nothing_behind(addon_disabled):
                                       "TOPBAR_MT_file_import": ["addon.blender.ops_gaussians.menu_import"]}
         assert footprint["timers"] == ["timer_tick"]  # the viewport's starts with a viewport
         assert footprint["result_handlers"] == ["image.generate", "mesh.texture", "motion.recover", "splat.reconstruct",
-                                                "splat.render", "system.echo"]
+                                                "splat.render", "splat.select", "splat.to_mesh", "system.echo"]
     finally:
         addon_utils.disable("addon", default_set=True, handle_error=None)
     assert _our_types() == []

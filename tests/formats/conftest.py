@@ -51,3 +51,32 @@ def orbit_path(fy: np.ndarray, width: int, height: int, fps: float) -> dict:
     """
     return {"world_from_camera": orbit(len(fy)), "fx": fy, "fy": fy, "cx": width / 2.0, "cy": height / 2.0,
             "width": width, "height": height, "fps": fps}
+
+
+def _realsplat_dir():
+    """The project's shared real splat files (never copied into the repo), or None."""
+    import os
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    for cand in (os.environ.get("NSTUDIO_REALSPLAT_DATA"), root.parent / "shared" / "realsplat-data",
+                 root.parent.parent / "shared" / "realsplat-data"):
+        if cand and (Path(cand) / "SOURCES.md").is_file():
+            return Path(cand)
+    return None
+
+
+@pytest.fixture
+def realsplat():
+    """Path of a file in ../shared/realsplat-data (see SOURCES.md there); skips when absent."""
+    base = _realsplat_dir()
+    if base is None:
+        pytest.skip("../shared/realsplat-data is not present")
+
+    def get(name: str):
+        path = base / name
+        if not path.is_file():
+            pytest.skip(f"{path} is not present")
+        return path
+
+    return get

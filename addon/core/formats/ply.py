@@ -22,16 +22,11 @@ import numpy as np
 
 from .errors import FormatError
 from .gaussians import DEGREE_BY_K, check_gaussians, extras
+from .ply_header import _Element, read_header
+from . import playcanvas
 
 log = logging.getLogger(__name__)
 
-# PLY scalar type names (both spellings the spec allows) -> numpy little-endian dtype.
-_PLY_TYPES: dict[str, str] = {
-    "char": "i1", "int8": "i1", "uchar": "u1", "uint8": "u1",
-    "short": "<i2", "int16": "<i2", "ushort": "<u2", "uint16": "<u2",
-    "int": "<i4", "int32": "<i4", "uint": "<u4", "uint32": "<u4",
-    "float": "<f4", "float32": "<f4", "double": "<f8", "float64": "<f8",
-}
 # numpy dtype -> PLY name, for writing extra arrays.
 _PLY_NAMES: dict[str, str] = {
     "int8": "char", "uint8": "uchar", "int16": "short", "uint16": "ushort",
@@ -39,66 +34,7 @@ _PLY_NAMES: dict[str, str] = {
 }
 # The 3DGS reference writer stores all-zero normals; they carry nothing, so reading drops them.
 _FILLER_PROPERTIES = ("nx", "ny", "nz")
-_MAX_HEADER_BYTES = 1 << 20
 _F_REST = re.compile(r"f_rest_(\d+)$")
-
-
-class _Element:
-    """One ``element`` of a PLY header: name, count and ordered (name, dtype or None) props."""
-
-    def __init__(self, name: str, count: int):
-        self.name = name
-        self.count = count
-        self.props: list[tuple[str, str | None]] = []  # dtype None marks a list property
-
-    @property
-    def fixed_size(self) -> bool:
-        return all(dt is not None for _, dt in self.props)
-
-    def dtype(self) -> np.dtype:
-        return np.dtype([(name, dt) for name, dt in self.props])
-
-
-def _parse_header(path: str, head: bytes) -> tuple[str, list[_Element], int]:
-    """Parse the header bytes; return (format, elements, byte offset of the body)."""
-    if not head.startswith(b"ply\n") and not head.startswith(b"ply\r\n"):
-        raise FormatError(f"{path}: not a PLY file (bad magic {head[:4]!r}, expected b'ply\\n')")
-    end = re.search(rb"end_header\r?\n", head)
-    if end is None:
-        raise FormatError(f"{path}: PLY header has no 'end_header' line within {len(head)} bytes")
-    fmt = None
-    elements: list[_Element] = []
-    lines = head[: end.start()].decode("ascii", errors="replace").splitlines()
-    for lineno, line in enumerate(lines[1:], start=2):
-        words = line.split()
-        if not words or words[0] in ("comment", "obj_info"):
-            continue
-        if words[0] == "format":
-            if len(words) != 3:
-                raise FormatError(f"{path}: header line {lineno}: malformed format line {line!r}")
-            fmt = words[1]
-        elif words[0] == "element":
-            if len(words) != 3 or not words[2].isdigit():
-                raise FormatError(f"{path}: header line {lineno}: malformed element line {line!r}")
-            elements.append(_Element(words[1], int(words[2])))
-        elif words[0] == "property":
-            if not elements:
-                raise FormatError(f"{path}: header line {lineno}: property before any element")
-            if len(words) == 5 and words[1] == "list":
-                elements[-1].props.append((words[4], None))
-            elif len(words) == 3 and words[1] in _PLY_TYPES:
-                elements[-1].props.append((words[2], _PLY_TYPES[words[1]]))
-            else:
-                raise FormatError(f"{path}: header line {lineno}: unknown property type in {line!r}")
-        else:
-            raise FormatError(f"{path}: header line {lineno}: unknown keyword {words[0]!r}")
-    if fmt is None:
-        raise FormatError(f"{path}: PLY header has no 'format' line")
-    if fmt not in ("binary_little_endian", "ascii"):
-        raise FormatError(
-            f"{path}: unsupported PLY format '{fmt}' (only binary_little_endian, and ascii for small files)"
-        )
-    return fmt, elements, end.end()
 
 
 def _vertex_layout(path: str, elements: list[_Element]) -> tuple[_Element, int]:
@@ -135,6 +71,9 @@ def _required_names(path: str, el: _Element) -> tuple[list[str], int]:
                 "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3"]
     missing = [n for n in required if n not in types]
     if missing:
+        what = describe_vertex(set(types))
+        if what:
+            raise FormatError(f"{path}: this is {what} (it lacks the 3DGS properties {missing})")
         raise FormatError(f"{path}: vertex element lacks required 3DGS properties {missing}")
     rest_names = [n for _, n in rest]
     not_float = [f"{n} ({types[n]})" for n in required + rest_names if types[n] not in ("<f4", "<f8")]
@@ -222,6 +161,23 @@ def _columns(data: np.ndarray, names: list[str], channel_major_k: int | None = N
     return shaped(out)
 
 
+def vertex_properties(path: str | os.PathLike) -> list[str]:
+    """The vertex property names of a PLY file, in order (e.g. to tell whether it had normals)."""
+    _, elements, _ = read_header(path)
+    return [name for el in elements if el.name == "vertex" for name, _ in el.props]
+
+
+def describe_vertex(names: set[str]) -> str | None:
+    """Name the kind of non-3DGS PLY a vertex property set belongs to, or None."""
+    if {"value", "weight"} <= names:
+        return "a volume-Gaussian PLY (x y z value weight ...), not 3D Gaussian Splatting"
+    if {"red", "green", "blue"} <= names or {"r", "g", "b"} <= names:
+        return "a coloured point cloud (x y z + colours), not 3D Gaussian Splatting"
+    if not names - {"x", "y", "z", "nx", "ny", "nz"}:
+        return "a plain point cloud (x y z), not 3D Gaussian Splatting"
+    return None
+
+
 def read_ply(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """Read a 3DGS PLY file into a Gaussians map.
 
@@ -239,17 +195,10 @@ def read_ply(path: str | os.PathLike) -> dict[str, np.ndarray]:
             truncated data, or element counts that do not match the file size.
     """
     path = os.fspath(path)
-    try:
-        with open(path, "rb") as f:
-            head = f.read(4096)
-            while b"end_header" not in head and len(head) < _MAX_HEADER_BYTES:
-                more = f.read(65536)
-                if not more:
-                    break
-                head += more
-    except OSError as exc:
-        raise FormatError(f"{path}: cannot read: {exc.strerror or exc}") from exc
-    fmt, elements, body_offset = _parse_header(path, head)
+    fmt, elements, body_offset = read_header(path)
+    if playcanvas.is_compressed_layout(elements):
+        # The same extension, a different layout: read it rather than report missing properties.
+        return playcanvas.read_compressed_ply(path)
     # Check the properties before reading any data.
     rest_names, k = _required_names(path, _vertex_layout(path, elements)[0])
     vertex, data = _read_body(path, fmt, elements, body_offset)

@@ -15,6 +15,7 @@ import os
 import numpy as np
 
 from .errors import FormatError
+from .sniff import describe_bytes
 from .gaussians import SH_C0
 
 SPLAT_DTYPE = np.dtype([("position", "<f4", (3,)), ("scale", "<f4", (3,)), ("rgba", "u1", (4,)), ("rot", "u1", (4,))])
@@ -67,6 +68,12 @@ def read_splat(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """
     path = os.fspath(path)
     try:
+        with open(path, "rb") as f:
+            head = f.read(64)
+        what = describe_bytes(head)
+        if what:
+            # .splat has no header, so a file that announces another format is not one.
+            raise FormatError(f"{path}: not a .splat file: this is {what}")
         size = os.path.getsize(path)
         if size % SPLAT_DTYPE.itemsize:
             raise FormatError(
@@ -78,3 +85,49 @@ def read_splat(path: str | os.PathLike) -> dict[str, np.ndarray]:
     except OSError as exc:
         raise FormatError(f"{path}: cannot read: {exc.strerror or exc}") from exc
     return splat_to_gaussians(records)
+
+
+def gaussians_to_splat(gaussians: dict[str, np.ndarray], source: str = "gaussians") -> np.ndarray:
+    """Convert a Gaussians map to .splat records (the inverse of :func:`splat_to_gaussians`).
+
+    View-dependent colour (``shN``) is dropped: the format stores the degree-0 colour only.
+    Records are written in the map's order (antimatter15's converter sorts by size x opacity;
+    viewers sort per frame anyway).
+
+    Args:
+        gaussians: the Gaussians map.
+        source: what to name in errors.
+
+    Returns:
+        ``SPLAT_DTYPE`` records. [N]
+    """
+    from .gaussians import check_gaussians
+
+    n, _ = check_gaussians(gaussians, source)
+    rec = np.zeros(n, SPLAT_DTYPE)
+    rec["position"] = gaussians["means"]
+    rec["scale"] = np.exp(gaussians["scales"].astype(np.float64))
+    rgb = gaussians["sh0"].astype(np.float64) * SH_C0 + 0.5
+    alpha = 1.0 / (1.0 + np.exp(-gaussians["opacities"].astype(np.float64)))
+    rec["rgba"] = np.clip(np.round(np.concatenate([rgb, alpha[:, None]], axis=1) * 255.0), 0, 255)
+    q = gaussians["quats"].astype(np.float64)
+    norm = np.linalg.norm(q, axis=1, keepdims=True)
+    # Normalise, except quaternions already unit to 8-bit precision (those read from a .splat):
+    # re-normalising them would move a quarter of the bytes of an unedited file by one step.
+    unit = np.abs(norm - 1.0) < 0.02
+    q = np.where(unit, q, np.where(norm > 0, q / np.where(norm > 0, norm, 1.0), [1.0, 0.0, 0.0, 0.0]))
+    rec["rot"] = np.clip(np.round(q * 128.0 + 128.0), 0, 255)
+    return rec
+
+
+def write_splat(path: str | os.PathLike, gaussians: dict[str, np.ndarray]) -> None:
+    """Write a Gaussians map as an antimatter15 .splat file (degree-0 colour, 8-bit colour,
+    opacity and rotation, float32 position and linear scale).
+
+    Raises:
+        FormatError: the map does not follow the Gaussians data contract.
+    """
+    path = os.fspath(path)
+    records = gaussians_to_splat(gaussians, path)
+    with open(path, "wb") as f:
+        f.write(records.tobytes())
