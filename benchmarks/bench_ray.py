@@ -19,7 +19,6 @@ Starts one local Ray in this process and three real ``nstudio serve`` subprocess
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import socket
 import statistics
@@ -37,41 +36,13 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
 from addon.wire import protocol  # noqa: E402
-from ray_support import local_ray  # noqa: E402
+from ray_support import local_ray, orbit_scene  # noqa: E402
 
 
 def free_endpoint() -> str:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return f"tcp://127.0.0.1:{s.getsockname()[1]}"
-
-
-def scene(frames: int, n: int, width: int, height: int) -> dict:
-    """``n`` random Gaussians and a camera path of ``frames`` circling them."""
-    rng = np.random.default_rng(0)
-    gaussians = {
-        "means": rng.normal(0, 0.6, (n, 3)).astype("<f4"),
-        "quats": rng.normal(0, 1, (n, 4)).astype("<f4"),
-        "scales": np.log(rng.uniform(0.01, 0.06, (n, 3))).astype("<f4"),
-        "opacities": rng.normal(0, 1.5, n).astype("<f4"),
-        "sh0": rng.normal(0, 1, (n, 3)).astype("<f4"),
-        "shN": rng.normal(0, 0.2, (n, 15, 3)).astype("<f4"),
-    }
-    matrices = []
-    for i in range(frames):
-        angle = 2 * math.pi * i / frames
-        position = np.array([4 * math.cos(angle), 4 * math.sin(angle), 1.0])
-        forward = -position / np.linalg.norm(position)
-        right = np.cross(forward, [0, 0, 1.0])
-        right /= np.linalg.norm(right)
-        matrix = np.eye(4)
-        matrix[:3, 0], matrix[:3, 1] = right, np.cross(right, forward)
-        matrix[:3, 2], matrix[:3, 3] = -forward, position
-        matrices.append(matrix)
-    focal = 0.8 * width
-    cameras = {"world_from_camera": np.array(matrices, "<f4"), "fx": focal, "fy": focal,
-               "cx": width / 2, "cy": height / 2, "width": width, "height": height}
-    return {"gaussians": gaussians, "cameras": cameras}
 
 
 class Server:
@@ -122,7 +93,7 @@ def main() -> None:
     parser.add_argument("--echoes", type=int, default=100)
     args = parser.parse_args()
     width, height = (int(v) for v in args.size.split("x"))
-    inputs = scene(args.frames, args.gaussians, width, height)
+    inputs = orbit_scene(args.frames, args.gaussians, width, height)
     print(f"render: {args.frames} frames {width}x{height}, {args.gaussians} Gaussians SH 3; "
           f"{args.reps} repetitions (+1 warm-up) per server; echo: {args.echoes} jobs per "
           f"server; {os.cpu_count()} CPU cores")

@@ -31,7 +31,7 @@ SH_C3 = (
 )
 
 #: Number of "rest" coefficients K in shN [N, K, 3] for each SH degree.
-REST_COEFFS = {0: 0, 1: 3, 2: 8, 3: 15}
+REST_COEFFS = {degree: (degree + 1) ** 2 - 1 for degree in range(4)}
 
 
 def degree_from_rest(K: int) -> int:

@@ -15,6 +15,8 @@ import sys
 import time
 from pathlib import Path
 
+import msgpack
+import numpy as np
 import zmq
 
 from addon.wire import protocol
@@ -178,3 +180,21 @@ class ServerProcess:
             self.proc.kill()
             self.proc.wait(5)
             raise AssertionError(f"server ignored SIGTERM:\n{self.log()}")
+
+
+# Shared checks ---------------------------------------------------------------------------------
+
+ECHO = "system.echo"
+
+
+def pack(value) -> bytes:
+    """msgpack as the protocol writes it (for hand-made, hostile headers)."""
+    return msgpack.packb(value, use_bin_type=True)
+
+
+def echo_round_trip(client: "Client") -> None:
+    """The server still serves: a small echo comes back whole."""
+    accepted = client.submit(ECHO, {}, {"x": np.arange(10, dtype="<i4")})
+    assert accepted["type"] == "accepted", accepted
+    result = client.events(accepted["job"])[-1]
+    assert result["type"] == "result" and result["outputs"]["x"].tolist() == list(range(10))

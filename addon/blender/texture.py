@@ -318,14 +318,7 @@ class NSTUDIO_OT_texture_mesh(bpy.types.Operator):
     def execute(self, context):
         settings = context.scene.nstudio_texture
         try:
-            live = session.current()
-            if live is None or not live.client.connected:
-                raise RuntimeError("not connected to a Neural Studio server: press Connect in the "
-                                   "Neural Studio panel")
-            info = ((live.client.welcome or {}).get("pipelines") or {}).get(core.PIPELINE)
-            if info is None or not info.get("available", False):
-                raise RuntimeError(f"the server cannot run {core.PIPELINE}: "
-                                   f"{(info or {}).get('reason', 'not installed')}")
+            live = session.require_pipeline(core.PIPELINE)
             params, inputs, obj = gather(context, settings)
             live.submit(context.scene, core.PIPELINE, params=params, inputs=inputs, target=obj.name)
         except (RuntimeError, ValueError, client_mod.ClientError) as exc:

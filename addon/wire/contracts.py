@@ -15,8 +15,11 @@ from .schema import Array, Either, Struct, Value
 F4 = ("<f4",)
 FLOAT = ("<f4", "<f8")
 ALL_DTYPES = ("|b1", "|u1", "|i1", "<u2", "<i2", "<f2", "<u4", "<i4", "<f4", "<u8", "<i8", "<f8")
-#: shN has K = (degree + 1)**2 - 1 coefficients for SH degree 0..3.
-SH_REST_COUNTS = (0, 3, 8, 15)
+#: shN [N, K, 3] has K = (degree + 1)**2 - 1 "rest" coefficients for SH degree 0..3: the one
+#: table, both ways (nskernels, which imports nothing of ours, uses the formula).
+K_BY_DEGREE = {degree: (degree + 1) ** 2 - 1 for degree in range(4)}
+DEGREE_BY_K = {k: degree for degree, k in K_BY_DEGREE.items()}
+SH_REST_COUNTS = tuple(K_BY_DEGREE.values())
 
 GAUSSIANS = Struct(
     {
@@ -146,5 +149,6 @@ MOTION = Struct(
 #: The Motion map's fields, for a pipeline's ``outputs`` (it may add its own beside them).
 MOTION_FIELDS = {k: v for k, v in MOTION.fields.items() if k != "*"}
 
-__all__ = ["ALL_DTYPES", "BODY_PARAMS", "CAMERAS", "COCO17", "CONTACT_POINTS", "GAUSSIANS", "MESH", "MOTION",
+__all__ = ["ALL_DTYPES", "BODY_PARAMS", "CAMERAS", "COCO17", "CONTACT_POINTS", "DEGREE_BY_K", "GAUSSIANS",
+           "K_BY_DEGREE", "MESH", "MOTION",
            "MOTION_FIELDS", "MOTION_MESH", "SH_REST_COUNTS", "SKELETON"]

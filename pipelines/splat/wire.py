@@ -9,13 +9,11 @@ from __future__ import annotations
 import numpy as np
 
 from addon.wire.colour import linear_to_srgb
+from addon.wire.contracts import DEGREE_BY_K
 
 from addon.wire.schema import PipelineError
 
 GAUSSIAN_KEYS = ("means", "quats", "scales", "opacities", "sh0", "shN")
-#: SH degree of a shN with K rest coefficients [N, K, 3] (nskernels.sh.REST_COEFFS inverted; kept
-#: here so the checks need no torch).
-DEGREE_BY_K = {0: 0, 3: 1, 8: 2, 15: 3}
 
 
 def check_finite(value: np.ndarray, field: str) -> None:

@@ -4,75 +4,17 @@ the pipeline's own loader (`pipelines.mesh.generate.INPAINT`)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+import image_models
 import mesh_scenes
 from addon.core import capture_layout
 from addon.wire.schema import PipelineError
 from pipelines.base import ModelSource
 from pipelines.mesh import generate, texture
-
-TEXT_DIM = 32
-
-
-def _byte_chars() -> list[str]:
-    """GPT-2/CLIP's byte-to-unicode table: 256 printable characters, one per byte."""
-    bs = (list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
-          + list(range(ord("®"), ord("ÿ") + 1)))
-    cs, n = bs[:], 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return [chr(c) for c in cs]
-
-
-def build_inpaint(folder: Path) -> Path:
-    """A Stable Diffusion inpainting folder (9-channel UNet) with random weights."""
-    import torch
-    from diffusers import (AutoencoderKL, DDIMScheduler, StableDiffusionInpaintPipeline,
-                           UNet2DConditionModel)
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
-
-    torch.manual_seed(0)
-    raw = folder / "tok"
-    raw.mkdir(parents=True)
-    chars = _byte_chars()
-    vocab = {c: i for i, c in enumerate(chars)}
-    vocab.update({c + "</w>": len(chars) + i for i, c in enumerate(chars)})
-    vocab["<|startoftext|>"] = len(vocab)
-    vocab["<|endoftext|>"] = len(vocab)
-    (raw / "vocab.json").write_text(json.dumps(vocab))
-    (raw / "merges.txt").write_text("#version: 0.2\n")
-    # transformers 5 builds tokenizers from a folder, not from vocab_file=.
-    tokenizer = CLIPTokenizer.from_pretrained(raw, model_max_length=16)
-    n = len(tokenizer)
-    text = CLIPTextModel(CLIPTextConfig(vocab_size=n, hidden_size=TEXT_DIM, intermediate_size=37,
-                                        num_hidden_layers=2, num_attention_heads=4,
-                                        max_position_embeddings=16, bos_token_id=n - 2,
-                                        eos_token_id=n - 1, pad_token_id=n - 1)).eval()
-    unet = UNet2DConditionModel(
-        block_out_channels=(8, 16), layers_per_block=1, sample_size=16, in_channels=9,
-        out_channels=4, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=TEXT_DIM,
-        norm_num_groups=4, attention_head_dim=4)
-    vae = AutoencoderKL(block_out_channels=(8, 16), in_channels=3, out_channels=3,
-                        down_block_types=("DownEncoderBlock2D",) * 2,
-                        up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4,
-                        norm_num_groups=4, sample_size=32)
-    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                              clip_sample=False, set_alpha_to_one=False, steps_offset=1)
-    pipe = StableDiffusionInpaintPipeline(vae=vae, text_encoder=text, tokenizer=tokenizer, unet=unet,
-                                          scheduler=scheduler, safety_checker=None,
-                                          feature_extractor=None, requires_safety_checker=False)
-    pipe.save_pretrained(folder / "inpaint")
-    return folder / "inpaint"
-
 
 class FolderModels:
     """The part of the server's per-job model handle (`LoadedModels.load`) generation uses:
@@ -88,7 +30,7 @@ class FolderModels:
 
 @pytest.fixture(scope="module")
 def inpaint_model(tmp_path_factory):
-    return build_inpaint(tmp_path_factory.mktemp("models"))
+    return image_models.build_sd_inpaint(tmp_path_factory.mktemp("models"))
 
 
 def test_generated_views_inpaint_what_is_missing(inpaint_model, make_job, monkeypatch):

@@ -11,20 +11,8 @@ import msgpack
 import numpy as np
 import pytest
 
-from server_harness import ServerProcess, wait_until
+from server_harness import ECHO, ServerProcess, echo_round_trip, pack, wait_until
 
-ECHO = "system.echo"
-
-
-def pack(value) -> bytes:
-    return msgpack.packb(value, use_bin_type=True)
-
-
-def echo_round_trip(client) -> None:
-    accepted = client.submit(ECHO, {}, {"x": np.arange(10, dtype="<i4")})
-    assert accepted["type"] == "accepted", accepted
-    result = client.events(accepted["job"])[-1]
-    assert result["type"] == "result" and result["outputs"]["x"].tolist() == list(range(10))
 
 # 1. Damaged store records -----------------------------------------------------------------
 

@@ -15,7 +15,6 @@ this module ~50 s on 2 cores).
 
 from __future__ import annotations
 
-import math
 import subprocess
 import sys
 import time
@@ -23,7 +22,7 @@ import time
 import numpy as np
 import pytest
 
-from ray_support import actor_running, local_ray
+from ray_support import actor_running, local_ray, orbit_scene
 from server_harness import REPO, ServerProcess, wait_until
 
 FRAMES = 24
@@ -46,32 +45,9 @@ def ray_server(ray_address, tmp_path_factory, context):
     assert code == 0, f"server exited with {code} on SIGTERM:\n{server.log()}"
 
 
-def scene(frames: int = FRAMES):
-    """200 random Gaussians (SH degree 1) and a camera path circling them."""
-    rng = np.random.default_rng(7)
-    n = 200
-    gaussians = {
-        "means": rng.normal(0, 0.5, (n, 3)).astype("<f4"),
-        "quats": rng.normal(0, 1, (n, 4)).astype("<f4"),
-        "scales": np.log(rng.uniform(0.03, 0.15, (n, 3))).astype("<f4"),
-        "opacities": rng.normal(1, 1, n).astype("<f4"),
-        "sh0": rng.normal(0, 1, (n, 3)).astype("<f4"),
-        "shN": rng.normal(0, 0.2, (n, 3, 3)).astype("<f4"),
-    }
-    matrices = []
-    for i in range(frames):
-        angle = 2 * math.pi * i / frames
-        position = np.array([4 * math.cos(angle), 4 * math.sin(angle), 1.0])
-        forward = -position / np.linalg.norm(position)
-        right = np.cross(forward, [0, 0, 1.0])
-        right /= np.linalg.norm(right)
-        matrix = np.eye(4)
-        matrix[:3, 0], matrix[:3, 1] = right, np.cross(right, forward)
-        matrix[:3, 2], matrix[:3, 3] = -forward, position
-        matrices.append(matrix)
-    cameras = {"world_from_camera": np.array(matrices, "<f4"), "fx": 40.0, "fy": 40.0,
-               "cx": np.full(frames, W / 2, "<f4"), "cy": H / 2, "width": W, "height": H}
-    return {"gaussians": gaussians, "cameras": cameras}
+def scene(frames: int = FRAMES) -> dict:
+    """200 random Gaussians and a camera path of ``frames`` circling them."""
+    return orbit_scene(frames, 200, W, H)
 
 
 def first_event(client, job: str, type_: str, timeout: float = 30.0) -> dict:

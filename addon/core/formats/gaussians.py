@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ...wire.contracts import DEGREE_BY_K, K_BY_DEGREE  # noqa: F401  (re-exported)
 from .errors import FormatError
 
 #: Required keys and their per-Gaussian trailing shapes (shN is checked separately).
@@ -22,9 +23,6 @@ REQUIRED_SHAPES: dict[str, tuple[int, ...]] = {
 }
 REQUIRED_KEYS: tuple[str, ...] = (*REQUIRED_SHAPES, "shN")
 
-#: Number of SH "rest" coefficients K per colour channel for each SH degree.
-K_BY_DEGREE: dict[int, int] = {0: 0, 1: 3, 2: 8, 3: 15}
-DEGREE_BY_K: dict[int, int] = {k: d for d, k in K_BY_DEGREE.items()}
 
 #: The real SH basis constants of the 3DGS code and gsplat (PROTOCOL.md), the add-on's one copy.
 #: Degree-0 colour is ``SH_C0 * sh0 + 0.5``; SH_C1..SH_C3 are the degree 1-3 factors in

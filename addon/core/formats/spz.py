@@ -34,7 +34,7 @@ import zlib
 import numpy as np
 
 from .errors import FormatError
-from .gaussians import check_gaussians
+from .gaussians import DEGREE_BY_K, check_gaussians
 
 log = logging.getLogger(__name__)
 
@@ -299,7 +299,7 @@ def encode_spz(gaussians: dict[str, np.ndarray], version: int = 3, sh1_bits: int
     shn = gaussians["shN"].astype(np.float64)
     sh = np.concatenate([_quantize_sh(shn[:, :3], sh1_bits), _quantize_sh(shn[:, 3:], sh_rest_bits)], axis=1)
     streams = [pos, alpha, colors, scales, rots, sh]
-    degree = {0: 0, 3: 1, 8: 2, 15: 3}[k]
+    degree = DEGREE_BY_K[k]
     flags = 1 if antialiased else 0
     if version < 4:
         head = _LEGACY_HEADER.pack(MAGIC, version, n, degree, frac, flags, 0)

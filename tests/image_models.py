@@ -81,26 +81,40 @@ def _vae(latent_channels: int = 4, **extra):
                          norm_num_groups=4, sample_size=32, **extra)
 
 
-def build_sd(folder: Path, seed: int = 0) -> Path:
-    """Stable Diffusion 1.x layout: UNet2DConditionModel, AutoencoderKL, CLIP text, DDIM."""
+def _sd_pipeline(cls, folder: Path, seed: int, in_channels: int):
     import torch
-    from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import DDIMScheduler, UNet2DConditionModel
 
     torch.manual_seed(seed)
     tokenizer = clip_tokenizer(folder / "_tok")
     unet = UNet2DConditionModel(
-        block_out_channels=(8, 16), layers_per_block=1, sample_size=16, in_channels=4,
+        block_out_channels=(8, 16), layers_per_block=1, sample_size=16, in_channels=in_channels,
         out_channels=4, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=TEXT_DIM,
         norm_num_groups=4, attention_head_dim=4)
     scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                               clip_sample=False, set_alpha_to_one=False)
-    pipe = StableDiffusionPipeline(vae=_vae(), text_encoder=_clip_text(len(tokenizer)),
-                                   tokenizer=tokenizer, unet=unet, scheduler=scheduler,
-                                   safety_checker=None, feature_extractor=None,
-                                   requires_safety_checker=False)
-    pipe.save_pretrained(folder / "sd")
+    return cls(vae=_vae(), text_encoder=_clip_text(len(tokenizer)), tokenizer=tokenizer, unet=unet,
+               scheduler=scheduler, safety_checker=None, feature_extractor=None,
+               requires_safety_checker=False)
+
+
+def build_sd(folder: Path, seed: int = 0) -> Path:
+    """Stable Diffusion 1.x layout: UNet2DConditionModel, AutoencoderKL, CLIP text, DDIM."""
+    from diffusers import StableDiffusionPipeline
+
+    _sd_pipeline(StableDiffusionPipeline, folder, seed, in_channels=4).save_pretrained(folder / "sd")
     return folder / "sd"
+
+
+def build_sd_inpaint(folder: Path, seed: int = 0) -> Path:
+    """A Stable Diffusion inpainting folder: the same parts with a 9-channel UNet (latents,
+    mask, masked-image latents)."""
+    from diffusers import StableDiffusionInpaintPipeline
+
+    _sd_pipeline(StableDiffusionInpaintPipeline, folder, seed, in_channels=9).save_pretrained(
+        folder / "inpaint")
+    return folder / "inpaint"
 
 
 def build_sdxl(folder: Path, seed: int = 0) -> Path:
