@@ -28,6 +28,7 @@ FEATURE_MODULES = (
     "splat_train",
     "splat_render",
     "splat_panel",
+    "generate_sources",
     "generate",
 )
 

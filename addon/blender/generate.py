@@ -148,8 +148,9 @@ def _land_images(job, images: np.ndarray, seeds: np.ndarray):
     yield "done"
 
 
-def land_image(name: str, pixels: np.ndarray, seed: int):
-    """Create (or overwrite) the Blender image ``name`` from a wire image, packed into the .blend."""
+def land_image(name: str, pixels: np.ndarray, seed):
+    """Create (or overwrite) the Blender image ``name`` from a wire image, packed into the .blend
+    (``seed`` None: not a generated image, e.g. a ControlNet source)."""
     h, w = pixels.shape[:2]
     image = bpy.data.images.get(name)
     if image is None or tuple(image.size) != (w, h):
@@ -159,7 +160,8 @@ def land_image(name: str, pixels: np.ndarray, seed: int):
     image.pixels.foreach_set(generate_math.srgb8_to_pixels(pixels))
     image.update()
     image.pack()   # saved inside the .blend: nothing to lose when the temp folder is cleaned
-    image[PROP_SEED] = seed
+    if seed is not None:
+        image[PROP_SEED] = seed
     image.use_fake_user = True
     return image
 
