@@ -29,6 +29,7 @@ FEATURE_MODULES = (
     "splat_render",
     "splat_panel",
     "generate_sources",
+    "generate_animation",
     "generate",
 )
 

@@ -115,3 +115,36 @@ def test_controlnet_params_are_checked():
         gs.controlnet_params([items[0], {"model": "x", "scale": 11.0, "kind": "DEPTH"}])
     with pytest.raises(ValueError, match="unknown source 'CANNY'"):
         gs.controlnet_params([{"model": "x", "kind": "CANNY"}])
+
+
+# img2img over an animation: the run's bookkeeping ---------------------------------------------
+
+def test_animation_run_goes_frame_by_frame_and_routes_results():
+    from addon.core import generate_animation as anim
+
+    assert anim.frame_range(1, 5, 2) == [1, 3, 5]
+    with pytest.raises(ValueError, match="empty"):
+        anim.frame_range(3, 2)
+    run = anim.AnimationRun("r1", anim.frame_range(1, 3), "/out")
+    target = anim.frame_target("r1", 2)
+    assert anim.parse_target(target) == ("r1", 2) and anim.parse_target("Generated 4") is None
+    assert anim.frame_path("/out", 7) == "/out/generated_0007.png"
+    assert run.next_frame() == 1
+    run.submitted(1, "req-1")
+    assert run.next_frame() is None   # one job in flight at a time
+    run.frame_written(1)
+    assert run.progress == (1, 3) and run.next_frame() == 2
+    run.submitted(2, "req-2")
+    run.job_ended("failed", "out of memory")
+    assert run.state == "failed" and run.message == "frame 2: out of memory"
+    assert run.next_frame() is None
+
+    run = anim.AnimationRun("r2", [1, 2], "/out")
+    run.submitted(run.next_frame(), "req")
+    run.cancel()
+    assert run.finished and run.state == "cancelled" and run.next_frame() is None
+    run = anim.AnimationRun("r3", [4, 5], "/out")
+    for frame in (4, 5):
+        run.submitted(run.next_frame(), "req")
+        run.frame_written(frame)
+    assert run.state == "done" and run.progress == (2, 2)
