@@ -23,14 +23,14 @@ from bpy.props import (BoolProperty, CollectionProperty, EnumProperty, FloatProp
 
 from ..core import client as client_mod
 from ..core import generate_math, handlers
-from ..core import generate_sources as sources_math
 from ..core import generate_animation as anim_math
 from . import generate_animation, generate_sources, session
+from .generate_images import (PIPELINE, PROP_SEED, image_to_mask8, image_to_srgb8,  # noqa: F401
+                              land_image, output_size)
+from .generate_sources import controlnet_params, scene_inputs  # noqa: F401
 
 log = logging.getLogger(__name__)
 
-PIPELINE = "image.generate"
-PROP_SEED = "nstudio_seed"
 _SCHEDULERS = ("", "ddim", "pndm", "lms", "euler", "euler_a", "heun", "dpmpp_2m",
                "dpmpp_2m_karras", "unipc", "flow_euler", "flow_heun")
 
@@ -110,27 +110,6 @@ class NSTUDIO_PG_generate(bpy.types.PropertyGroup):
 
 # Sources ----------------------------------------------------------------------------------------
 
-def image_to_srgb8(image) -> np.ndarray:
-    """A Blender image as a wire image (H, W, 3) uint8 sRGB, row 0 at the top."""
-    width, height = image.size
-    if width == 0 or height == 0:
-        raise ValueError(f"image '{image.name}' has no pixels (not loaded or empty)")
-    pixels = np.empty(width * height * image.channels, dtype=np.float32)
-    image.pixels.foreach_get(pixels)
-    return generate_math.pixels_to_srgb8(pixels, width, height, linear=image.is_float,
-                                         channels=image.channels)
-
-
-def image_to_mask8(image) -> np.ndarray:
-    """A painted mask image as the wire's inpaint mask (H, W) uint8 (255 repaints)."""
-    width, height = image.size
-    if width == 0 or height == 0:
-        raise ValueError(f"mask image '{image.name}' has no pixels")
-    pixels = np.empty(width * height * image.channels, dtype=np.float32)
-    image.pixels.foreach_get(pixels)
-    return generate_math.pixels_to_mask8(pixels, width, height, image.channels)
-
-
 def render_result_srgb8(scene) -> np.ndarray:
     """The current render result as a wire image; renders the scene first when there is none.
 
@@ -161,14 +140,6 @@ def render_result_srgb8(scene) -> np.ndarray:
         os.rmdir(os.path.dirname(path))
 
 
-def output_size(scene, settings) -> tuple[int, int]:
-    if settings.use_render_size:
-        render = scene.render
-        return generate_math.render_size(render.resolution_x, render.resolution_y,
-                                         render.resolution_percentage)
-    return generate_math.render_size(settings.width, settings.height)
-
-
 # Results ----------------------------------------------------------------------------------------
 
 def on_generate_result(job, outputs: dict):
@@ -188,24 +159,6 @@ def _land_images(job, images: np.ndarray, seeds: np.ndarray):
     job.target = names[0] if names else job.target
     _show_in_image_editor(names[0] if names else None)
     yield "done"
-
-
-def land_image(name: str, pixels: np.ndarray, seed):
-    """Create (or overwrite) the Blender image ``name`` from a wire image, packed into the .blend
-    (``seed`` None: not a generated image, e.g. a ControlNet source)."""
-    h, w = pixels.shape[:2]
-    image = bpy.data.images.get(name)
-    if image is None or tuple(image.size) != (w, h):
-        if image is not None:
-            bpy.data.images.remove(image)
-        image = bpy.data.images.new(name, w, h, alpha=False)
-    image.pixels.foreach_set(generate_math.srgb8_to_pixels(pixels))
-    image.update()
-    image.pack()   # saved inside the .blend: nothing to lose when the temp folder is cleaned
-    if seed is not None:
-        image[PROP_SEED] = seed
-    image.use_fake_user = True
-    return image
 
 
 def _show_in_image_editor(name) -> None:
@@ -319,50 +272,6 @@ def start_generate(context):
     params = generate_math.generate_params(settings.as_dict(), width, height, "image" in inputs)
     params.update(controlnet_params(settings))
     return live.submit(scene, PIPELINE, params=params, inputs=inputs)
-
-
-def controlnet_params(settings) -> dict:
-    """``{"controlnets": [...]}`` for the enabled ControlNets, or {} (checked, bpy-free)."""
-    nets = sources_math.controlnet_params(item.as_dict() for item in settings.controlnets)
-    return {"controlnets": nets} if nets else {}
-
-
-def scene_inputs(scene, settings, image=None) -> dict:
-    """The inpaint mask and ControlNet inputs the settings ask for, made from the scene.
-
-    Sources are rendered at the source image's size (img2img), else at the output size, so
-    that every input of one request has one size. Settings are checked before any rendering.
-
-    Returns:
-        {"mask": (H, W) uint8} and/or {"control": [(H, W, 3) uint8, ...]}.
-    """
-    controlnet_params(settings)   # raises on a bad entry before anything renders
-    inputs = {}
-    if image is not None:
-        height, width = image.shape[:2]
-    else:
-        width, height = output_size(scene, settings)
-    if image is not None and settings.mask_object is not None:
-        inputs["mask"] = generate_sources.mask_source(scene, settings.mask_object,
-                                                      size=(width, height))
-    elif image is not None and settings.mask_image is not None:
-        inputs["mask"] = image_to_mask8(settings.mask_image)
-    control = []
-    for i, item in enumerate(settings.controlnets):
-        if not item.enabled:
-            continue
-        try:
-            pixels = generate_sources.source_image(scene, item.kind, size=(width, height),
-                                                   obj=item.object, image=item.image)
-        except ValueError as error:
-            raise ValueError(f"ControlNet {i + 1}: {error}") from None
-        if pixels.shape[:2] != (height, width):
-            raise ValueError(f"ControlNet {i + 1}: its image is {pixels.shape[1]}x"
-                             f"{pixels.shape[0]}, the output {width}x{height}")
-        control.append(pixels)
-    if control:
-        inputs["control"] = control
-    return inputs
 
 
 class NSTUDIO_OT_generate(bpy.types.Operator):

@@ -24,6 +24,8 @@ from ..core import client as client_mod
 from ..core import generate_animation as anim
 from ..core import generate_math
 from . import session
+from .generate_images import PIPELINE, image_to_srgb8
+from .generate_sources import controlnet_params, scene_inputs
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +40,6 @@ def current_run() -> Optional[anim.AnimationRun]:
 
 def frame_source(scene, frame: int) -> np.ndarray:
     """The rendered frame as a wire image: Render Animation's file, or rendered and saved now."""
-    from .generate import image_to_srgb8
-
     path = bpy.path.abspath(scene.render.frame_path(frame=frame))
     if not os.path.exists(path):
         scene.frame_set(frame)
@@ -85,8 +85,6 @@ def start(context) -> anim.AnimationRun:
     global _RUN
     if _RUN is not None and not _RUN.finished:
         raise RuntimeError("an animation is already being generated; cancel it first")
-    from .generate import PIPELINE
-
     session.require_pipeline(PIPELINE)
     scene = context.scene
     settings = scene.nstudio_generate
@@ -94,8 +92,6 @@ def start(context) -> anim.AnimationRun:
     folder = bpy.path.abspath(settings.animation_output or "//generated/")
     if not folder:
         raise ValueError("set the Animation Output folder (or save the .blend first)")
-    from .generate import controlnet_params
-
     controlnet_params(settings)   # a bad ControlNet entry fails now, not at frame 1's job
     _RUN = anim.AnimationRun(uuid.uuid4().hex[:8], frames, folder, scene=scene.name)
     _show_progress(_RUN)
@@ -152,8 +148,6 @@ def step() -> bool:
 
 
 def _submit_frame(live, scene, frame: int, run: anim.AnimationRun):
-    from .generate import PIPELINE, controlnet_params, scene_inputs
-
     settings = scene.nstudio_generate
     image = frame_source(scene, frame)
     scene.frame_set(frame)   # sources (depth, pose) of this frame

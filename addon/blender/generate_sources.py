@@ -21,6 +21,7 @@ import numpy as np
 from bpy.props import EnumProperty
 
 from ..core import generate_sources as gs
+from .generate_images import image_to_mask8, image_to_srgb8, land_image, output_size
 
 _PASS_SOCKETS = {"depth": "Depth", "normal": "Normal", "index": "Object Index"}
 _PASS_FLAGS = {"depth": "use_pass_z", "normal": "use_pass_normal", "index": "use_pass_object_index"}
@@ -222,12 +223,56 @@ def source_image(scene, kind: str, size=None, obj=None, image=None) -> np.ndarra
     if kind == "MASK":
         return gs.mask_to_control(mask_source(scene, obj, size))
     if kind == "IMAGE":
-        from .generate import image_to_srgb8   # generate imports this module
-
         if image is None:
             raise ValueError("choose the control image")
         return image_to_srgb8(image)
     raise ValueError(f"unknown source kind {kind!r}")
+
+
+# The panel's settings -> inputs -----------------------------------------------------------------
+
+def controlnet_params(settings) -> dict:
+    """``{"controlnets": [...]}`` for the enabled ControlNets, or {} (checked, bpy-free)."""
+    nets = gs.controlnet_params(item.as_dict() for item in settings.controlnets)
+    return {"controlnets": nets} if nets else {}
+
+
+def scene_inputs(scene, settings, image=None) -> dict:
+    """The inpaint mask and ControlNet inputs the settings ask for, made from the scene.
+
+    Sources are rendered at the source image's size (img2img), else at the output size, so
+    that every input of one request has one size. Settings are checked before any rendering.
+
+    Returns:
+        {"mask": (H, W) uint8} and/or {"control": [(H, W, 3) uint8, ...]}.
+    """
+    controlnet_params(settings)   # raises on a bad entry before anything renders
+    inputs = {}
+    if image is not None:
+        height, width = image.shape[:2]
+    else:
+        width, height = output_size(scene, settings)
+    if image is not None and settings.mask_object is not None:
+        inputs["mask"] = mask_source(scene, settings.mask_object,
+                                                      size=(width, height))
+    elif image is not None and settings.mask_image is not None:
+        inputs["mask"] = image_to_mask8(settings.mask_image)
+    control = []
+    for i, item in enumerate(settings.controlnets):
+        if not item.enabled:
+            continue
+        try:
+            pixels = source_image(scene, item.kind, size=(width, height),
+                                                   obj=item.object, image=item.image)
+        except ValueError as error:
+            raise ValueError(f"ControlNet {i + 1}: {error}") from None
+        if pixels.shape[:2] != (height, width):
+            raise ValueError(f"ControlNet {i + 1}: its image is {pixels.shape[1]}x"
+                             f"{pixels.shape[0]}, the output {width}x{height}")
+        control.append(pixels)
+    if control:
+        inputs["control"] = control
+    return inputs
 
 
 class NSTUDIO_OT_generate_source(bpy.types.Operator):
@@ -244,8 +289,6 @@ class NSTUDIO_OT_generate_source(bpy.types.Operator):
         ("OPENPOSE", "OpenPose", "The active armature's pose, OpenPose colours")])
 
     def execute(self, context):
-        from .generate import land_image
-
         scene = context.scene
         try:
             pixels = source_image(scene, self.kind, obj=context.active_object)
