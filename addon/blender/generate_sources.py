@@ -77,6 +77,7 @@ def render_passes(scene, passes=("depth", "normal"), index_object=None) -> dict:
         (scene.render, "engine"): scene.render.engine,
         (scene.render, "use_compositing"): scene.render.use_compositing,
         (scene.render, "filter_size"): scene.render.filter_size,
+        (cycles, "filter_width"): cycles.filter_width,
         (cycles, "samples"): cycles.samples,
         (cycles, "use_denoising"): cycles.use_denoising,
         (cycles, "use_adaptive_sampling"): cycles.use_adaptive_sampling,
@@ -91,7 +92,7 @@ def render_passes(scene, passes=("depth", "normal"), index_object=None) -> dict:
         scene.render.engine = "CYCLES"
         scene.render.use_compositing = True
         # A (near) box filter of one sample: every pixel is one surface, not a blend of two.
-        scene.render.filter_size = 0.01
+        scene.render.filter_size = cycles.filter_width = 0.01
         cycles.samples, cycles.use_denoising, cycles.use_adaptive_sampling = 1, False, False
         view_layer.use = True
         for name in passes:

@@ -51,9 +51,14 @@ def _scene_from_above():
 
 def test_depth_normals_and_mask_from_the_camera(blender_addon):
     scene, ground, cube, tilted = _scene_from_above()
-    engine = scene.render.engine
+    view_layer = bpy.context.view_layer
+    before = (scene.render.engine, scene.cycles.samples, scene.cycles.filter_width,
+              scene.render.use_compositing, view_layer.use_pass_z, view_layer.use_pass_normal)
     passes = sources.render_passes(scene, ("depth", "normal", "index"), index_object=cube)
-    assert scene.render.engine == engine and scene.compositing_node_group is None  # restored
+    after = (scene.render.engine, scene.cycles.samples, scene.cycles.filter_width,
+             scene.render.use_compositing, view_layer.use_pass_z, view_layer.use_pass_normal)
+    assert after == before and scene.compositing_node_group is None   # all restored
+    assert not any(g.name.startswith("nstudio sources") for g in bpy.data.node_groups)
     assert cube.pass_index == 0
     depth, normal = passes["depth"], passes["normal"]
     assert depth.shape == (H, W) and normal.shape == (H, W, 3)
