@@ -23,6 +23,19 @@ def test_depth_is_inverse_depth_near_white_and_empty_black():
     assert not gs.depth_control(np.full((2, 3), np.inf)).any()
 
 
+def test_depth_image_equals_the_servers_map_of_the_same_depth():
+    """Sending the add-on's image or the metric depth (inf where empty) conditions alike."""
+    from pipelines.image.generate import _control_image
+
+    depth = np.random.default_rng(0).uniform(0.5, 20.0, (17, 23)).astype(np.float32)
+    depth[0, :5] = np.inf
+    np.testing.assert_array_equal(gs.depth_control(depth), _control_image(depth))
+    # Blender's "nothing hit" (1e10 m) is empty for the add-on, as inf is.
+    blender = depth.copy()
+    blender[0, :5] = 1e10
+    np.testing.assert_array_equal(gs.depth_control(blender), gs.depth_control(depth))
+
+
 def test_normals_go_to_camera_space_in_the_normalbae_colours():
     # A camera turned 90 degrees about world Z: its +X axis is world +Y.
     angle = math.radians(90.0)
