@@ -176,7 +176,8 @@ def pose_points(scene, armature) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError("choose an armature for the OpenPose source")
     depsgraph = bpy.context.evaluated_depsgraph_get()
     evaluated = armature.evaluated_get(depsgraph)
-    _preset, joint_bones = gs.match_rig(b.name for b in evaluated.pose.bones)
+    _preset, joint_bones = gs.match_rig([b.name for b in evaluated.pose.bones],
+                                        canonical=_canonical_map(armature))
     world = np.array(evaluated.matrix_world)
 
     def to_world(v):
@@ -188,6 +189,24 @@ def pose_points(scene, armature) -> tuple[np.ndarray, np.ndarray]:
         bone = evaluated.pose.bones[joint_bones["head"]]
         head_tail = (to_world(bone.head), to_world(bone.tail))
     return gs.pose_joints(heads, joint_bones, head_tail)
+
+
+def _canonical_map(armature):
+    """The motion work's automatic bone map of the rig ({canonical joint: bone}: presets, then
+    names, then topology), or None where that module is not there."""
+    try:
+        from ..core.motion import bone_maps
+    except ImportError:   # an add-on without the motion work: the name presets only
+        return None
+    bones = armature.data.bones
+    names = [bone.name for bone in bones]
+    index = {name: i for i, name in enumerate(names)}
+    parents = [index[bone.parent.name] if bone.parent else -1 for bone in bones]
+    heads = np.array([bone.head_local for bone in bones], np.float64).reshape(-1, 3)
+    try:
+        return bone_maps.canonical_names(names, parents, heads)
+    except (ValueError, IndexError, KeyError):   # not a humanoid it can place
+        return None
 
 
 def project(scene, points: np.ndarray, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:

@@ -81,6 +81,21 @@ RIG_PRESETS: dict[str, dict[str, str]] = {
 }
 _PREFIXES = ("ORG-", "DEF-")
 
+#: The motion work's canonical (SMPL-24) joints, ``addon/core/motion/bone_maps.py``, that sit
+#: where OpenPose joints do; a bone mapped to canonical joint j starts at j.
+CANONICAL_TO_OPENPOSE = {
+    "neck": "neck", "head": "head",
+    **{f"{side}_{part}": f"{side[0]}_{joint}" for side in ("left", "right")
+       for part, joint in (("shoulder", "shoulder"), ("elbow", "elbow"), ("wrist", "wrist"),
+                           ("hip", "hip"), ("knee", "knee"), ("ankle", "ankle"))},
+}
+
+
+def joints_from_canonical(canonical: Mapping[str, str]) -> dict[str, str]:
+    """{OpenPose joint or "head": bone} from a motion bone map ({canonical joint: bone})."""
+    return {CANONICAL_TO_OPENPOSE[k]: bone for k, bone in canonical.items()
+            if k in CANONICAL_TO_OPENPOSE}
+
 
 def _bare(name: str) -> str:
     """A bone name without Mixamo's namespace and Rigify's ORG-/DEF- prefixes."""
@@ -92,11 +107,15 @@ def _bare(name: str) -> str:
     return name
 
 
-def match_rig(bone_names: Iterable[str]) -> tuple[str, dict[str, str]]:
+def match_rig(bone_names: Iterable[str], canonical: Optional[Mapping[str, str]] = None
+              ) -> tuple[str, dict[str, str]]:
     """Pick the preset that names most of the rig's body joints.
 
     Args:
         bone_names: the armature's bone names.
+        canonical: the motion work's bone map of the rig ({canonical joint: bone}, by preset,
+            names and topology), when available: used when it places more joints than the
+            name presets here ("bone map").
 
     Returns:
         (preset name, {joint or "head": the rig's bone name}) with only the bones the rig has.
@@ -113,6 +132,14 @@ def match_rig(bone_names: Iterable[str]) -> tuple[str, dict[str, str]]:
         found = {joint: bare[bone] for joint, bone in table.items() if bone in bare}
         if len(found) > len(best_map):
             best, best_map = preset, found
+    if canonical:
+        present = set(bare.values())
+        mapped = {j: b for j, b in joints_from_canonical(canonical).items() if b in present}
+        # Face bones the presets found are kept: the canonical skeleton has none.
+        face = {j: b for j, b in best_map.items()
+                if j in ("nose", "l_eye", "r_eye", "l_ear", "r_ear")}
+        if len(mapped) > len({j: b for j, b in best_map.items() if j not in face}):
+            best, best_map = "bone map", {**mapped, **face}
     needed = ("neck", "l_shoulder", "r_shoulder", "l_hip", "r_hip")
     if not all(joint in best_map for joint in needed):
         known = ", ".join(RIG_PRESETS)

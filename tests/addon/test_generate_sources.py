@@ -74,6 +74,26 @@ def test_rig_presets(names, preset, neck):
     assert found == preset and joints["neck"] == neck
 
 
+def test_a_motion_bone_map_places_rigs_the_presets_do_not_name():
+    names = ["root", "chest", "throat", "arm_up.lf", "arm_up.rt", "arm_lo.lf", "leg_up.lf",
+             "leg_up.rt", "skull"]
+    with pytest.raises(ValueError, match="humanoid"):
+        gs.match_rig(names)
+    canonical = {"pelvis": "root", "neck": "throat", "head": "skull",
+                 "left_shoulder": "arm_up.lf", "right_shoulder": "arm_up.rt",
+                 "left_elbow": "arm_lo.lf", "left_hip": "leg_up.lf", "right_hip": "leg_up.rt",
+                 "spine3": "chest"}
+    preset, joints = gs.match_rig(names, canonical=canonical)
+    assert preset == "bone map"
+    assert joints == {"neck": "throat", "head": "skull", "l_shoulder": "arm_up.lf",
+                      "r_shoulder": "arm_up.rt", "l_elbow": "arm_lo.lf", "l_hip": "leg_up.lf",
+                      "r_hip": "leg_up.rt"}
+    # A rig the presets name fully keeps its preset (and its face bones).
+    metarig = ["spine.004", "spine.006", "nose", "upper_arm.L", "upper_arm.R", "thigh.L",
+               "thigh.R"]
+    assert gs.match_rig(metarig, canonical={"neck": "spine.004"})[0] == "metarig"
+
+
 def test_a_rig_that_is_not_humanoid_is_named():
     with pytest.raises(ValueError, match="humanoid"):
         gs.match_rig(["Bone", "Bone.001"])

@@ -182,3 +182,51 @@ def test_make_source_operator_lands_an_image(blender_addon):
     assert "nstudio_seed" not in image
     np.testing.assert_array_equal(generate.image_to_srgb8(image)[..., 0],
                                   sources.mask_source(scene, cube))
+
+
+def test_openpose_of_a_rig_named_by_the_motion_bone_maps(blender_addon):
+    """A UE5-named rig (no preset here) is placed by addon/core/motion/bone_maps.py."""
+    pytest.importorskip("addon.core.motion.bone_maps")
+    scene = bpy.context.scene
+    for obj in list(scene.objects):
+        bpy.data.objects.remove(obj)
+    camera = bpy.data.objects.new("Cam", bpy.data.cameras.new("Cam"))
+    scene.collection.objects.link(camera)
+    camera.location = (0.0, -6.0, 1.0)
+    camera.rotation_euler = (math.radians(90.0), 0.0, 0.0)
+    scene.camera = camera
+    scene.render.resolution_x, scene.render.resolution_y = 96, 128
+    scene.render.resolution_percentage = 100
+    arm = bpy.data.armatures.new("UE")
+    rig = bpy.data.objects.new("UE", arm)
+    scene.collection.objects.link(rig)
+    bpy.context.view_layer.objects.active = rig
+    bpy.ops.object.mode_set(mode="EDIT")
+    bones = {"pelvis": ((0, 0, 1.0), (0, 0, 1.1), None),
+             "spine_01": ((0, 0, 1.1), (0, 0, 1.25), "pelvis"),
+             "spine_02": ((0, 0, 1.25), (0, 0, 1.4), "spine_01"),
+             "neck_01": ((0, 0, 1.45), (0, 0, 1.55), "spine_02"),
+             "head": ((0, 0, 1.55), (0, 0, 1.8), "neck_01")}
+    for s, x in (("l", 1.0), ("r", -1.0)):
+        bones.update({
+            f"clavicle_{s}": ((0.05 * x, 0, 1.42), (0.2 * x, 0, 1.45), "spine_02"),
+            f"upperarm_{s}": ((0.2 * x, 0, 1.45), (0.45 * x, 0, 1.45), f"clavicle_{s}"),
+            f"lowerarm_{s}": ((0.45 * x, 0, 1.45), (0.7 * x, 0, 1.45), f"upperarm_{s}"),
+            f"hand_{s}": ((0.7 * x, 0, 1.45), (0.8 * x, 0, 1.45), f"lowerarm_{s}"),
+            f"thigh_{s}": ((0.1 * x, 0, 1.0), (0.12 * x, 0, 0.55), "pelvis"),
+            f"calf_{s}": ((0.12 * x, 0, 0.55), (0.13 * x, 0, 0.1), f"thigh_{s}"),
+            f"foot_{s}": ((0.13 * x, 0, 0.1), (0.13 * x, -0.15, 0.0), f"calf_{s}"),
+        })
+    for name, (head, tail, parent) in bones.items():
+        bone = arm.edit_bones.new(name)
+        bone.head, bone.tail = head, tail
+        if parent:
+            bone.parent = arm.edit_bones[parent]
+    bpy.ops.object.mode_set(mode="OBJECT")
+    with pytest.raises(ValueError):
+        gs.match_rig(bones)   # the name presets alone do not know it
+    image = sources.openpose_source(scene, rig)
+    for joint, bone in (("l_shoulder", "upperarm_l"), ("r_elbow", "lowerarm_r"),
+                        ("l_wrist", "hand_l"), ("r_knee", "calf_r"), ("l_ankle", "foot_l")):
+        row, col = _pixel(scene, rig.matrix_world @ rig.pose.bones[bone].head, 96, 128)
+        assert tuple(image[row, col]) == gs.COLOURS[gs.JOINTS.index(joint)], joint
