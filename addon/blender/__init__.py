@@ -28,6 +28,8 @@ FEATURE_MODULES = (
     "splat_train",
     "splat_render",
     "splat_panel",
+    "generate_sources",
+    "generate_animation",
     "generate",
     "motion_ui",
     "texture",

@@ -18,19 +18,48 @@ import tempfile
 
 import bpy
 import numpy as np
-from bpy.props import (BoolProperty, EnumProperty, FloatProperty, IntProperty, PointerProperty,
-                       StringProperty)
+from bpy.props import (BoolProperty, CollectionProperty, EnumProperty, FloatProperty, IntProperty,
+                       PointerProperty, StringProperty)
 
 from ..core import client as client_mod
 from ..core import generate_math, handlers
-from . import session
+from ..core import generate_animation as anim_math
+from . import generate_animation, generate_sources, session
+from .generate_images import (PIPELINE, PROP_SEED, image_to_mask8, image_to_srgb8,  # noqa: F401
+                              land_image, output_size)
+from .generate_sources import controlnet_params, scene_inputs  # noqa: F401
 
 log = logging.getLogger(__name__)
 
-PIPELINE = "image.generate"
-PROP_SEED = "nstudio_seed"
 _SCHEDULERS = ("", "ddim", "pndm", "lms", "euler", "euler_a", "heun", "dpmpp_2m",
                "dpmpp_2m_karras", "unipc", "flow_euler", "flow_heun")
+
+
+_SOURCE_ITEMS = [
+    ("DEPTH", "Depth", "Inverse depth rendered from the scene camera (near white)"),
+    ("NORMAL", "Normals", "Camera-space normals rendered from the scene camera (normalbae colours)"),
+    ("OPENPOSE", "OpenPose", "An armature's pose seen by the scene camera"),
+    ("MASK", "Silhouette", "An object's silhouette seen by the scene camera"),
+    ("IMAGE", "Image", "A Blender image (e.g. a canny edge map)"),
+]
+
+
+class NSTUDIO_PG_generate_controlnet(bpy.types.PropertyGroup):
+    """One ControlNet of the Generate panel: its model, what conditions it and how strongly."""
+
+    enabled: BoolProperty(name="Use", default=True)
+    model: StringProperty(name="ControlNet", description="A ControlNet name the server lists, a "
+                          "server-side diffusers folder or a cached hub id")
+    kind: EnumProperty(name="Source", items=_SOURCE_ITEMS)
+    scale: FloatProperty(name="Scale", default=1.0, min=-10.0, max=10.0, soft_min=0.0,
+                         soft_max=2.0, description="controlnet_conditioning_scale")
+    image: PointerProperty(name="Image", type=bpy.types.Image)
+    object: PointerProperty(name="Object", type=bpy.types.Object,
+                            description="OpenPose: the armature; Silhouette: the object")
+
+    def as_dict(self) -> dict:
+        return {"enabled": self.enabled, "model": self.model, "kind": self.kind,
+                "scale": self.scale}
 
 
 class NSTUDIO_PG_generate(bpy.types.PropertyGroup):
@@ -60,8 +89,18 @@ class NSTUDIO_PG_generate(bpy.types.PropertyGroup):
                                 description="Inpaint: repaint where this image is light "
                                 "(paint it white over black in the Image Editor); same size "
                                 "as the source")
+    mask_object: PointerProperty(name="Mask Object", type=bpy.types.Object,
+                                 description="Inpaint: repaint this object's silhouette as the "
+                                 "scene camera sees it (instead of a painted mask)")
     loras: StringProperty(name="LoRAs", description="name:scale, name:scale ... (names, "
                           "server-side paths or hub ids)")
+    controlnets: CollectionProperty(type=NSTUDIO_PG_generate_controlnet)
+    animation_output: StringProperty(name="Animation Output", subtype="DIR_PATH",
+                                     default="//generated/", description="Where Generate "
+                                     "Animation writes generated_<frame>.png")
+    animation_done: IntProperty(name="Frames Done", default=0)
+    animation_total: IntProperty(name="Frames", default=0)
+    animation_state: StringProperty(name="Animation", default="")
 
     def as_dict(self) -> dict:
         return {name: getattr(self, name) for name in (
@@ -70,27 +109,6 @@ class NSTUDIO_PG_generate(bpy.types.PropertyGroup):
 
 
 # Sources ----------------------------------------------------------------------------------------
-
-def image_to_srgb8(image) -> np.ndarray:
-    """A Blender image as a wire image (H, W, 3) uint8 sRGB, row 0 at the top."""
-    width, height = image.size
-    if width == 0 or height == 0:
-        raise ValueError(f"image '{image.name}' has no pixels (not loaded or empty)")
-    pixels = np.empty(width * height * image.channels, dtype=np.float32)
-    image.pixels.foreach_get(pixels)
-    return generate_math.pixels_to_srgb8(pixels, width, height, linear=image.is_float,
-                                         channels=image.channels)
-
-
-def image_to_mask8(image) -> np.ndarray:
-    """A painted mask image as the wire's inpaint mask (H, W) uint8 (255 repaints)."""
-    width, height = image.size
-    if width == 0 or height == 0:
-        raise ValueError(f"mask image '{image.name}' has no pixels")
-    pixels = np.empty(width * height * image.channels, dtype=np.float32)
-    image.pixels.foreach_get(pixels)
-    return generate_math.pixels_to_mask8(pixels, width, height, image.channels)
-
 
 def render_result_srgb8(scene) -> np.ndarray:
     """The current render result as a wire image; renders the scene first when there is none.
@@ -122,18 +140,13 @@ def render_result_srgb8(scene) -> np.ndarray:
         os.rmdir(os.path.dirname(path))
 
 
-def output_size(scene, settings) -> tuple[int, int]:
-    if settings.use_render_size:
-        render = scene.render
-        return generate_math.render_size(render.resolution_x, render.resolution_y,
-                                         render.resolution_percentage)
-    return generate_math.render_size(settings.width, settings.height)
-
-
 # Results ----------------------------------------------------------------------------------------
 
 def on_generate_result(job, outputs: dict):
-    """The result: one packed Blender image per seed, in bounded steps (one image per step)."""
+    """The result: one packed Blender image per seed, in bounded steps (one image per step);
+    a frame of Generate Animation is written to its image sequence instead."""
+    if anim_math.parse_target(job.target or "") is not None:
+        return generate_animation.write_frame(job, outputs)
     images, seeds = np.asarray(outputs["images"]), np.asarray(outputs["seeds"])
     return _land_images(job, images, seeds)
 
@@ -146,22 +159,6 @@ def _land_images(job, images: np.ndarray, seeds: np.ndarray):
     job.target = names[0] if names else job.target
     _show_in_image_editor(names[0] if names else None)
     yield "done"
-
-
-def land_image(name: str, pixels: np.ndarray, seed: int):
-    """Create (or overwrite) the Blender image ``name`` from a wire image, packed into the .blend."""
-    h, w = pixels.shape[:2]
-    image = bpy.data.images.get(name)
-    if image is None or tuple(image.size) != (w, h):
-        if image is not None:
-            bpy.data.images.remove(image)
-        image = bpy.data.images.new(name, w, h, alpha=False)
-    image.pixels.foreach_set(generate_math.srgb8_to_pixels(pixels))
-    image.update()
-    image.pack()   # saved inside the .blend: nothing to lose when the temp folder is cleaned
-    image[PROP_SEED] = seed
-    image.use_fake_user = True
-    return image
 
 
 def _show_in_image_editor(name) -> None:
@@ -206,6 +203,49 @@ def use_as_texture(obj, image):
     return material
 
 
+def use_as_camera_background(camera_obj, image):
+    """Show ``image`` behind the camera's view (``Camera.background_images``); a generated image
+    already there is replaced, others are kept. Returns the background image entry."""
+    if camera_obj is None or camera_obj.type != "CAMERA":
+        raise ValueError("the scene has no camera to put the image behind")
+    camera = camera_obj.data
+    entry = next((bg for bg in camera.background_images
+                  if bg.image is not None and PROP_SEED in bg.image), None)
+    if entry is None:
+        entry = camera.background_images.new()
+    entry.source = "IMAGE"
+    entry.image = image
+    entry.alpha = 1.0
+    entry.display_depth = "BACK"
+    camera.show_background_images = True
+    return entry
+
+
+def use_as_world_background(scene, image):
+    """Light and show the scene with ``image`` as its world: an Environment Texture into the
+    world's Background. Returns the world."""
+    world = scene.world
+    if world is None:
+        world = scene.world = bpy.data.worlds.new("Generated World")
+    if world.node_tree is None:   # Blender < 5 made worlds without nodes
+        world.use_nodes = True
+    nodes, links = world.node_tree.nodes, world.node_tree.links
+    background = next((n for n in nodes if n.type == "BACKGROUND"), None)
+    if background is None:
+        background = nodes.new("ShaderNodeBackground")
+        output = next((n for n in nodes if n.type == "OUTPUT_WORLD"), None) or nodes.new(
+            "ShaderNodeOutputWorld")
+        links.new(background.outputs["Background"], output.inputs["Surface"])
+    texture = next((n for n in nodes if n.type == "TEX_ENVIRONMENT" and n.get("nstudio")), None)
+    if texture is None:
+        texture = nodes.new("ShaderNodeTexEnvironment")
+        texture["nstudio"] = True
+        texture.location = (background.location.x - 320, background.location.y)
+    texture.image = image
+    links.new(texture.outputs["Color"], background.inputs["Color"])
+    return world
+
+
 # Operators --------------------------------------------------------------------------------------
 
 def start_generate(context):
@@ -227,10 +267,10 @@ def start_generate(context):
         if settings.source_image is None:
             raise ValueError("choose a source image")
         inputs["image"] = image_to_srgb8(settings.source_image)
-    if "image" in inputs and settings.mask_image is not None:
-        inputs["mask"] = image_to_mask8(settings.mask_image)
+    inputs.update(scene_inputs(scene, settings, inputs.get("image")))
     width, height = output_size(scene, settings)
     params = generate_math.generate_params(settings.as_dict(), width, height, "image" in inputs)
+    params.update(controlnet_params(settings))
     return live.submit(scene, PIPELINE, params=params, inputs=inputs)
 
 
@@ -284,6 +324,72 @@ class NSTUDIO_OT_generate_use_as_texture(bpy.types.Operator):
         return {"FINISHED"}
 
 
+class NSTUDIO_OT_generate_use_as(bpy.types.Operator):
+    """Use a generated image as the scene camera's background or as the world background"""
+
+    bl_idname = "nstudio.generate_use_as"
+    bl_label = "Use Generated Image"
+    bl_options = {"REGISTER", "UNDO"}
+
+    image: StringProperty(name="Image")
+    target: EnumProperty(name="As", items=[
+        ("CAMERA", "Camera Background", "Behind the scene camera's view"),
+        ("WORLD", "World Background", "An Environment Texture lighting the scene")])
+
+    def execute(self, context):
+        image = bpy.data.images.get(self.image)
+        if image is None:
+            self.report({"ERROR"}, f"no image '{self.image}'")
+            return {"CANCELLED"}
+        try:
+            if self.target == "CAMERA":
+                use_as_camera_background(context.scene.camera, image)
+                where = f"the background of camera '{context.scene.camera.name}'"
+            else:
+                where = f"world '{use_as_world_background(context.scene, image).name}'"
+        except ValueError as error:
+            self.report({"ERROR"}, str(error))
+            return {"CANCELLED"}
+        self.report({"INFO"}, f"'{image.name}' is {where}")
+        return {"FINISHED"}
+
+
+class NSTUDIO_OT_generate_controlnet_add(bpy.types.Operator):
+    """Add a ControlNet to the Generate settings"""
+
+    bl_idname = "nstudio.generate_controlnet_add"
+    bl_label = "Add ControlNet"
+    bl_options = {"REGISTER", "UNDO"}
+
+    kind: EnumProperty(name="Source", items=_SOURCE_ITEMS)
+
+    def execute(self, context):
+        item = context.scene.nstudio_generate.controlnets.add()
+        item.kind = self.kind
+        active = context.active_object
+        if active is not None and (self.kind == "OPENPOSE") == (active.type == "ARMATURE"):
+            item.object = active
+        return {"FINISHED"}
+
+
+class NSTUDIO_OT_generate_controlnet_remove(bpy.types.Operator):
+    """Remove a ControlNet from the Generate settings"""
+
+    bl_idname = "nstudio.generate_controlnet_remove"
+    bl_label = "Remove ControlNet"
+    bl_options = {"REGISTER", "UNDO"}
+
+    index: IntProperty(name="Index", default=0, min=0)
+
+    def execute(self, context):
+        nets = context.scene.nstudio_generate.controlnets
+        if self.index >= len(nets):
+            self.report({"ERROR"}, f"no ControlNet {self.index + 1}")
+            return {"CANCELLED"}
+        nets.remove(self.index)
+        return {"FINISHED"}
+
+
 class NSTUDIO_PT_generate(bpy.types.Panel):
     bl_label = "Generate"
     bl_idname = "NSTUDIO_PT_generate"
@@ -316,7 +422,31 @@ class NSTUDIO_PT_generate(bpy.types.Panel):
         if settings.source != "NONE":
             layout.prop(settings, "strength")
             layout.template_ID(settings, "mask_image", open="image.open")
+            layout.prop(settings, "mask_object")
         layout.prop(settings, "loras")
+        box = layout.box()
+        row = box.row()
+        row.label(text="ControlNets")
+        row.operator_menu_enum(NSTUDIO_OT_generate_controlnet_add.bl_idname, "kind", text="",
+                               icon="ADD")
+        for i, item in enumerate(settings.controlnets):
+            row = box.row(align=True)
+            row.prop(item, "enabled", text="")
+            row.prop(item, "model", text="")
+            row.prop(item, "kind", text="")
+            row.prop(item, "scale", text="")
+            op = row.operator(NSTUDIO_OT_generate_controlnet_remove.bl_idname, text="",
+                              icon="X")
+            op.index = i
+            if item.kind == "IMAGE":
+                box.template_ID(item, "image", open="image.open")
+            elif item.kind in ("OPENPOSE", "MASK"):
+                box.prop(item, "object")
+        row = layout.row(align=True)
+        for kind, label in (("DEPTH", "Depth"), ("NORMAL", "Normals"), ("MASK", "Silhouette"),
+                            ("OPENPOSE", "Pose")):
+            row.operator(generate_sources.NSTUDIO_OT_generate_source.bl_idname,
+                         text=label).kind = kind
         layout.operator(NSTUDIO_OT_generate.bl_idname, icon="IMAGE")
         generated = [image for image in bpy.data.images if PROP_SEED in image][-4:]
         for image in generated:
@@ -325,10 +455,30 @@ class NSTUDIO_PT_generate(bpy.types.Panel):
             op = row.operator(NSTUDIO_OT_generate_use_as_texture.bl_idname, text="",
                               icon="MATERIAL")
             op.image = image.name
+            for target, icon in (("CAMERA", "CAMERA_DATA"), ("WORLD", "WORLD")):
+                op = row.operator(NSTUDIO_OT_generate_use_as.bl_idname, text="", icon=icon)
+                op.image, op.target = image.name, target
+        box = layout.box()
+        box.label(text="Animation (img2img per frame, fixed seed)")
+        box.prop(settings, "animation_output")
+        run = generate_animation.current_run()
+        if run is not None and not run.finished:
+            box.progress(factor=settings.animation_done / max(1, settings.animation_total),
+                         text=f"{settings.animation_done}/{settings.animation_total} frames")
+            box.operator(generate_animation.NSTUDIO_OT_generate_animation_cancel.bl_idname,
+                         icon="CANCEL")
+        else:
+            if settings.animation_state:
+                box.label(text=settings.animation_state)
+            box.operator(generate_animation.NSTUDIO_OT_generate_animation.bl_idname,
+                         icon="RENDER_ANIMATION")
 
 
-CLASSES = (NSTUDIO_PG_generate, NSTUDIO_OT_generate, NSTUDIO_OT_generate_new_seed,
-           NSTUDIO_OT_generate_use_as_texture, NSTUDIO_PT_generate)
+CLASSES = (NSTUDIO_PG_generate_controlnet, NSTUDIO_PG_generate, NSTUDIO_OT_generate,
+           NSTUDIO_OT_generate_new_seed, NSTUDIO_OT_generate_use_as_texture,
+           NSTUDIO_OT_generate_use_as,
+           NSTUDIO_OT_generate_controlnet_add, NSTUDIO_OT_generate_controlnet_remove,
+           NSTUDIO_PT_generate)
 
 
 def register() -> None:
