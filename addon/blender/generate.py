@@ -24,7 +24,7 @@ from bpy.props import (BoolProperty, CollectionProperty, EnumProperty, FloatProp
 from ..core import client as client_mod
 from ..core import generate_math, handlers
 from ..core import generate_animation as anim_math
-from . import generate_animation, generate_sources, session
+from . import generate_animation, generate_sources, image_nodes, session
 from .generate_images import (PIPELINE, PROP_SEED, image_to_mask8, image_to_srgb8,  # noqa: F401
                               land_image, output_size)
 from .generate_sources import controlnet_params, scene_inputs  # noqa: F401
@@ -180,27 +180,7 @@ def use_as_texture(obj, image):
     """
     if obj is None or obj.type != "MESH":
         raise ValueError("select a mesh object to texture")
-    material = obj.active_material
-    if material is None:
-        material = bpy.data.materials.new(f"{obj.name} Generated")
-        obj.data.materials.append(material)
-    if material.node_tree is None:   # Blender < 5 made materials without nodes
-        material.use_nodes = True
-    nodes, links = material.node_tree.nodes, material.node_tree.links
-    shader = next((n for n in nodes if n.type == "BSDF_PRINCIPLED"), None)
-    if shader is None:
-        shader = nodes.new("ShaderNodeBsdfPrincipled")
-        output = next((n for n in nodes if n.type == "OUTPUT_MATERIAL"), None) or nodes.new(
-            "ShaderNodeOutputMaterial")
-        links.new(shader.outputs["BSDF"], output.inputs["Surface"])
-    texture = next((n for n in nodes if n.type == "TEX_IMAGE" and n.get("nstudio")), None)
-    if texture is None:
-        texture = nodes.new("ShaderNodeTexImage")
-        texture["nstudio"] = True
-        texture.location = (shader.location.x - 320, shader.location.y)
-    texture.image = image
-    links.new(texture.outputs["Color"], shader.inputs["Base Color"])
-    return material
+    return image_nodes.use_as_base_color(obj, image, f"{obj.name} Generated")
 
 
 def use_as_camera_background(camera_obj, image):
@@ -224,26 +204,7 @@ def use_as_camera_background(camera_obj, image):
 def use_as_world_background(scene, image):
     """Light and show the scene with ``image`` as its world: an Environment Texture into the
     world's Background. Returns the world."""
-    world = scene.world
-    if world is None:
-        world = scene.world = bpy.data.worlds.new("Generated World")
-    if world.node_tree is None:   # Blender < 5 made worlds without nodes
-        world.use_nodes = True
-    nodes, links = world.node_tree.nodes, world.node_tree.links
-    background = next((n for n in nodes if n.type == "BACKGROUND"), None)
-    if background is None:
-        background = nodes.new("ShaderNodeBackground")
-        output = next((n for n in nodes if n.type == "OUTPUT_WORLD"), None) or nodes.new(
-            "ShaderNodeOutputWorld")
-        links.new(background.outputs["Background"], output.inputs["Surface"])
-    texture = next((n for n in nodes if n.type == "TEX_ENVIRONMENT" and n.get("nstudio")), None)
-    if texture is None:
-        texture = nodes.new("ShaderNodeTexEnvironment")
-        texture["nstudio"] = True
-        texture.location = (background.location.x - 320, background.location.y)
-    texture.image = image
-    links.new(texture.outputs["Color"], background.inputs["Color"])
-    return world
+    return image_nodes.use_as_world(scene, image)
 
 
 # Operators --------------------------------------------------------------------------------------

@@ -27,13 +27,12 @@ from bpy.props import EnumProperty, FloatProperty, IntProperty, PointerProperty,
 from ..core import camera, capture_layout, handlers
 from ..core import client as client_mod
 from ..core import texture as core
-from . import session
+from . import image_nodes, session
 from .cameras import lens_of
 
 log = logging.getLogger(__name__)
 
 PROP_SEEN = "nstudio_seen"
-NODE_NAME = "nstudio_texture"
 
 
 # =============================================================================================
@@ -203,28 +202,7 @@ def apply_texture(obj, texture: np.ndarray):
     image.pack()  # lives in the .blend: nothing to lose when Blender closes
     image[PROP_SEEN] = core.seen_fraction(texture)
 
-    mat = obj.active_material
-    if mat is None:
-        mat = bpy.data.materials.new(f"{obj.name}_nstudio")
-        obj.data.materials.append(mat)
-    if mat.node_tree is None:
-        mat.use_nodes = True
-    tree = mat.node_tree
-    bsdf = next((n for n in tree.nodes if n.type == "BSDF_PRINCIPLED"), None)
-    if bsdf is None:
-        bsdf = tree.nodes.new("ShaderNodeBsdfPrincipled")
-        out = next((n for n in tree.nodes if n.type == "OUTPUT_MATERIAL"), None)
-        if out is None:
-            out = tree.nodes.new("ShaderNodeOutputMaterial")
-        tree.links.new(bsdf.outputs["BSDF"], out.inputs["Surface"])
-    node = tree.nodes.get(NODE_NAME)
-    if node is None:
-        node = tree.nodes.new("ShaderNodeTexImage")
-        node.name = NODE_NAME
-        node.label = "Neural Studio texture"
-        node.location = (bsdf.location[0] - 320, bsdf.location[1])
-    node.image = image
-    tree.links.new(node.outputs["Color"], bsdf.inputs["Base Color"])
+    image_nodes.use_as_base_color(obj, image, f"{obj.name}_nstudio")
     return image
 
 

@@ -204,7 +204,9 @@ def test_texture_operator_end_to_end(enabled_addon, shared_server):
     assert 0.2 < image[blender_texture.PROP_SEEN] <= 1.0
     nodes = target.active_material.node_tree.nodes
     assert "user's node" in nodes  # the user's nodes are kept
-    tex_node = nodes[blender_texture.NODE_NAME]
+    from addon.blender import image_nodes
+
+    tex_node = nodes[image_nodes.NODE_NAME]
     assert tex_node.image == image
     bsdf = next(n for n in nodes if n.type == "BSDF_PRINCIPLED")
     assert bsdf.inputs["Base Color"].links[0].from_node == tex_node
