@@ -230,6 +230,17 @@ def accuracy(truth: dict, recovered: dict, world_align: np.ndarray | None = None
             "relative_mm": float(np.linalg.norm(rel, axis=-1).mean() * 1000), "joints": len(keys)}
 
 
+def rig_size(source, metarig) -> float:
+    """Scale that gives a Rigify metarig the leg length (thigh + shin) of ``source``'s body."""
+    from addon.core.motion import bone_maps, retarget as rt
+
+    canon = bone_maps.canonical_names(source.names, source.parents, source.rest)
+    legs = rt.leg_length({k: source.rest[source.index(v)] for k, v in canon.items()})
+    bones = metarig.data.bones
+    rig_legs = np.mean([bones[f"thigh.{s}"].length + bones[f"shin.{s}"].length for s in "LR"])
+    return float(legs / rig_legs) if legs else 1.0
+
+
 def camera_error(true_world_from_camera: np.ndarray, recovered_world_from_camera: np.ndarray) -> str:
     """The recovered camera's pitch and height against the true one's (Blender cameras, Z-up
     worlds whose ground is Z = 0; yaw and ground position are the world's gauge)."""
@@ -385,6 +396,12 @@ def _run(args, out: Path, endpoint: str, server, stages) -> list[str]:
     with stages.stage("retarget onto Rigify"):
         addon_utils.enable("rigify", default_set=True, handle_error=None)
         bpy.ops.object.armature_human_metarig_add()
+        # Rigify's human is taller than the recovered body (legs ~1.3x): retargeting scales its
+        # root motion by the leg ratio about the world origin, so it would walk 1.3x as far and
+        # stand off the footage. Sized to the body, it overlays it.
+        size = rig_size(recovered, bpy.context.object)
+        bpy.context.object.scale = (size, size, size)
+        bpy.ops.object.transform_apply(location=False, rotation=False, scale=True)
         with contextlib.redirect_stdout(io.StringIO()):
             bpy.ops.pose.rigify_generate()
         rig = bpy.data.objects["rig"]

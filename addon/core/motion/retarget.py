@@ -158,7 +158,7 @@ def source_directions(motion: Motion) -> tuple[dict, np.ndarray]:
     return mains, d
 
 
-def _leg_length(points: dict) -> Optional[float]:
+def leg_length(points: dict) -> Optional[float]:
     """Mean over sides of |hip - knee| + |knee - ankle| from {canonical: position}."""
     sums = []
     for s in ("left", "right"):
@@ -322,7 +322,7 @@ def retarget(motion: Motion, rig: TargetRig, pairs: list[tuple[str, str]],
                 tgt_canon[k] = rig.index(dst)
     heads_w = (world_from_arm[:3, :3] @ rig.heads.T).T + world_from_arm[:3, 3]
     tgt_points = {k: heads_w[b] for k, b in tgt_canon.items()}
-    src_leg, tgt_leg = _leg_length(src_points), _leg_length(tgt_points)
+    src_leg, tgt_leg = leg_length(src_points), leg_length(tgt_points)
     scale = float(tgt_leg / src_leg) if (settings.scale_root and src_leg and tgt_leg) else 1.0
     hips = [k for k in ("left_hip", "right_hip") if k in src_canon and k in tgt_canon]
     if len(hips) == 2:
