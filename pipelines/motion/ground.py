@@ -31,6 +31,9 @@ CONTACT_SPEED = 0.5
 #: leans a few degrees (8.5 in the demo's walk), while plantings that ask for more are the
 #: camera-frame fit's depth drift (a crouch read as walking away spreads them along the rays).
 MAX_CORRECTION = 12.0
+#: A planting plane is used where its thickness is under this fraction of its width (its tilt
+#: then known to about 4 degrees, as well as the body's up).
+MAX_THICKNESS = 0.07
 
 
 @dataclass
@@ -88,9 +91,11 @@ def estimate_ground(fit: Fit, fps: float) -> Placement:
             log.debug("ground: spread %s, normal %.1f deg from up", spread,
                       np.degrees(np.arccos(min(1.0, abs(vt[2] @ up)))))
             if spread[1] > 0.15:
-                # Contacts cover an area: their plane's normal is the ground's.
+                # Contacts cover an area: their plane's normal is the ground's, known to about
+                # the plantings' thickness over their width (a turn on the spot treads a patch
+                # a few tens of centimetres wide, whose tilt is no better than the body's).
                 normal = vt[2] * np.sign(vt[2] @ up)
-                if normal @ up > np.cos(np.radians(MAX_CORRECTION)):
+                if normal @ up > np.cos(np.radians(MAX_CORRECTION)) and spread[2] < MAX_THICKNESS * spread[1]:
                     up = normal
             elif spread[0] > 0.25:
                 # Contacts along a line (a straight walk): the line lies on the ground, so the
