@@ -66,7 +66,7 @@ def estimate_ground(fit: Fit, fps: float) -> Placement:
 
     Args:
         fit: the camera-frame fit (keypoints [T, 23, 3] in OpenCV camera coordinates).
-        fps: frames per second (for the contact speed).
+        fps: frames per second (kept for callers: stillness is measured per frame).
     """
     kp = fit.keypoints.numpy().astype(np.float64)
     feet = kp[:, FEET]                                                 # [T, 8, 3]
