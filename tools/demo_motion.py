@@ -327,7 +327,7 @@ def _run(args, out: Path, endpoint: str, server, stages) -> list[str]:
     import addon_utils  # noqa: I001  (exists once bpy is imported)
 
     from addon.blender import compat, motion_import, retarget
-    from addon.core.motion import retarget as rt, rotations as rot, synthetic
+    from addon.core.motion import synthetic
 
     live = None
     overlay_camera = None
