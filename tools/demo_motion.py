@@ -230,6 +230,56 @@ def accuracy(truth: dict, recovered: dict, world_align: np.ndarray | None = None
             "relative_mm": float(np.linalg.norm(rel, axis=-1).mean() * 1000), "joints": len(keys)}
 
 
+def rig_size(source, metarig) -> float:
+    """Scale that gives a Rigify metarig the leg length (thigh + shin) of ``source``'s body."""
+    from addon.core.motion import bone_maps, retarget as rt
+
+    canon = bone_maps.canonical_names(source.names, source.parents, source.rest)
+    legs = rt.leg_length({k: source.rest[source.index(v)] for k, v in canon.items()})
+    bones = metarig.data.bones
+    rig_legs = np.mean([bones[f"thigh.{s}"].length + bones[f"shin.{s}"].length for s in "LR"])
+    return float(legs / rig_legs) if legs else 1.0
+
+
+def camera_error(true_world_from_camera: np.ndarray, recovered_world_from_camera: np.ndarray) -> str:
+    """The recovered camera's pitch and height against the true one's (Blender cameras, Z-up
+    worlds whose ground is Z = 0; yaw and ground position are the world's gauge)."""
+    def pitch(m):
+        return float(np.degrees(np.arcsin(np.clip(-m[2, 2], -1.0, 1.0))))
+
+    t, r = np.asarray(true_world_from_camera), np.asarray(recovered_world_from_camera)
+    return (f"camera: pitch {pitch(r):.1f} degrees (true {pitch(t):.1f}), height {r[2, 3]:.2f} m "
+            f"(true {t[2, 3]:.2f})")
+
+
+def worst_direction(source, result, world_from_armature: np.ndarray) -> float:
+    """Worst angle, degrees, between a retargeted bone and the recovered bone it follows.
+
+    A target bone's direction runs from its head to the head of the bone mapped to its source
+    joint's main child (as `addon.core.motion.retarget` aligns them); leaves and bones whose
+    child is unmapped are compared along their Y axis.
+    """
+    from addon.core.motion import retarget as rt, rotations as rot
+
+    mains, directions = rt.source_directions(source)
+    target_of = {source.index(s): d for s, d in result.pairs}
+    rotation = world_from_armature[:3, :3]
+    worst = 0.0
+    for s, d in result.pairs:
+        j = source.index(s)
+        if j not in mains or s == source.names[0]:
+            continue
+        m = result.matrices[d]
+        child = target_of.get(mains[j])
+        axis = m[:, :3, 1]
+        if child is not None and child in result.matrices:
+            span = result.matrices[child][:, :3, 3] - m[:, :3, 3]
+            if np.linalg.norm(span, axis=-1).min() > 0.02:
+                axis = span
+        worst = max(worst, float(rot.angle_between(axis @ rotation.T, directions[:, j]).max()))
+    return worst
+
+
 # ---------------------------------------------------------------------------------------------
 # main
 # ---------------------------------------------------------------------------------------------
@@ -277,9 +327,11 @@ def _run(args, out: Path, endpoint: str, server, stages) -> list[str]:
     import addon_utils  # noqa: I001  (exists once bpy is imported)
 
     from addon.blender import compat, motion_import, retarget
-    from addon.core.motion import retarget as rt, rotations as rot, synthetic
+    from addon.core.motion import synthetic
 
     live = None
+    overlay_camera = None
+    camera_line = None
     if not args.no_server:
         with stages.stage("start server"):
             demo.ensure_registered()
@@ -331,13 +383,25 @@ def _run(args, out: Path, endpoint: str, server, stages) -> list[str]:
             if cams:
                 scene.frame_set(1)
                 world_align = np.array(cam.matrix_world) @ np.linalg.inv(np.array(cams[0].matrix_world))
-            scene.camera = cam
+                camera_line = camera_error(np.array(cam.matrix_world), np.array(cams[0].matrix_world))
+                say(f"   {camera_line}")
+                # The overlay is seen through the recovered camera: the recovered motion lives
+                # in the recovered world (origin under the body's first position, X along the
+                # camera's x), which is the true world moved by ``world_align``; seen through
+                # the true camera it would stand off to the side.
+                overlay_camera = cams[0]
     recovered = motion_import.motion_from_armature(recovered_obj, frames=args.frames, fps=args.fps)
     scores = accuracy(truth, joints_by_canonical(recovered.names, recovered.parents, recovered.joints), world_align)
 
     with stages.stage("retarget onto Rigify"):
         addon_utils.enable("rigify", default_set=True, handle_error=None)
         bpy.ops.object.armature_human_metarig_add()
+        # Rigify's human is taller than the recovered body (legs ~1.3x): retargeting scales its
+        # root motion by the leg ratio about the world origin, so it would walk 1.3x as far and
+        # stand off the footage. Sized to the body, it overlays it.
+        size = rig_size(recovered, bpy.context.object)
+        bpy.context.object.scale = (size, size, size)
+        bpy.ops.object.transform_apply(location=False, rotation=False, scale=True)
         with contextlib.redirect_stdout(io.StringIO()):
             bpy.ops.pose.rigify_generate()
         rig = bpy.data.objects["rig"]
@@ -345,17 +409,14 @@ def _run(args, out: Path, endpoint: str, server, stages) -> list[str]:
         t = time.monotonic()
         _, result = retarget.retarget_onto(recovered, rig, frame_start=1)
         seconds = time.monotonic() - t
-        mains, directions = rt.source_directions(recovered)
-        worst = max(float(rot.angle_between(result.matrices[d][:, :3, 1],
-                                            (np.array(rig.matrix_world)[:3, :3] @ directions[:, recovered.index(s)].T).T
-                                            ).max())
-                    for s, d in result.pairs if recovered.index(s) in mains and s != recovered.names[0])
+        worst = worst_direction(recovered, result, np.array(rig.matrix_world))
         say(f"   {len(result.pairs)} bones in {seconds:.2f} s (retarget + bake); worst bone direction "
             f"{worst:.2f} degrees from the recovered motion (legs bend on contact frames for foot pinning); "
             f"{parts} mannequin parts on its DEF bones")
 
     with stages.stage("render frame"):
         frame = args.frames // 2
+        scene.camera = overlay_camera or cam
         scene.frame_set(1 + frame)
         anny_obj.hide_render = True
         for child in anny_obj.children:
@@ -388,6 +449,7 @@ def _run(args, out: Path, endpoint: str, server, stages) -> list[str]:
         session.disconnect()
     return [f"accuracy over {scores['joints']} joints: {scores['world_mm']:.0f} mm in the world (cameras "
             f"aligned), {scores['relative_mm']:.0f} mm root-relative",
+            *([camera_line] if camera_line else []),
             f"outputs: {shot}, {out / 'clip'}, {out / 'demo_motion.blend'}"]
 
 

@@ -92,6 +92,34 @@ def test_retarget_onto_an_a_pose_rig_matches_world_directions_and_pins_feet():
             assert np.linalg.norm(ankle[a:b] - ankle[a:b].mean(axis=0), axis=1).max() < 0.01
 
 
+def test_retarget_aligns_a_control_bone_by_the_limb_it_moves_not_its_own_axis():
+    """A chest control pointing backwards (Rigify's) turns the spine as the source does.
+
+    Aligning its Y axis with the source's spine rotated it by 90 degrees and tipped the whole
+    upper body forward (the demo's mannequin); its rest direction is head -> neck head.
+    """
+    walk = synthetic.walk(40)
+    names, parents, heads, tails, rolls = rigs.other_rig()
+    chest = names.index("Bip_Chest")
+    tails = tails.copy()
+    tails[chest] = heads[chest] + np.array([0.0, 0.2, 0.0])   # horizontal, backwards
+    from addon.core.motion import armature_math
+    rig = rt.TargetRig(names=names, parents=np.array(parents), rest=armature_math.bone_matrix(heads, tails, rolls),
+                       lengths=np.linalg.norm(tails - heads, axis=1))
+    pairs = _pairs(walk, rig)
+    result = rt.retarget(walk, rig, pairs, rt.RetargetSettings(pin_feet=False))
+    mains, directions = rt.source_directions(walk)
+    src = next(s for s, d in pairs if d == "Bip_Chest")
+    m_chest, m_neck = result.matrices["Bip_Chest"], result.matrices["Bip_Neck"]
+    span = m_neck[:, :3, 3] - m_chest[:, :3, 3]
+    assert rot.angle_between(span, directions[:, walk.index(src)]).max() < 1e-4
+    # The control itself keeps lying down (within the walk's small lean), as at rest.
+    assert rot.angle_between(m_chest[:, :3, 1], np.array([0.0, 1.0, 0.0])).max() < 15.0
+    # ... and the neck above it points up as the source's neck does.
+    neck_src = next(s for s, d in pairs if d == "Bip_Neck")
+    assert rot.angle_between(m_neck[:, :3, 1], directions[:, walk.index(neck_src)]).max() < 1e-4
+
+
 def test_two_bone_ik_reaches_reachable_goals():
     rng = np.random.default_rng(1)
     hip = rng.normal(size=(200, 3))

@@ -5,8 +5,10 @@ Method (per frame, all frames at once):
 1. Source forward kinematics: world rotation ``G[t, j]`` of every source joint (axis-aligned
    rest frames, so ``G`` is also the rotation from the source's rest pose).
 2. Rest alignment: for a target bone b mapped to source joint j, ``Q_b`` is the smallest
-   rotation taking b's rest direction (its Y axis) onto the source bone's rest direction
-   (j towards its main child). Then b's posed world orientation is ``W_b = G[t, j] Q_b B_b``
+   rotation taking b's rest direction onto the source bone's rest direction (j towards its
+   main child). b's rest direction runs from its head to the head of the bone mapped to j's
+   main child (its Y axis where that child is unmapped or shares its head): a control's Y
+   axis need not lie along what it moves (Rigify's chest). Then b's posed world orientation is ``W_b = G[t, j] Q_b B_b``
    (``B_b`` its rest orientation): its direction follows the source bone exactly, whatever
    the target's rest pose (A-pose vs T-pose), bone lengths and rolls. The root bone keeps
    ``Q = I`` (both rigs stand upright facing -Y). A leaf joint (no child) borrows the
@@ -156,7 +158,7 @@ def source_directions(motion: Motion) -> tuple[dict, np.ndarray]:
     return mains, d
 
 
-def _leg_length(points: dict) -> Optional[float]:
+def leg_length(points: dict) -> Optional[float]:
     """Mean over sides of |hip - knee| + |knee - ankle| from {canonical: position}."""
     sums = []
     for s in ("left", "right"):
@@ -270,6 +272,12 @@ def retarget(motion: Motion, rig: TargetRig, pairs: list[tuple[str, str]],
     # Keyed bones in hierarchy order (the effective parents come first by construction).
     keyed = sorted(rig.index(dst) for dst in targets)
     # 2. Rest alignment per keyed bone (world frame).
+    # The target's direction of a bone is from its head to the head of the bone mapped to the
+    # source joint's main child, where there is one: a control bone's own Y axis need not run
+    # along the limb it drives (Rigify's chest control points backwards, horizontally, while
+    # the spine it turns points up; aligning that Y axis with the source's spine tipped the
+    # whole upper body over by 90 degrees). Its Y axis otherwise (leaves, unmapped children).
+    tgt_of = {motion.index(src): rig.index(dst) for src, dst in pairs}
     align = {}
     for b in keyed:
         j = src_of[rig.names[b]]
@@ -277,6 +285,11 @@ def retarget(motion: Motion, rig: TargetRig, pairs: list[tuple[str, str]],
             continue
         d_src = motion.rest[mains[j]].astype(np.float64) - motion.rest[j]
         d_tgt = arm_rot @ rest[b, :3, 1]
+        child = tgt_of.get(mains[j])
+        if child is not None:
+            span = arm_rot @ (rest[child, :3, 3] - rest[b, :3, 3])
+            if np.linalg.norm(span) > 0.02:
+                d_tgt = span
         align[b] = rot.rotation_between(d_tgt, d_src)
     for b in keyed:
         if b in align:
@@ -309,7 +322,7 @@ def retarget(motion: Motion, rig: TargetRig, pairs: list[tuple[str, str]],
                 tgt_canon[k] = rig.index(dst)
     heads_w = (world_from_arm[:3, :3] @ rig.heads.T).T + world_from_arm[:3, 3]
     tgt_points = {k: heads_w[b] for k, b in tgt_canon.items()}
-    src_leg, tgt_leg = _leg_length(src_points), _leg_length(tgt_points)
+    src_leg, tgt_leg = leg_length(src_points), leg_length(tgt_points)
     scale = float(tgt_leg / src_leg) if (settings.scale_root and src_leg and tgt_leg) else 1.0
     hips = [k for k in ("left_hip", "right_hip") if k in src_canon and k in tgt_canon]
     if len(hips) == 2:
