@@ -27,7 +27,7 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
 
-from addon.core import capture_math  # noqa: E402
+from addon.core import capture_layout  # noqa: E402
 from mesh_scenes import RecordingJob, uv_sphere  # noqa: E402
 from nskernels.camera import Cameras  # noqa: E402
 from nskernels.mesh_raster import rasterize_mesh  # noqa: E402
@@ -85,7 +85,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     V, F, U = _sphere(args.triangles)
-    cams = capture_math.capture_cameras([-1] * 3, [1] * 3, layout="sphere", count=args.views,
+    cams = capture_layout.capture_cameras([-1] * 3, [1] * 3, layout="sphere", count=args.views,
                                         width=args.size, height=args.size, lens_mm=40.0)
     print(f"mesh.texture bake: {len(F)} triangles, {args.views} views {args.size}x{args.size} -> "
           f"{args.texture}x{args.texture}, torch threads {torch.get_num_threads()}")
@@ -109,7 +109,7 @@ def main() -> None:
 
     # Baseline in the same run: the dense twin on a scene it can afford.
     Vs, Fs, _ = _sphere(2000)
-    small = Cameras.from_wire(capture_math.capture_cameras([-1] * 3, [1] * 3, layout="ring", count=1,
+    small = Cameras.from_wire(capture_layout.capture_cameras([-1] * 3, [1] * 3, layout="ring", count=1,
                                                            width=96, height=96, lens_mm=40.0))
     Vt, Ft = torch.tensor(Vs), torch.tensor(Fs).long()
     t0 = time.perf_counter()
