@@ -1,7 +1,7 @@
 """``image.generate`` through the server vs a direct in-process diffusers call; warm vs cold.
 
 Same model, same prompt, seed, steps and size, same run. By default a tiny random-weight SD 1.x
-model is built (tests/pipelines/image_models.py) so the figure is the server's own overhead
+model is built (tests/image_models.py) so the figure is the server's own overhead
 (registry, queue, progress events with previews, the wire); ``--model FOLDER`` measures a real
 diffusers folder instead (e.g. SDXL on a GPU with ``--device cuda``).
 
@@ -25,8 +25,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "tests" / "server"))
-sys.path.insert(0, str(REPO / "tests" / "pipelines"))
+sys.path.insert(0, str(REPO / "tests"))  # image_models, server_harness
 
 GOAL_RATIO = 1.05
 

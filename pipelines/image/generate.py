@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import importlib.util
 import inspect
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -316,14 +317,25 @@ def _control_image(item: np.ndarray) -> np.ndarray:
     return np.repeat(grey[..., None], 3, axis=2)
 
 
+#: Seconds between two preview images: the server sends about 10 progress reports a second, so
+#: decoding a preview at every fast step would only cost time (progress itself goes every step).
+PREVIEW_EVERY_S = 0.1
+
+
 def _on_step(model: ImageModel, job: Job, height: int, width: int, params: Params):
+    last = [float("-inf")]
+
     def on_step(pipe, index: int, timestep, tensors: dict) -> dict:
         job.check_cancel()   # between steps: a cancel ends the job within one step
         total = getattr(pipe, "_num_timesteps", None) or params.steps
-        try:
-            preview = model.preview(pipe, tensors["latents"], height, width)
-        except Exception:   # a preview is a courtesy; never fail a generation for it
-            preview = None
+        preview = None
+        now = time.monotonic()
+        if now - last[0] >= PREVIEW_EVERY_S or index + 1 >= total:
+            last[0] = now
+            try:
+                preview = model.preview(pipe, tensors["latents"], height, width)
+            except Exception:   # a preview is a courtesy; never fail a generation for it
+                preview = None
         job.progress("denoise", min(index + 1, total), total, preview=preview)
         return {}
 

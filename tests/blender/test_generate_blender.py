@@ -98,14 +98,11 @@ def test_the_render_source_is_the_rendered_frame(blender_addon):
 def test_generate_over_the_wire_lands_the_servers_image(enabled_addon, tmp_path, monkeypatch):
     """Panel settings -> nstudio.generate -> a real server with a tiny model -> a Blender image
     equal to a direct diffusers call."""
-    import sys
-
-    from blender_support import REPO, LoopbackServer, tick_until
+    from blender_support import LoopbackServer, tick_until
 
     from addon.blender import session
     from server.models import ModelRegistry
 
-    sys.path.insert(0, str(REPO / "tests" / "pipelines"))
     import image_models
 
     folder = image_models.build_sd(tmp_path / "tiny")

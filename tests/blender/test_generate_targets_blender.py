@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import math
 import os
-import sys
 
 import numpy as np
 import pytest
@@ -97,11 +96,10 @@ def test_controlnet_settings_are_checked_before_rendering(blender_addon, tmp_pat
 @pytest.fixture(scope="module")
 def tiny_server(tmp_path_factory):
     """Tiny SD + ControlNet in a model registry, and a loopback server that has them."""
-    from blender_support import REPO, LoopbackServer
+    from blender_support import LoopbackServer
 
     from server.models import ModelRegistry
 
-    sys.path.insert(0, str(REPO / "tests" / "pipelines"))
     import image_models
 
     folder = tmp_path_factory.mktemp("gen-models")

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import image_models  # tests/pipelines/image_models.py: the tiny model builders
+import image_models  # tests/image_models.py: the tiny model builders
 from addon.wire.schema import PipelineError, check_inputs, parse_params
 from pipelines.base import Cancelled
 from pipelines.image import generate
@@ -108,11 +108,14 @@ def test_each_family_and_mode_equals_a_direct_diffusers_call(tiny, registry, fam
     assert out["seeds"].tolist() == [7] and out["seeds"].dtype == np.int64
     expected = _direct(tiny[family], family, mode, image=image, mask=mask)
     np.testing.assert_array_equal(out["images"], expected)
-    # One progress report per denoising step, the last one complete, each with a preview.
+    # One progress report per denoising step, the last one complete; a preview on the first
+    # and the last step and at most every PREVIEW_EVERY_S between them.
     steps = [(stage, step, total) for stage, step, total, _, _ in job.progress_log]
     total = steps[-1][2]
     assert steps == [("denoise", i, total) for i in range(1, total + 1)]
-    for *_, preview in job.progress_log:
+    previews = [p for *_, p in job.progress_log if p is not None]
+    assert job.progress_log[0][-1] is not None and job.progress_log[-1][-1] is not None
+    for preview in previews:
         assert preview.dtype == np.uint8 and preview.ndim == 3 and preview.shape[2] == 3
 
 
