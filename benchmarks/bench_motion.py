@@ -42,7 +42,7 @@ def accuracy(body, kind, camera, frames, settings):
     import torch
 
     from pipelines.motion import ground
-    from pipelines.motion.fit import FEET, Fitter, Ground, rest_keypoints
+    from pipelines.motion.fit import Fitter, Ground, rest_keypoints
     from pipelines.motion.keypoints import CONTACT_POINTS
     from pipelines.motion.synthetic import make_clip, metrics
 
@@ -52,7 +52,6 @@ def accuracy(body, kind, camera, frames, settings):
     cam = fitter.fit_camera(clip.observations)
     placement = ground.estimate_ground(cam, clip.fps)
     world = ground.to_world(cam, placement)
-    lift = rest_keypoints(world.rest)[FEET, 2].numpy()
     state = Ground(torch.tensor(placement.camera_from_world), torch.tensor(placement.camera_position),
                    torch.tensor(ground.initial_contacts(world, clip.observations.keypoints2d, clip.fps)))
     world = fitter.fit_ground(clip.observations, world, state)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 
-import bpy
 import numpy as np
 
 from ..core.motion import bone_maps

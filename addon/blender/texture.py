@@ -139,8 +139,6 @@ def photo_views(cameras) -> tuple[dict, np.ndarray]:
     Raises:
         ValueError: a camera without a background image, or photos of different sizes.
     """
-    from . import capture as capture_mod
-
     images, size = [], None
     for cam in cameras:
         bg = next((b for b in cam.data.background_images if b.image is not None), None)
@@ -258,8 +256,6 @@ def gather(context, settings) -> tuple[dict, dict, object]:
         if not selected:
             raise ValueError("select camera objects, or use a ring of views")
         cam_objs = selected
-        from . import capture as capture_mod
-
         matrices = np.array([np.array(c.matrix_world, dtype=np.float64) for c in selected])
         cams = camera.lens_cameras_map(
             matrices, [lens_of(c.data) for c in selected], settings.resolution,

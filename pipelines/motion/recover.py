@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -207,7 +206,7 @@ def run(inputs: dict, params: Params, job: Job, models: Mapping) -> dict:
     import torch
 
     from . import decode, detect, ground
-    from .fit import FEET, Fitter, FitSettings, Observations, rest_keypoints
+    from .fit import Fitter, FitSettings, Observations, rest_keypoints
     from .keypoints import CONTACT_POINTS, to_common
     from nskernels.rotations import matrix_to_quaternion
 
@@ -282,7 +281,6 @@ def run(inputs: dict, params: Params, job: Job, models: Mapping) -> dict:
     # 5. Ground and camera, then the contact refinement in the world
     placement = ground.estimate_ground(fit, fps)
     world = ground.to_world(fit, placement)
-    lift = rest_keypoints(world.rest)[FEET, 2].numpy()
     camera_from_world, camera_position = placement.camera_from_world, placement.camera_position
     if settings.ground_iterations > 0:
         from .fit import Ground

@@ -12,7 +12,6 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from blender_support import REPO
 
 import bpy
 from tools import build_extension as build

@@ -61,8 +61,6 @@ def _image(name, srgb8):
 def rendered():
     """A sphere with an image texture (left half of the UVs) and a pure red box in front of it
     (right half), one object; 8 Cycles views of it, its Mesh map and the texture."""
-    import blender_support
-
     from addon.blender import capture
     from addon.blender import texture as blender_texture
 

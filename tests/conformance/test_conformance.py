@@ -19,7 +19,6 @@ protocol must not tell them apart.
 from __future__ import annotations
 
 import math
-import os
 import signal
 import socket
 import subprocess

@@ -2,7 +2,6 @@
 to 0.5; the same in the numba kernel, the pure-torch tiles, the dense reference and the
 gradient-free pass the gsplat backend uses."""
 
-import math
 
 import pytest
 import torch
@@ -11,7 +10,7 @@ from nskernels._gsplat_backend import front_depth_pass
 from nskernels.camera import Cameras
 from nskernels.rasterize import _rasterize_torch, rasterize
 from nskernels.reference import rasterize_dense
-from tests.kernels.kernel_scenes import look_at, make_cameras, make_gaussians
+from tests.kernels.kernel_scenes import make_cameras, make_gaussians
 
 PARAMS = ("means", "quats", "scales", "opacities", "sh0", "shN")
 

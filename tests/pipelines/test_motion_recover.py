@@ -116,7 +116,6 @@ def test_cancel_within_a_second(make_job, walk_keypoints):
     inputs = {"keypoints2d": clip.observations.keypoints2d[:, :17].copy(), "width": clip.width,
               "height": clip.height, "fps": clip.fps}
     job = make_job(cancel_after=30)
-    start = time.monotonic()
     with pytest.raises(Cancelled):
         _run(inputs, _submit_checks(inputs), job)
     assert job.cancelled_at is not None

@@ -7,7 +7,6 @@ the store unit test talk to a real ``nstudio serve`` subprocess on loopback.
 
 from __future__ import annotations
 
-import msgpack
 import numpy as np
 import pytest
 
