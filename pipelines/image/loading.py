@@ -163,8 +163,8 @@ def _load_single_file(source: ModelSource, path: Path, device: str) -> ImageMode
     try:
         # config= a local folder: every component's config, the tokenizers and the scheduler
         # come from it (original_config, the LDM yaml, is then not needed); the weights come
-        # from the file. A component the file lacks entirely is taken from the folder if the
-        # folder has its weights, else diffusers raises SingleFileComponentError.
+        # from the file. A UNet/VAE the file lacks is a SingleFileComponentError; a missing
+        # text encoder is taken from the folder if that has its weights.
         pipe = cls.from_single_file(str(path), config=str(config), local_files_only=True,
                                     torch_dtype=torch_dtype(family, device))
     except Exception as error:
