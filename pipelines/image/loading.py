@@ -211,8 +211,8 @@ def _check_complete(module, name: str | None, path: Path, family: Family) -> Non
 
     if not isinstance(module, torch.nn.Module):
         return
-    empty = [key for key, tensor in [*module.named_parameters(), *module.named_buffers()]
-             if tensor.is_meta]
+    # Parameters and persistent buffers: what a checkpoint holds.
+    empty = [key for key, tensor in module.state_dict(keep_vars=True).items() if tensor.is_meta]
     if empty:
         what = f"{name} ({type(module).__name__})" if name else type(module).__name__
         raise PipelineError(
