@@ -211,3 +211,40 @@ def test_broken_checkpoints_get_clear_errors_naming_the_file(tiny, tmp_path):
             error.value.message)
     # The registry still serves the intact file afterwards.
     assert _run(registry, model=str(sd))[0]["images"].shape == (1, SIZE, SIZE, 3)
+
+
+def test_the_inverse_conversion_holds_at_full_size():
+    """The writer is not tuned to the tiny models: at SD 1.5's and SDXL's real layouts (empty
+    tensors on the meta device, no memory) diffusers' own converters undo it exactly."""
+    from accelerate import init_empty_weights
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from diffusers.loaders.single_file_utils import (convert_ldm_unet_checkpoint,
+                                                     convert_ldm_vae_checkpoint)
+
+    with init_empty_weights():
+        sd15 = UNet2DConditionModel(cross_attention_dim=768, layers_per_block=2)
+        sdxl = UNet2DConditionModel(
+            block_out_channels=(320, 640, 1280), layers_per_block=2,
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+            transformer_layers_per_block=(1, 2, 10), attention_head_dim=(5, 10, 20),
+            cross_attention_dim=2048, addition_embed_type="text_time",
+            addition_time_embed_dim=256, projection_class_embeddings_input_dim=2816,
+            use_linear_projection=True)
+        vae = AutoencoderKL(block_out_channels=(128, 256, 512, 512), layers_per_block=2,
+                            down_block_types=("DownEncoderBlock2D",) * 4,
+                            up_block_types=("UpDecoderBlock2D",) * 4)
+    cases = [(sd15, single_file_ckpt.unet_to_ldm, convert_ldm_unet_checkpoint,
+              "model.diffusion_model."),
+             (sdxl, single_file_ckpt.unet_to_ldm, convert_ldm_unet_checkpoint,
+              "model.diffusion_model."),
+             (vae, single_file_ckpt.vae_to_ldm, convert_ldm_vae_checkpoint, "first_stage_model.")]
+    for model, to_ldm, from_ldm, prefix in cases:
+        state = model.state_dict()
+        ldm = {prefix + k: v for k, v in to_ldm(state, model.config).items()}
+        back = from_ldm(ldm, model.config)
+        assert back.keys() == state.keys()
+        assert all(back[k].shape == state[k].shape for k in state)
+    # SD 1.5's last output block, a key diffusers itself looks for to recognise SD 1.x files.
+    assert "output_blocks.11.0.skip_connection.weight" in single_file_ckpt.unet_to_ldm(
+        sd15.state_dict(), sd15.config)
