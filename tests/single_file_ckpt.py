@@ -65,13 +65,15 @@ def unet_to_ldm(state: dict, config) -> dict:
         if m:
             side, block, part, layer, rest = m.groups()
             block, layer = int(block), int(layer)
+            if part in ("downsamplers", "upsamplers"):
+                layer = per - 1            # the resampler takes the block's last slot
             if side == "down":
-                slot = f"input_blocks.{1 + block * per + (per - 1 if part == 'downsamplers' else layer)}"
+                slot = f"input_blocks.{1 + block * per + layer}"
                 head = {"resnets": f"{slot}.0", "attentions": f"{slot}.1",
                         "downsamplers": f"{slot}.0.op"}[part]
                 rest = rest.removeprefix("conv.") if part == "downsamplers" else rest
             else:
-                slot = f"output_blocks.{block * per + (per - 1 if part == 'upsamplers' else layer)}"
+                slot = f"output_blocks.{block * per + layer}"
                 up = f"{slot}.{2 if block in up_attention else 1}"
                 head = {"resnets": f"{slot}.0", "attentions": f"{slot}.1", "upsamplers": up}[part]
         elif mid:
@@ -93,12 +95,15 @@ def vae_to_ldm(state: dict, config) -> dict:
     for key, value in state.items():
         new = key.replace("conv_norm_out", "norm_out").replace("conv_shortcut", "nin_shortcut")
         new = re.sub(r"encoder\.down_blocks\.(\d+)\.resnets\.", r"encoder.down.\1.block.", new)
-        new = re.sub(r"encoder\.down_blocks\.(\d+)\.downsamplers\.0\.", r"encoder.down.\1.downsample.", new)
+        new = re.sub(r"encoder\.down_blocks\.(\d+)\.downsamplers\.0\.",
+                     r"encoder.down.\1.downsample.", new)
         new = re.sub(r"decoder\.up_blocks\.(\d+)\.(resnets|upsamplers\.0)\.",
                      lambda m: f"decoder.up.{n_up - 1 - int(m.group(1))}."
                                f"{'block' if m.group(2) == 'resnets' else 'upsample'}.", new)
-        new = re.sub(r"mid_block\.resnets\.(\d+)\.", lambda m: f"mid.block_{int(m.group(1)) + 1}.", new)
-        attention = re.match(r"(encoder|decoder)\.mid_block\.attentions\.0\.(.*)\.(weight|bias)$", new)
+        new = re.sub(r"mid_block\.resnets\.(\d+)\.",
+                     lambda m: f"mid.block_{int(m.group(1)) + 1}.", new)
+        attention = re.match(r"(encoder|decoder)\.mid_block\.attentions\.0\.(.*)\.(weight|bias)$",
+                             new)
         if attention:
             coder, layer, kind = attention.groups()
             new = f"{coder}.mid.attn_1.{_VAE_ATTENTION[layer]}.{kind}"
@@ -123,7 +128,8 @@ def open_clip_to_ldm(state: dict) -> dict:
     out = {"token_embedding.weight": state.pop("embeddings.token_embedding.weight"),
            "positional_embedding": state.pop("embeddings.position_embedding.weight"),
            "text_projection": state.pop("text_projection.weight").T.contiguous()}
-    layers = sorted({int(m.group(1)) for k in state if (m := re.match(r"encoder\.layers\.(\d+)\.", k))})
+    layers = sorted({int(m.group(1)) for k in state
+                     if (m := re.match(r"encoder\.layers\.(\d+)\.", k))})
     for n in layers:
         src, dst = f"encoder.layers.{n}.", f"transformer.resblocks.{n}."
         for kind in ("weight", "bias"):
