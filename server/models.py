@@ -240,6 +240,9 @@ class ModelRegistry:
             for child in self.models_dir.iterdir():
                 if child.name == INDEX_NAME or child.name.endswith(".tmp"):
                     continue
+                if child.suffix == ".config" and any(
+                        child.with_suffix(s).is_file() for s in MODEL_FILE_SUFFIXES):
+                    continue   # a single-file checkpoint's config folder, not a model
                 if child.is_dir() or child.suffix in MODEL_FILE_SUFFIXES:
                     found.add(child.stem if child.is_file() else child.name)
         found.update(name for name in WHEEL_MODELS if self._wheel_path(name)[0])

@@ -153,10 +153,73 @@ def _load_single_file(source: ModelSource, path: Path, device: str) -> ImageMode
             f"beside it (a folder {path.with_suffix('.config')} with model_index.json, e.g. "
             "the base model's folder without weights): nothing is fetched from the hub",
             "params.model")
+    config_class = pipeline_class_of(config)
+    if family_of_class(config_class) is not family:
+        raise PipelineError("invalid_params",
+                            f"{path} is a single-file {family.title} checkpoint but its config "
+                            f"folder {config} is a {config_class or 'pipeline of no class'}: "
+                            f"give it the config of a {family.title} model", "params.model")
     cls = getattr(diffusers, family.classes["txt2img"])
-    pipe = cls.from_single_file(str(path), config=str(config), local_files_only=True,
-                                torch_dtype=torch_dtype(family, device))
+    try:
+        # config= a local folder: every component's config, the tokenizers and the scheduler
+        # come from it (original_config, the LDM yaml, is then not needed); the weights come
+        # from the file. A UNet/VAE the file lacks is a SingleFileComponentError; a missing
+        # text encoder is taken from the folder if that has its weights.
+        pipe = cls.from_single_file(str(path), config=str(config), local_files_only=True,
+                                    torch_dtype=torch_dtype(family, device))
+    except Exception as error:
+        raise _single_file_error(error, path, config, family) from error
+    for name, module in pipe.components.items():
+        _check_complete(module, name, path, family)
     return _ready(pipe, family, source, device)
+
+
+def _single_file_error(error: Exception, path: Path, config: Path, family: Family) -> Exception:
+    """A clear ``invalid_params`` naming the file for what diffusers raised loading it (out of
+    memory and our own errors pass through)."""
+    import torch
+
+    if isinstance(error, (PipelineError, torch.OutOfMemoryError, MemoryError)):
+        return error
+    if isinstance(error, NotImplementedError) and "meta tensor" in str(error):
+        # Tensors the file lacks stay on the meta device (accelerate's empty init) and
+        # diffusers fails moving the model with a bare "Cannot copy out of meta tensor": the
+        # model it was loading (and the component's name) are in the traceback's frames.
+        tb, component = error.__traceback__, None
+        while tb is not None:
+            local = tb.tb_frame.f_locals
+            if "class_name" in local and isinstance(local.get("name"), str):
+                component = local["name"]   # diffusers' load_single_file_sub_model(name=...)
+            if isinstance(local.get("model"), torch.nn.Module):
+                try:
+                    _check_complete(local["model"], component, path, family)
+                except PipelineError as missing:
+                    return missing
+            tb = tb.tb_next
+    # The first sentence only: diffusers' hints (low_cpu_mem_usage=...) are not the user's.
+    reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    reason = reason.split(" If you want to")[0]
+    return PipelineError("invalid_params", f"{path}: cannot load this single-file "
+                         f"{family.title} checkpoint with the config folder {config}: {reason}",
+                         "params.model")
+
+
+def _check_complete(module, name: str | None, path: Path, family: Family) -> None:
+    """Refuse a model some of whose tensors the checkpoint lacked: diffusers leaves those on
+    the meta device (no data), which would fail later with an unclear torch error."""
+    import torch
+
+    if not isinstance(module, torch.nn.Module):
+        return
+    # Parameters and persistent buffers: what a checkpoint holds.
+    empty = [key for key, tensor in module.state_dict(keep_vars=True).items() if tensor.is_meta]
+    if empty:
+        what = f"{name} ({type(module).__name__})" if name else type(module).__name__
+        raise PipelineError(
+            "invalid_params",
+            f"{path}: the checkpoint lacks {len(empty)} tensor(s) of the {what}, e.g. "
+            f"{', '.join(empty[:3])}: it is incomplete or not a {family.title} checkpoint in "
+            "the single-file (LDM) key layout", "params.model")
 
 
 def _single_file_family(path: Path) -> str:
@@ -164,10 +227,14 @@ def _single_file_family(path: Path) -> str:
         raise PipelineError("invalid_params",
                             f"{path}: single-file checkpoints must be .safetensors (pickled "
                             ".ckpt files are not loaded)", "params.model")
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
-    with safe_open(str(path), "pt") as handle:
-        keys = list(handle.keys())
+    try:
+        with safe_open(str(path), "pt") as handle:
+            keys = list(handle.keys())
+    except (SafetensorError, OSError) as error:
+        raise PipelineError("invalid_params", f"{path}: not a readable .safetensors file "
+                            f"({error})", "params.model") from error
     for prefix, family in _SINGLE_FILE_KEYS:
         if any(key.startswith(prefix) for key in keys):
             return family

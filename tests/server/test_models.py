@@ -121,6 +121,10 @@ def test_names_added_to_the_models_folder_and_files_in_it(tmp_path, registry):
     dropped = _linear_file(registry.models_dir / "dropped.safetensors", 2)
     assert again.resolve("dropped").path == dropped.resolve()
     assert {"my-weights", "dropped"} <= set(again.known())
+    # The config folder beside a single-file checkpoint is not listed as a model of its own.
+    (registry.models_dir / "dropped.config").mkdir()
+    (registry.models_dir / "dropped.config" / "model_index.json").write_text("{}")
+    assert "dropped.config" not in again.known() and "dropped" in again.known()
     with pytest.raises(ValueError, match="no slash"):
         registry.add("org/name", path)
     path.unlink()
