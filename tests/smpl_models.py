@@ -122,3 +122,29 @@ def _axis_angle(r: np.ndarray) -> np.ndarray:
     angle = np.arccos(np.clip((np.trace(r) - 1) / 2, -1, 1))
     axis = np.array([r[2, 1] - r[1, 2], r[0, 2] - r[2, 0], r[1, 0] - r[0, 1]])
     return axis / (2 * np.sin(angle)) * angle
+
+
+def smplx_joints(kind, arrays, poses, trans, betas):
+    """smplx's own forward pass on the same arrays (float64), joints [T, J, 3]."""
+    import smplx
+    import torch
+    from smplx.utils import Struct
+
+    count = arrays["J_regressor"].shape[0]
+    data = dict(arrays, posedirs=np.zeros((VERTICES, 3, 9 * (count - 1))))
+    t = len(poses)
+    # smplx takes 10 betas from files with fewer than its 300 shape directions (AMASS's 16 too).
+    b = torch.tensor(betas[:10])[None].expand(t, -1)
+    p = torch.tensor(poses)
+    if kind == "smpl":
+        layer = smplx.SMPL(model_path="tiny", data_struct=Struct(**data), num_betas=b.shape[1],
+                           dtype=torch.float64, batch_size=t)
+        out = layer(betas=b, global_orient=p[:, :3], body_pose=p[:, 3:72], transl=torch.tensor(trans))
+    else:
+        data.update(hands_componentsl=np.eye(45), hands_componentsr=np.eye(45),
+                    hands_meanl=np.zeros(45), hands_meanr=np.zeros(45))
+        layer = smplx.SMPLH(model_path="tiny", data_struct=Struct(**data), num_betas=b.shape[1], use_pca=False,
+                            flat_hand_mean=True, dtype=torch.float64, batch_size=t)
+        out = layer(betas=b, global_orient=p[:, :3], body_pose=p[:, 3:66], left_hand_pose=p[:, 66:111],
+                    right_hand_pose=p[:, 111:156], transl=torch.tensor(trans))
+    return out.joints[:, :count].detach().numpy()

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 import zmq
 
 import smpl_models  # tests/smpl_models.py
@@ -45,31 +44,6 @@ def _run(client, inputs, params):
     return client.events(accepted["job"], timeout=120)[-1]
 
 
-def _smplx_direct(kind, arrays, poses, trans, betas):
-    """smplx's own forward pass on the same arrays (float64), joints [T, J, 3]."""
-    import smplx
-    from smplx.utils import Struct
-
-    count = arrays["J_regressor"].shape[0]
-    data = dict(arrays, posedirs=np.zeros((smpl_models.VERTICES, 3, 9 * (count - 1))))
-    t = len(poses)
-    # smplx takes 10 betas from files with fewer than its 300 shape directions (AMASS's 16 too).
-    b = torch.tensor(betas[:10])[None].expand(t, -1)
-    p = torch.tensor(poses)
-    if kind == "smpl":
-        layer = smplx.SMPL(model_path="tiny", data_struct=Struct(**data), num_betas=b.shape[1],
-                           dtype=torch.float64, batch_size=t)
-        out = layer(betas=b, global_orient=p[:, :3], body_pose=p[:, 3:72], transl=torch.tensor(trans))
-    else:
-        data.update(hands_componentsl=np.eye(45), hands_componentsr=np.eye(45),
-                    hands_meanl=np.zeros(45), hands_meanr=np.zeros(45))
-        layer = smplx.SMPLH(model_path="tiny", data_struct=Struct(**data), num_betas=b.shape[1], use_pca=False,
-                            flat_hand_mean=True, dtype=torch.float64, batch_size=t)
-        out = layer(betas=b, global_orient=p[:, :3], body_pose=p[:, 3:66], left_hand_pose=p[:, 66:111],
-                    right_hand_pose=p[:, 111:156], transl=torch.tensor(trans))
-    return out.joints[:, :count].detach().numpy()
-
-
 def _check_motion(result, joints):
     """The Motion map is self-consistent: FK of skeleton + rotations + root gives its joints."""
     motion = motion_mod.decode_motion(result)
@@ -86,7 +60,7 @@ def test_amass_smplh_params_equal_smplx_forward_in_blenders_world(served):
     result = _run(client, inputs, {"gender": "male", "fps": 60.0})
     assert result["type"] == "result", result
     out = result["outputs"]
-    direct = _smplx_direct("smplh", arrays["smplh"], clip["poses"], clip["trans"], clip["betas"])
+    direct = smpl_models.smplx_joints("smplh", arrays["smplh"], clip["poses"], clip["trans"], clip["betas"])
     # AMASS's world is Z up like Blender's: no turn between them.
     np.testing.assert_allclose(out["joints"], direct, atol=1e-5)
     assert out["skeleton"]["names"][:3] == ["pelvis", "left_hip", "right_hip"]
@@ -121,7 +95,7 @@ def test_smpl_y_up_params_are_turned_into_blenders_world(served):
     clip = smpl_models.synthetic_amass(frames=6, joints=24, seed=5)
     inputs = {"poses": clip["poses"], "trans": clip["trans"], "betas": clip["betas"][:10]}
     out = _run(client, inputs, {"body": "smpl", "model": "smpl", "up": "y"})["outputs"]
-    direct = _smplx_direct("smpl", arrays["smpl"], clip["poses"], clip["trans"], clip["betas"][:10])
+    direct = smpl_models.smplx_joints("smpl", arrays["smpl"], clip["poses"], clip["trans"], clip["betas"][:10])
     np.testing.assert_allclose(out["joints"], direct @ C.T, atol=1e-5)
     assert len(out["skeleton"]["names"]) == 24 and out["body"]["world_from_body"][2, 1] == 1.0
     _check_motion(out, out["joints"])
