@@ -13,27 +13,40 @@ pytest.importorskip("smplx")
 import smpl_models  # noqa: E402  (tests/smpl_models.py)
 
 
+@pytest.fixture(scope="module")
+def amass_server(blender_addon, tmp_path_factory):
+    """One server for the module, its models folder holding only a tiny SMPL-H "smplh-male"."""
+    import blender_support
+
+    tmp = tmp_path_factory.mktemp("amass")
+    models = tmp / "models"
+    models.mkdir()
+    arrays = smpl_models.write_tiny_model(models / "smplh-male.pkl", "smplh", seed=2)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("NSTUDIO_MODELS_DIR", str(models))
+        server = blender_support.LoopbackServer(tmp).start()
+    try:
+        yield server, arrays
+    finally:
+        server.stop()
+
+
 @pytest.fixture
-def amass_server(blender_addon, tmp_path, monkeypatch):
+def connected(amass_server):
     import blender_support
     from blender_support import tick_until
 
     from addon.blender import session
 
-    models = tmp_path / "models"
-    models.mkdir()
-    arrays = smpl_models.write_tiny_model(models / "smplh-male.pkl", "smplh", seed=2)
-    monkeypatch.setenv("NSTUDIO_MODELS_DIR", str(models))
-    server = blender_support.LoopbackServer(tmp_path).start()
+    server, arrays = amass_server
+    blender_support.preferences().endpoint = server.endpoint
+    assert bpy.ops.nstudio.connect() == {"FINISHED"}
     try:
-        blender_support.preferences().endpoint = server.endpoint
-        assert bpy.ops.nstudio.connect() == {"FINISHED"}
         tick_until(lambda: session.current().client.connected, 30, "the welcome", server=server)
         yield server, arrays
     finally:
         session.disconnect()
         blender_support.reset_preferences()
-        server.stop()
 
 
 def _import(tmp_path, server, clip, name):
@@ -49,8 +62,8 @@ def _import(tmp_path, server, clip, name):
     return jobs[0], bpy.context.scene.nstudio_motion_source
 
 
-def test_amass_import_through_the_server_body_matches_smplx(amass_server, tmp_path):
-    server, arrays = amass_server
+def test_amass_import_through_the_server_body_matches_smplx(connected, tmp_path):
+    server, arrays = connected
     clip = smpl_models.synthetic_amass(frames=10, joints=52, gender="male")
     job, obj = _import(tmp_path, server, clip, "walk")
     assert job.state == "done", job.message
@@ -68,10 +81,10 @@ def test_amass_import_through_the_server_body_matches_smplx(amass_server, tmp_pa
         np.testing.assert_allclose(heads, direct[f], atol=1e-4)
 
 
-def test_amass_import_falls_back_to_the_stored_joints_without_that_body(amass_server, tmp_path):
+def test_amass_import_falls_back_to_the_stored_joints_without_that_body(connected, tmp_path):
     from addon.core.motion import amass
 
-    server, _ = amass_server
+    server, _ = connected
     clip = smpl_models.synthetic_amass(frames=8, joints=52, gender="female")
     stored = amass.from_amass(clip)
     clip["joints"] = stored.joints           # stored joints, as AMASS-derived files carry
