@@ -118,3 +118,15 @@ def test_missing_smpl_file_is_named(served, tmp_path):
     error = _run(client, {"trans": clip["trans"]}, {"gender": "male"})
     assert error["type"] == "error" and error["detail"]["field"] == "inputs.poses"
     assert _run(client, inputs, {"gender": "male"})["type"] == "result"
+
+
+def test_amass_split_keys_give_the_same_body_as_poses(served):
+    client, _, _ = served
+    clip = smpl_models.synthetic_amass(frames=4, joints=52, seed=7)
+    poses = clip["poses"]
+    whole = _run(client, {"poses": poses, "trans": clip["trans"]}, {"gender": "male"})["outputs"]
+    split = {"root_orient": poses[:, :3], "pose_body": poses[:, 3:66], "pose_hand": poses[:, 66:156],
+             "trans": clip["trans"]}
+    parts = _run(client, split, {"gender": "male"})["outputs"]
+    np.testing.assert_allclose(parts["joints"], whole["joints"], atol=1e-6)
+    np.testing.assert_allclose(parts["rotations"], whole["rotations"], atol=1e-6)
