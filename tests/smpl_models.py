@@ -43,8 +43,9 @@ class Ch:
         self.x = x
 
 
-def tiny_model_arrays(kind: str = "smpl", seed: int = 0) -> dict:
-    """The arrays of a tiny SMPL ("smpl", 24 joints) or SMPL-H ("smplh", 52 joints) model."""
+def tiny_model_arrays(kind: str = "smpl", seed: int = 0, posedirs: bool = False) -> dict:
+    """The arrays of a tiny SMPL ("smpl", 24 joints) or SMPL-H ("smplh", 52 joints) model;
+    ``posedirs``: random pose correctives on the named vertices (zero elsewhere), else none."""
     from smplx.vertex_ids import vertex_ids
 
     rng = np.random.default_rng(seed)
@@ -73,20 +74,25 @@ def tiny_model_arrays(kind: str = "smpl", seed: int = 0) -> dict:
     faces = rng.integers(0, VERTICES, (200, 3)).astype(np.uint32)
     kintree = np.array([[4294967295] + list(parents[1:]), list(range(count))], np.int64)
     betas = 10 if kind == "smpl" else 16
-    return {"v_template": v, "shapedirs": rng.normal(0, 0.01, (VERTICES, 3, betas)),
+    extra = {}
+    if posedirs:
+        extra["posedirs"] = np.zeros((VERTICES, 3, 9 * (count - 1)))
+        for name in named:
+            extra["posedirs"][vertex_ids["smplh"][name]] = rng.normal(0, 0.02, (3, 9 * (count - 1)))
+    return {**extra, "v_template": v, "shapedirs": rng.normal(0, 0.01, (VERTICES, 3, betas)),
             "J_regressor": regressor, "weights": weights, "f": faces, "kintree_table": kintree,
             "J": joints, "bs_type": "lrotmin", "bs_style": "lbs"}
 
 
-def write_tiny_model(path, kind: str = "smpl", seed: int = 0) -> dict:
+def write_tiny_model(path, kind: str = "smpl", seed: int = 0, posedirs: bool = False) -> dict:
     """Write a tiny model as the official pickle (.pkl, chumpy objects and a sparse
-    J_regressor) or as AMASS's .npz; returns its arrays."""
+    J_regressor) or as AMASS's .npz (compressed); returns its arrays."""
     import scipy.sparse
 
-    arrays = tiny_model_arrays(kind, seed)
+    arrays = tiny_model_arrays(kind, seed, posedirs)
     path = str(path)
     if path.endswith(".npz"):
-        np.savez(path, **arrays)
+        np.savez_compressed(path, **arrays)
         return arrays
     data = dict(arrays, v_template=Ch(arrays["v_template"]), shapedirs=Ch(arrays["shapedirs"]),
                 weights=Ch(arrays["weights"]), J_regressor=scipy.sparse.csc_matrix(arrays["J_regressor"]))
@@ -124,14 +130,16 @@ def _axis_angle(r: np.ndarray) -> np.ndarray:
     return axis / (2 * np.sin(angle)) * angle
 
 
-def smplx_joints(kind, arrays, poses, trans, betas):
-    """smplx's own forward pass on the same arrays (float64), joints [T, J, 3]."""
+def smplx_joints(kind, arrays, poses, trans, betas, vertices=False):
+    """smplx's own forward pass on the same arrays (float64): joints [T, J, 3] (and the
+    vertices [T, V, 3] with ``vertices``)."""
     import smplx
     import torch
     from smplx.utils import Struct
 
     count = arrays["J_regressor"].shape[0]
-    data = dict(arrays, posedirs=np.zeros((VERTICES, 3, 9 * (count - 1))))
+    data = dict(arrays)
+    data.setdefault("posedirs", np.zeros((VERTICES, 3, 9 * (count - 1))))
     t = len(poses)
     # smplx takes 10 betas from files with fewer than its 300 shape directions (AMASS's 16 too).
     b = torch.tensor(betas[:10])[None].expand(t, -1)
@@ -147,4 +155,5 @@ def smplx_joints(kind, arrays, poses, trans, betas):
                             flat_hand_mean=True, dtype=torch.float64, batch_size=t)
         out = layer(betas=b, global_orient=p[:, :3], body_pose=p[:, 3:66], left_hand_pose=p[:, 66:111],
                     right_hand_pose=p[:, 111:156], transl=torch.tensor(trans))
-    return out.joints[:, :count].detach().numpy()
+    joints = out.joints[:, :count].detach().numpy()
+    return (joints, out.vertices.detach().numpy()) if vertices else joints

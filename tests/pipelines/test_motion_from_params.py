@@ -24,7 +24,7 @@ def served(tmp_path_factory):
     models = tmp / "models"
     models.mkdir()
     arrays = {"smplh": smpl_models.write_tiny_model(models / "smplh-male.pkl", "smplh", seed=2),
-              "smpl": smpl_models.write_tiny_model(models / "smpl.npz", "smpl", seed=3)}
+              "smpl": smpl_models.write_tiny_model(models / "smpl.npz", "smpl", seed=3, posedirs=True)}
     context = zmq.Context()
     server = ServerProcess(tmp, env={"NSTUDIO_MODELS_DIR": str(models)}).start(context)
     client = Client(context, server.endpoint)
@@ -60,7 +60,8 @@ def test_amass_smplh_params_equal_smplx_forward_in_blenders_world(served):
     result = _run(client, inputs, {"gender": "male", "fps": 60.0})
     assert result["type"] == "result", result
     out = result["outputs"]
-    direct = smpl_models.smplx_joints("smplh", arrays["smplh"], clip["poses"], clip["trans"], clip["betas"])
+    direct, vertices = smpl_models.smplx_joints("smplh", arrays["smplh"], clip["poses"], clip["trans"],
+                                                clip["betas"], vertices=True)
     # AMASS's world is Z up like Blender's: no turn between them.
     np.testing.assert_allclose(out["joints"], direct, atol=1e-5)
     assert out["skeleton"]["names"][:3] == ["pelvis", "left_hip", "right_hip"]
@@ -72,6 +73,10 @@ def test_amass_smplh_params_equal_smplx_forward_in_blenders_world(served):
     assert rest[15, 2] > rest[0, 2] > rest[7, 2] >= 0.0
     assert abs(out["mesh"]["vertices"][:, 2].min()) < 1e-6
     np.testing.assert_allclose(out["keypoints3d"][:, 5], direct[:, 16], atol=1e-5)  # left shoulder
+    # Face keypoints are smplx's named vertices (pose correctives and skinning as smplx's).
+    from smplx.vertex_ids import vertex_ids
+
+    np.testing.assert_allclose(out["keypoints3d"][:, 0], vertices[:, vertex_ids["smplh"]["nose"]], atol=1e-5)
 
 
 def test_orientation_amass_root_turn_stands_upright_facing_minus_y(served):
@@ -95,8 +100,14 @@ def test_smpl_y_up_params_are_turned_into_blenders_world(served):
     clip = smpl_models.synthetic_amass(frames=6, joints=24, seed=5)
     inputs = {"poses": clip["poses"], "trans": clip["trans"], "betas": clip["betas"][:10]}
     out = _run(client, inputs, {"body": "smpl", "model": "smpl", "up": "y"})["outputs"]
-    direct = smpl_models.smplx_joints("smpl", arrays["smpl"], clip["poses"], clip["trans"], clip["betas"][:10])
+    direct, vertices = smpl_models.smplx_joints("smpl", arrays["smpl"], clip["poses"], clip["trans"],
+                                                clip["betas"][:10], vertices=True)
     np.testing.assert_allclose(out["joints"], direct @ C.T, atol=1e-5)
+    # This model has pose correctives on its named vertices: the nose moves with them too.
+    from smplx.vertex_ids import vertex_ids
+
+    nose = vertices[:, vertex_ids["smplh"]["nose"]] @ C.T
+    np.testing.assert_allclose(out["keypoints3d"][:, 0], nose, atol=1e-5)
     assert len(out["skeleton"]["names"]) == 24 and out["body"]["world_from_body"][2, 1] == 1.0
     _check_motion(out, out["joints"])
 
