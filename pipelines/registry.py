@@ -20,6 +20,7 @@ MODULES = (
     "pipelines.image.generate",
     "pipelines.mesh.texture",
     "pipelines.motion.recover",
+    "pipelines.motion.from_params",
     "pipelines.splat.to_mesh",
     "pipelines.splat.select",
     "pipelines.splat.upload",

@@ -16,6 +16,9 @@ Concerns:
   ``bpy_extras.anim_utils``; 5.0 removed ``Action.fcurves``, the only API of 4.2/4.3 (and still
   working in 4.4).
 - render output: 5.0 chooses multilayer EXR through ``ImageFormatSettings.media_type`` first.
+- File Output compositor node: 5.0 has ``directory`` / ``file_name`` / ``file_output_items`` and
+  writes ``<file_name><item>.exr``; 4.x has ``base_path`` / ``file_slots`` and appends the frame
+  number (``<slot>0001.exr``). Render Layers outputs: 5.0's "Object Index" is 4.x's "IndexOB".
 - Geometry Nodes: Vector Math "POWER" exists only from 4.5, so the proxy uses per-component
   math (no branch needed; noted here so nobody reintroduces it).
 
@@ -25,6 +28,8 @@ Importing this module does no work.
 from __future__ import annotations
 
 import logging
+import os
+from contextlib import contextmanager
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +113,83 @@ def compositor_tree(scene, name: str, tag: str):
     tree[tag] = True
     out.location = (400, 100)
     return tree, out.inputs["Image"]
+
+
+@contextmanager
+def scratch_compositor(scene, name: str):
+    """A compositor tree the scene renders through inside the ``with``; the user's is untouched after.
+
+    5.0: a new node group assigned as ``scene.compositing_node_group``, then the previous one
+    assigned back and the group removed. 4.x (one embedded tree per scene): the scene's own tree
+    with ``use_nodes`` on; the nodes added inside are removed afterwards and ``use_nodes``
+    restored, so the user's nodes stay as they were.
+
+    Yields:
+        The node tree to add nodes to.
+    """
+    import bpy
+
+    if _group_compositor():
+        saved = scene.compositing_node_group
+        tree = bpy.data.node_groups.new(name, "CompositorNodeTree")
+        scene.compositing_node_group = tree
+        try:
+            yield tree
+        finally:
+            scene.compositing_node_group = saved
+            bpy.data.node_groups.remove(tree)
+        return
+    saved_use = scene.use_nodes
+    scene.use_nodes = True
+    tree = scene.node_tree
+    before = {n.name for n in tree.nodes}
+    try:
+        yield tree
+    finally:
+        for node in [n for n in tree.nodes if n.name not in before]:
+            tree.nodes.remove(node)
+        scene.use_nodes = saved_use
+
+
+def file_output(nodes, folder: str, prefix: str, items, frame: int):
+    """A File Output node writing one 32-bit EXR per item into ``folder`` when ``frame`` renders.
+
+    Args:
+        nodes: the compositor tree's nodes.
+        items: (name, socket type "FLOAT" | "VECTOR" | "RGBA") pairs.
+
+    Returns:
+        (node, {name: (input socket, path of the file it writes)}).
+    """
+    node = nodes.new("CompositorNodeOutputFile")
+    out = {}
+    if _group_compositor():
+        node.directory = folder + os.sep
+        node.file_name = prefix
+        node.format.media_type = "IMAGE"
+        node.format.file_format = "OPEN_EXR"
+        node.format.color_depth = "32"
+        for name, type_ in items:
+            node.file_output_items.new(type_, name)
+            out[name] = (node.inputs[name], os.path.join(folder, f"{prefix}{name}.exr"))
+        return node, out
+    node.base_path = folder + os.sep
+    node.format.file_format = "OPEN_EXR"
+    node.format.color_depth = "32"
+    node.file_slots.clear()
+    for name, _type in items:
+        node.file_slots.new(prefix + name)
+        out[name] = (node.inputs[prefix + name], os.path.join(folder, f"{prefix}{name}{int(frame):04d}.exr"))
+    return node, out
+
+
+#: Render Layers node outputs renamed in 5.0 (5.0 name -> 4.x name).
+_RENDER_LAYER_SOCKETS_4X = {"Object Index": "IndexOB", "Material Index": "IndexMA"}
+
+
+def render_layer_socket(name: str) -> str:
+    """The Render Layers node's output named ``name`` (5.0's names) in the running Blender."""
+    return name if _group_compositor() else _RENDER_LAYER_SOCKETS_4X.get(name, name)
 
 
 def compositor_math(nodes, operation: str):

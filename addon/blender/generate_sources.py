@@ -21,6 +21,7 @@ import numpy as np
 from bpy.props import EnumProperty
 
 from ..core import generate_sources as gs
+from . import compat
 from .generate_images import image_to_mask8, image_to_srgb8, land_image, output_size
 
 _PASS_SOCKETS = {"depth": "Depth", "normal": "Normal", "index": "Object Index"}
@@ -85,9 +86,7 @@ def render_passes(scene, passes=("depth", "normal"), index_object=None) -> dict:
     }
     saved_scene.update({(view_layer, _PASS_FLAGS[p]): getattr(view_layer, _PASS_FLAGS[p])
                         for p in passes})
-    saved_tree = scene.compositing_node_group
     saved_index = None
-    tree = bpy.data.node_groups.new("nstudio sources", "CompositorNodeTree")
     try:
         scene.render.engine = "CYCLES"
         scene.render.use_compositing = True
@@ -103,27 +102,20 @@ def render_passes(scene, passes=("depth", "normal"), index_object=None) -> dict:
             saved_index = (index_object, index_object.pass_index)
             index_object.pass_index = 1 + max((o.pass_index for o in scene.objects), default=0)
             index_value = index_object.pass_index
-        layers = tree.nodes.new("CompositorNodeRLayers")
-        layers.scene, layers.layer = scene, view_layer.name
-        output = tree.nodes.new("CompositorNodeOutputFile")
-        output.directory = folder + os.sep
-        output.file_name = "pass_"
-        output.format.media_type = "IMAGE"
-        output.format.file_format = "OPEN_EXR"
-        output.format.color_depth = "32"
-        for name in passes:
-            output.file_output_items.new("VECTOR" if name == "normal" else "FLOAT", name)
-            tree.links.new(layers.outputs[_PASS_SOCKETS[name]], output.inputs[name])
-        scene.compositing_node_group = tree
-        bpy.ops.render.render(scene=scene.name, layer=view_layer.name)
-        result = {name: _read_pass(os.path.join(folder, f"pass_{name}.exr"),
-                                   3 if name == "normal" else 1) for name in passes}
+        with compat.scratch_compositor(scene, "nstudio sources") as tree:
+            layers = tree.nodes.new("CompositorNodeRLayers")
+            layers.scene, layers.layer = scene, view_layer.name
+            _node, files = compat.file_output(tree.nodes, folder, "pass_",
+                                              [(n, "VECTOR" if n == "normal" else "FLOAT") for n in passes],
+                                              scene.frame_current)
+            for name in passes:
+                tree.links.new(layers.outputs[compat.render_layer_socket(_PASS_SOCKETS[name])], files[name][0])
+            bpy.ops.render.render(scene=scene.name, layer=view_layer.name)
+        result = {name: _read_pass(files[name][1], 3 if name == "normal" else 1) for name in passes}
         if "index" in passes:
             result["index_value"] = index_value
         return result
     finally:
-        scene.compositing_node_group = saved_tree
-        bpy.data.node_groups.remove(tree)
         for (owner, attr), value in saved_scene.items():
             setattr(owner, attr, value)
         if saved_index is not None:

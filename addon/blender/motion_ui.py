@@ -6,6 +6,10 @@
 - ``nstudio.motion_retarget``: retargets the selected source armature's animation onto the
   active armature (automatic bone map) and bakes it as an NLA strip (`retarget`).
 - ``nstudio.motion_export``: BVH, FBX or glTF through Blender's own exporters.
+- ``nstudio.motion_import_file``: BVH, or an AMASS-style .npz: its SMPL parameters go to the
+  server (``motion.from_params``, the user's SMPL/SMPL-H/SMPL-X file) when one is connected,
+  else (or when the server has no such body file) the add-on's own import from the stored joints;
+  the armature's ``nstudio_motion_from`` and the report say which.
 """
 
 from __future__ import annotations
@@ -26,7 +30,10 @@ from . import motion_import, retarget, session
 log = logging.getLogger(__name__)
 
 RECOVER = "motion.recover"
+FROM_PARAMS = "motion.from_params"
 PROP_VIDEO = "nstudio_video"
+PROP_NPZ = "nstudio_npz"             # on a motion.from_params job item: the file (for the fallback)
+PROP_FROM = "nstudio_motion_from"    # on an imported AMASS armature: what gave it its joints
 
 
 def on_recover_result(job, outputs: dict):
@@ -200,7 +207,8 @@ class NSTUDIO_UL_bone_map(bpy.types.UIList):
 
 
 class NSTUDIO_OT_motion_import_file(bpy.types.Operator):
-    """Import a motion file: BVH (Blender's importer), AMASS-style .npz (SMPL parameters / stored joints)"""
+    """Import a motion file: BVH (Blender's importer), AMASS-style .npz (SMPL parameters through the
+    server's body model when it has one, else the stored joints)"""
 
     bl_idname = "nstudio.motion_import_file"
     bl_label = "Import Motion File"
@@ -208,6 +216,12 @@ class NSTUDIO_OT_motion_import_file(bpy.types.Operator):
 
     filepath: StringProperty(subtype="FILE_PATH")
     filter_glob: StringProperty(default="*.bvh;*.npz", options={"HIDDEN"})
+    use_server: BoolProperty(name="SMPL Body on the Server", default=True,
+                             description="Evaluate an .npz's SMPL parameters with the server's SMPL/SMPL-H/SMPL-X "
+                                         "file (motion.from_params) when connected; else the stored joints")
+    body: StringProperty(name="Body Model", default="",
+                         description="The server's body model name or path (empty: from the file's model and "
+                                     "gender, e.g. smplh-male)")
 
     def invoke(self, context, event):
         context.window_manager.fileselect_add(self)
@@ -216,17 +230,26 @@ class NSTUDIO_OT_motion_import_file(bpy.types.Operator):
     def execute(self, context):
         path = bpy.path.abspath(self.filepath)
         try:
-            obj = import_motion_file(context, path)
-        except (OSError, ValueError) as exc:
+            obj, how = import_motion_file(context, path, self.use_server, self.body)
+        except (OSError, ValueError, client_mod.ClientError) as exc:
             self.report({"ERROR"}, str(exc))
             return {"CANCELLED"}
-        context.scene.nstudio_motion_source = obj
-        self.report({"INFO"}, f"imported '{obj.name}'")
+        if obj is not None:
+            context.scene.nstudio_motion_source = obj
+        self.report({"INFO"}, how)
         return {"FINISHED"}
 
 
-def import_motion_file(context, path: str):
-    """Import a .bvh or AMASS-style .npz as an armature; returns it."""
+def import_motion_file(context, path: str, use_server: bool = False, body: str = ""):
+    """Import a .bvh or AMASS-style .npz.
+
+    An .npz with SMPL parameters goes to the server (`motion.from_params`) when ``use_server``
+    and a connected server has that pipeline: the armature then arrives with the job's result
+    (and falls back to the stored joints if the server has no such body file).
+
+    Returns:
+        (the armature, or None while the server evaluates it; what was done, for the user).
+    """
     import addon_utils
 
     from ..core.motion import amass
@@ -236,12 +259,66 @@ def import_motion_file(context, path: str):
     if ext == ".bvh":
         addon_utils.enable("io_anim_bvh", default_set=False, handle_error=None)
         bpy.ops.import_anim.bvh(filepath=path, rotate_mode="QUATERNION")
-        return context.active_object
-    if ext == ".npz":
-        with np.load(path, allow_pickle=False) as data:
-            motion = amass.from_amass(data)
-        return motion_import.import_motion(context, motion, name)
-    raise ValueError(f"'{path}': unsupported motion file (.bvh or .npz)")
+        return context.active_object, f"imported '{name}' (BVH)"
+    if ext != ".npz":
+        raise ValueError(f"'{path}': unsupported motion file (.bvh or .npz)")
+    with np.load(path, allow_pickle=False) as data:
+        arrays = {k: data[k] for k in data.files}
+    request = amass.server_request(arrays, body)
+    why = "the file has no SMPL parameters"
+    if request is not None:
+        why = "not using the server"
+        if use_server:
+            try:
+                live = session.require_pipeline(FROM_PARAMS)
+            except RuntimeError as exc:
+                why = str(exc)
+            else:
+                inputs, params = request
+                live.submit(context.scene, FROM_PARAMS, params=params, inputs=inputs, target=name)
+                context.scene.nstudio_jobs[-1][PROP_NPZ] = path
+                asked = params.get("body") or f"{params['model']}-{params['gender']}"
+                return None, (f"'{name}': SMPL parameters sent to the server (body '{asked}'); "
+                              "the armature arrives with the result")
+    obj = import_stored_joints(context, arrays, name)
+    return obj, f"imported '{name}' from {obj[PROP_FROM]} ({why})"
+
+
+def import_stored_joints(context, arrays: dict, name: str):
+    """The add-on's own AMASS import (no body model): the stored joints' bone lengths, else the template."""
+    from ..core.motion import amass
+
+    obj = motion_import.import_motion(context, amass.from_amass(arrays), name)
+    obj[PROP_FROM] = "the stored joints" if "joints" in arrays else "the template skeleton"
+    return obj
+
+
+def on_from_params_result(job, outputs: dict):
+    """The ``motion.from_params`` result: the exact body in the scene, made the motion source."""
+    obj = motion_import.import_motion(bpy.context, outputs, job.target or "Body")
+    body = outputs.get("body") or {}
+    obj[PROP_FROM] = f"the server's {str(body.get('model', 'SMPL')).upper()} body"
+    obj[motion_import.PROP_JOB] = job.id
+    bpy.context.scene.nstudio_motion_source = obj
+    log.info("'%s' imported through %s (job %s)", obj.name, obj[PROP_FROM], job.id)
+    return None
+
+
+def on_from_params_failure(job, code: str, message: str) -> str | None:
+    """The server could not evaluate the parameters (no such body file, ...): the stored joints."""
+    for scene in bpy.data.scenes:
+        for item in scene.nstudio_jobs:
+            if (job.id and item.job_id == job.id) or item.request_id == job.request_id:
+                path = item.get(PROP_NPZ)
+                if not path or not os.path.isfile(path):
+                    return None
+                with np.load(path, allow_pickle=False) as data:
+                    arrays = {k: data[k] for k in data.files}
+                obj = import_stored_joints(bpy.context, arrays, job.target or "Body")
+                scene.nstudio_motion_source = obj
+                log.warning("motion.from_params failed (%s); '%s' imported from %s", message, obj.name, obj[PROP_FROM])
+                return f"imported '{obj.name}' from {obj[PROP_FROM]} instead"
+    return None
 
 
 def tracked_camera(clip) -> dict | None:
@@ -473,9 +550,11 @@ def register() -> None:
         type=bpy.types.Object, name="Motion Source", poll=_is_armature,
         description="The armature whose animation is retargeted (a recovered body, a BVH import ...)")
     handlers.register_result_handler(RECOVER, on_recover_result)
+    handlers.register_result_handler(FROM_PARAMS, on_from_params_result, on_failure=on_from_params_failure)
 
 
 def unregister() -> None:
+    handlers.unregister_result_handler(FROM_PARAMS)
     handlers.unregister_result_handler(RECOVER)
     del bpy.types.Scene.nstudio_motion_source
     del bpy.types.Object.nstudio_bone_map_index

@@ -34,23 +34,29 @@ class HandlerEntry:
         pipeline: Pipeline name, e.g. "splat.reconstruct".
         on_result: Called with the final `result` outputs.
         on_partial: Called with each `partial` outputs; None ignores partials.
+        on_failure: Called as ``on_failure(job, code, message)`` when a job fails (not when it
+            is cancelled); may return a note appended to the job's message (what was done
+            instead). None: nothing.
     """
 
     pipeline: str
     on_result: Handler
     on_partial: Optional[Handler] = None
+    on_failure: Optional[Callable[[Any, str, str], Optional[str]]] = None
 
 
 _REGISTRY: dict[str, HandlerEntry] = {}
 
 
-def register_result_handler(pipeline: str, on_result: Handler, on_partial: Optional[Handler] = None) -> None:
+def register_result_handler(pipeline: str, on_result: Handler, on_partial: Optional[Handler] = None,
+                            on_failure: Optional[Callable[[Any, str, str], Optional[str]]] = None) -> None:
     """Route the results of `pipeline`'s jobs to `on_result` (and partials to `on_partial`).
 
     Args:
         pipeline: Pipeline name as published in `welcome`.
         on_result: `handler(job, outputs)`; may return a generator stepped under a time budget.
         on_partial: Same signature, for `partial` events; optional.
+        on_failure: `on_failure(job, code, message)` when a job fails; optional.
 
     Raises:
         ValueError: The pipeline already has a handler (unregister it first), or a handler is
@@ -60,11 +66,12 @@ def register_result_handler(pipeline: str, on_result: Handler, on_partial: Optio
         raise ValueError(f"pipeline must be a non-empty string, got {pipeline!r}")
     if not callable(on_result):
         raise ValueError(f"on_result for {pipeline!r} is not callable: {on_result!r}")
-    if on_partial is not None and not callable(on_partial):
-        raise ValueError(f"on_partial for {pipeline!r} is not callable: {on_partial!r}")
+    for name, value in (("on_partial", on_partial), ("on_failure", on_failure)):
+        if value is not None and not callable(value):
+            raise ValueError(f"{name} for {pipeline!r} is not callable: {value!r}")
     if pipeline in _REGISTRY:
         raise ValueError(f"a result handler for {pipeline!r} is already registered")
-    _REGISTRY[pipeline] = HandlerEntry(pipeline, on_result, on_partial)
+    _REGISTRY[pipeline] = HandlerEntry(pipeline, on_result, on_partial, on_failure)
 
 
 def unregister_result_handler(pipeline: str) -> None:

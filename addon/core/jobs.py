@@ -389,7 +389,19 @@ class JobManager:
         detail = msg.get("detail") or {}
         field_name = detail.get("field") if isinstance(detail, dict) else None
         suffix = f" (field {field_name})" if field_name else ""
-        self._touch(record, message=f"{code}: {text}{suffix}")
+        message = f"{code}: {text}{suffix}"
+        entry = self._lookup(record.pipeline)
+        if entry is not None and entry.on_failure is not None:
+            # The feature's fallback (e.g. an import that can do without the server); its own
+            # failure must not break event routing.
+            try:
+                note = entry.on_failure(record, code, message)
+            except Exception as exc:  # a handler bug: logged, the job stays failed
+                log.exception("failure handler of %s", record.pipeline)
+                note = f"the fallback failed too: {exc}"
+            if note:
+                message = f"{message}; {note}"
+        self._touch(record, message=message)
 
     def _on_status(self, msg: dict) -> None:
         self._requests.pop(msg.get("re", ""), None)

@@ -119,6 +119,33 @@ def test_handler_errors_mark_the_job_and_do_not_raise():
     assert not record.applied
 
 
+def test_failure_handler_runs_once_on_failure_and_its_note_joins_the_message():
+    sink = _Recorder()
+    calls = []
+
+    def fallback(job, code, message):
+        calls.append((job.id, code, message))
+        if len(calls) == 2:
+            raise OSError("file gone")
+        return "imported the stored joints instead"
+
+    entry = handlers.HandlerEntry("p", on_result=lambda job, outputs: None, on_failure=fallback)
+    manager = jobs_mod.JobManager(sink, lookup=lambda name: entry)
+    record = _accepted(manager, sink)
+    manager.handle({"type": "error", "job": "J1", "code": "unavailable", "message": "no SMPLH_FEMALE.pkl",
+                    "detail": {"field": "params.body"}})
+    assert record.state == "failed" and calls == [("J1", "unavailable", "unavailable: no SMPLH_FEMALE.pkl "
+                                                   "(field params.body)")]
+    assert record.message.endswith("; imported the stored joints instead")
+    # A failing fallback is reported, not raised; a cancelled job calls nothing.
+    second = _accepted(manager, sink, job="J2")
+    manager.handle({"type": "error", "job": "J2", "code": "internal", "message": "boom"})
+    assert second.state == "failed" and "the fallback failed too: file gone" in second.message
+    third = _accepted(manager, sink, job="J3")
+    manager.handle({"type": "cancelled", "job": "J3"})
+    assert third.state == "cancelled" and len(calls) == 2
+
+
 def test_attach_watches_unfinished_and_unapplied_jobs_only():
     sink = _Recorder()
     manager = jobs_mod.JobManager(sink, lookup=lambda name: None)

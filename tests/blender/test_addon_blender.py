@@ -98,7 +98,8 @@ def test_register_and_unregister_leave_nothing_behind(addon_disabled):
         assert footprint["menus"] == {"TOPBAR_MT_file_export": ["addon.blender.ops_gaussians.menu_export"],
                                       "TOPBAR_MT_file_import": ["addon.blender.ops_gaussians.menu_import"]}
         assert footprint["timers"] == ["timer_tick"]  # the viewport's starts with a viewport
-        assert footprint["result_handlers"] == ["image.generate", "mesh.texture", "motion.recover", "splat.reconstruct",
+        assert footprint["result_handlers"] == ["image.generate", "mesh.texture", "motion.from_params", "motion.recover",
+                                                "splat.reconstruct",
                                                 "splat.render", "splat.select", "splat.to_mesh", "system.echo"]
     finally:
         addon_utils.disable("addon", default_set=True, handle_error=None)

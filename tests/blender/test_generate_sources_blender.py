@@ -11,7 +11,7 @@ import pytest
 
 bpy = pytest.importorskip("bpy")
 
-from addon.blender import generate_sources as sources  # noqa: E402
+from addon.blender import compat, generate_sources as sources  # noqa: E402
 from addon.core import generate_sources as gs  # noqa: E402
 
 W, H = 32, 24
@@ -57,7 +57,7 @@ def test_depth_normals_and_mask_from_the_camera(blender_addon):
     passes = sources.render_passes(scene, ("depth", "normal", "index"), index_object=cube)
     after = (scene.render.engine, scene.cycles.samples, scene.cycles.filter_width,
              scene.render.use_compositing, view_layer.use_pass_z, view_layer.use_pass_normal)
-    assert after == before and scene.compositing_node_group is None   # all restored
+    assert after == before and compat.scene_compositor(scene) is None   # all restored
     assert not any(g.name.startswith("nstudio sources") for g in bpy.data.node_groups)
     assert cube.pass_index == 0
     depth, normal = passes["depth"], passes["normal"]

@@ -94,6 +94,7 @@ def rendered():
     uv = uv.reshape(-1, 2)
     uv = np.where(loop_mat[:, None] == 0, uv * [0.5, 1.0], 0.5 + 0.5 * uv).astype(np.float32)
     me.uv_layers.active.data.foreach_set("uv", uv.ravel())
+    me.update()  # Blender 4.x keeps evaluating the old UVs until the mesh is tagged
     # The image texture now spans the sphere's squeezed UVs: the expected texture is the image.
     scene = bpy.context.scene
     scene.cycles.filter_width = 0.01  # samples at pixel centres: no anti-aliasing blur

@@ -96,3 +96,51 @@ def to_amass(motion: Motion) -> dict:
     trans = root - rot.axis_angle_to_matrix(aa[:, 0]) @ PELVIS_OFFSET
     return {"poses": poses, "trans": trans, "betas": np.zeros(16), "mocap_framerate": np.array(motion.fps),
             "gender": np.array("neutral"), "joints": motion.joints.astype(np.float64)}
+
+
+#: Arrays of an AMASS-style file that `motion.from_params` evaluates (the SMPL-X split included).
+PARAM_ARRAYS = ("poses", "root_orient", "pose_body", "pose_hand", "pose_jaw", "pose_eye", "trans", "betas")
+
+
+def _text(value, default: str) -> str:
+    if value is None:
+        return default
+    value = np.asarray(value)
+    text = value.item() if value.shape == () else (value.reshape(-1)[0] if value.size else default)
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "replace")
+    return str(text).strip().lower() or default
+
+
+def family(data) -> str:
+    """The parameters' SMPL family: "smplx" (AMASS SMPL-X files, or 55 joints), "smpl" (24 joints)
+    or "smplh" (AMASS's SMPL+H, 52 joints, the default)."""
+    declared = _text(data.get("surface_model_type"), "")
+    if declared in ("smpl", "smplh", "smplx"):
+        return declared
+    if "poses" in data:
+        joints = np.shape(data["poses"])[-1] // 3
+        return {24: "smpl", 55: "smplx"}.get(joints, "smplh")
+    return "smplx" if "pose_jaw" in data else "smplh"
+
+
+def server_request(data, body: str = "") -> tuple[dict, dict] | None:
+    """The `motion.from_params` (inputs, params) of an AMASS-style npz, or None without SMPL
+    parameters (``trans`` and ``poses`` or ``root_orient`` + ``pose_body``).
+
+    Args:
+        data: a mapping of arrays (``np.load(path)``).
+        body: the server's body model name or path ("" lets the server choose from the family
+            and gender, e.g. "smplh-male").
+    """
+    has_pose = "poses" in data or ("root_orient" in data and "pose_body" in data)
+    if not has_pose or "trans" not in data:
+        return None
+    inputs = {k: np.ascontiguousarray(np.asarray(data[k], np.float64)) for k in PARAM_ARRAYS if k in data}
+    gender = _text(data.get("gender"), "neutral")
+    params = {"gender": gender if gender in ("male", "female") else "neutral", "model": family(data),
+              "fps": float(np.asarray(data.get("mocap_framerate", data.get("mocap_frame_rate", 30.0)))),
+              "up": "z"}
+    if body:
+        params["body"] = body
+    return inputs, params
