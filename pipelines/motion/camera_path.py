@@ -102,20 +102,26 @@ def check_path(matrices: np.ndarray) -> np.ndarray:
     return m
 
 
-def select(path: np.ndarray, frames: int, start: int, total: int | None) -> np.ndarray:
-    """The path's matrices for the ``frames`` fitted frames: all of it when it has one per
-    fitted frame, else the ``[start, start + frames)`` slice of a path over the whole input
-    (``total`` frames, None when the input's length is not known before decoding).
+def select(path: np.ndarray, frames: int, start: int, end: int | None, total: int | None) -> np.ndarray:
+    """The path's matrices for the ``frames`` fitted frames (input frames ``start`` on).
+
+    The path may hold one camera per fitted frame; or one per requested frame
+    (``end - start``, where the input ended sooner: its first ``frames``); or one per input
+    frame (``total``, None when a video's length is not known before decoding: then any path
+    long enough), sliced ``[start, start + frames)``.
 
     Raises:
         PipelineError: ``invalid_input`` when the lengths do not match.
     """
-    if len(path) == frames:
+    count = len(path)
+    if count == frames:
         return path
-    if len(path) >= start + frames and (total is None or len(path) == total):
+    if end is not None and count == end - start and count > frames:
+        return path[:frames]
+    if count >= start + frames and (total is None or count == total):
         return path[start:start + frames]
     whole = f" or {total} (the whole input)" if total is not None and total != frames else ""
-    raise PipelineError("invalid_input", f"{FIELD}: {len(path)} cameras for {frames} frames "
+    raise PipelineError("invalid_input", f"{FIELD}: {count} cameras for {frames} frames "
                         f"(params.start {start}); give one camera per frame: {frames}{whole}", FIELD)
 
 

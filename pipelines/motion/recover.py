@@ -184,7 +184,7 @@ def _check(inputs: dict, params: Params) -> str:
             total = inputs[kind].shape[0]
             end = total if params.end is None else min(params.end, total)
             if end > params.start:
-                select(path, end - params.start, params.start, total)
+                select(path, end - params.start, params.start, params.end, total)
     for name in ("fx", "fy"):
         if name in camera and not np.all(np.asarray(camera[name]) > 0):
             raise PipelineError("invalid_input", f"inputs.camera.{name}: must be positive",
@@ -273,7 +273,8 @@ def run(inputs: dict, params: Params, job: Job, models: Mapping) -> dict:
         from .camera_path import check_path, select
 
         total = inputs[kind].shape[0] if kind != "video" else None
-        path = select(check_path(camera_in["world_from_camera"]), len(common), params.start, total)
+        path = select(check_path(camera_in["world_from_camera"]), len(common), params.start,
+                      params.end, total)
         if len(path) == 1:
             path = None          # one camera: the static placement below
 

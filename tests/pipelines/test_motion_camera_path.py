@@ -129,6 +129,10 @@ def test_bad_paths_are_clear_errors(anny):
     # A path over the whole input is sliced by start/end: accepted.
     inputs = _inputs(clip, path)
     recover._check(inputs, parse_params(recover.Params, {**FORMAT, "start": 2, "end": 5}))
+    frames = np.arange(10)
+    assert list(camera_path.select(frames, 3, 2, 5, 10)) == [2, 3, 4]        # whole input
+    assert list(camera_path.select(frames[2:5], 3, 2, 5, 10)) == [2, 3, 4]   # one per fitted frame
+    assert list(camera_path.select(frames[2:8], 4, 2, 8, None)) == [2, 3, 4, 5]  # the video ended at 6
 
 
 @pytest.fixture(scope="module")
