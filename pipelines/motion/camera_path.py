@@ -67,6 +67,8 @@ MIN_TRAVEL = 0.05
 #: toe) and its drift over several frames outgrows the fit's per-frame depth noise.
 GAPS = 1
 MAX_CORRECTION = 20.0
+#: The camera must travel this fraction of its distance to the body for triangulation.
+MIN_BASELINE = 0.05
 
 
 # ---------------------------------------------------------------------------------------------
@@ -358,7 +360,10 @@ def place(fit: Fit, path: np.ndarray, fps: float, keypoints2d: np.ndarray | None
         if keypoints2d is not None and intrinsics is not None:
             tri, parallax = triangulated_scale(fit, rot, centres, low, keypoints2d, intrinsics)
             log.info("camera path: steps say %.4g, triangulation %.4g (parallax %.3f)", scale, tri, parallax)
-            if parallax > 0 and np.isfinite(tri) and tri > 0:
+            depth = float(np.median(fit.root_position[:, 2].numpy()))
+            # A baseline under MIN_BASELINE of the body's distance (a tripod whose solve
+            # jitters) triangulates noise: the steps' scale is kept, which shrinks the jitter.
+            if parallax > 0 and np.isfinite(tri) and tri > 0 and tri * extent > MIN_BASELINE * depth:
                 scale = tri
                 residual = float(np.median(np.linalg.norm(scale * fa + fb, axis=-1))) if len(fa) else residual
     else:
