@@ -67,6 +67,8 @@ MIN_TRAVEL = 0.05
 #: toe) and its drift over several frames outgrows the fit's per-frame depth noise.
 GAPS = 1
 MAX_CORRECTION = 20.0
+#: A planting whose rays miss their nearest point by more than this (RMS, pixels) moved.
+MAX_MISS_PX = 3.0
 #: The camera must travel this fraction of its distance to the body for triangulation.
 MIN_BASELINE = 0.05
 
@@ -308,8 +310,16 @@ def triangulated_scale(fit: Fit, rot: np.ndarray, centres: np.ndarray, low: np.n
             # The point nearest every ray: sum_t (I - r r^T) (X - c_t) = 0.
             proj = np.eye(3) - r[:, :, None] * r[:, None, :]
             x = np.linalg.solve(proj.sum(0), np.einsum("tij,tj->i", proj, c))
-            depth = np.einsum("tji,tj->ti", rot[a:b], x - c)[:, 2]             # camera z, given units
+            local = np.einsum("tji,tj->ti", rot[a:b], x - c)                      # camera frame, given units
+            depth = local[:, 2]
             ok = depth > 1e-9
+            # A foot that moved during the run leaves rays that miss one point: its image
+            # residual, in pixels, rules it out (a planted one misses by the detector's noise).
+            if ok.any():
+                own = rays[a:b, p][ok]
+                seen = local[ok, :2] / depth[ok, None] - own[:, :2] / own[:, 2:]
+                if float(np.sqrt((seen ** 2).sum(-1).mean())) * fx > MAX_MISS_PX:
+                    continue
             ratios.extend(fitted_depth[a:b, p][ok] / depth[ok])
             weights.extend([parallax] * int(ok.sum()))
             total += parallax
