@@ -15,7 +15,7 @@ the static points the path sees (a sole point the lowest of its frame over sever
 lowest of a frame does not depend on s, as every point of a frame shares s c_t): each planting
 is triangulated from its detected image rays along the path (given units), and s is the
 parallax-weighted median of the fitted root depth (metres) over the triangulated depth, TRAM's
-median of metric over SLAM depth. Where nothing can be triangulated (no 2D keypoints, or no
+median of metric over SLAM depth (plantings whose rays miss one point moved and are left out). Where nothing can be triangulated (no 2D keypoints, or no
 planting of 4 frames), s minimises a Geman-McClure cost of the planted points' steps
 s (c_t - c_{t-1}) + (R_t y_t - R_{t-1} y_{t-1}), zero on the ground (plus, weighted lower, the
 root's acceleration) over a logarithmic grid, refined by reweighted least squares. A camera that does not translate (a tripod pan) leaves s
