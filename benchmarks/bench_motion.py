@@ -9,6 +9,15 @@ acceleration error (mm/frame^2), foot sliding (mm/frame on contact frames), came
 Caveat: the scripted walk's stance foot itself slides a little (the root moves at a constant
 speed while the legs swing sinusoidally), which bounds the figures on that clip.
 
+Moving camera (``--camera-motions``): the same walk/turn filmed by a camera that dollies alongside
+("track") or circles ("arc"), its path handed to `camera_path.place` in another frame (turned,
+moved, scaled by 1/0.37) as a camera solver gives it; printed: the recovered scale against the
+truth (%), MPJPE, PA-MPJPE, world root error and camera-path error after one rigid alignment of
+body and cameras together (the world's yaw and origin are a gauge), foot sliding; "composed" is
+the path and the camera-frame fit composed at the recovered scale (TRAM's composition), "refined"
+after the ground stage with the path (contacts, path tilt/height/scale). ``--no-landmarks``: the
+same without the detector's 3D landmarks (as with client ``keypoints2d``).
+
 Speed: the same energy (fit.py) on the same 100 frames, batched (all frames one batch, with the
 temporal terms) against per frame (one frame at a time, no temporal terms), in the same run;
 per-frame time is measured on --per-frame-sample frames and scaled to 100. Detection speed: MediaPipe
@@ -68,6 +77,54 @@ def accuracy(body, kind, camera, frames, settings):
     return m
 
 
+GIVEN_SCALE = 0.37
+
+
+def moving_camera(body, kind, motion, frames, settings, landmarks=True):
+    """One clip seen by a moving camera: (composed figures, refined figures)."""
+    from pipelines.motion import camera_path, ground
+    from pipelines.motion.fit import Fitter, rest_keypoints
+    from pipelines.motion.keypoints import CONTACT_POINTS
+    from pipelines.motion.synthetic import make_clip, metrics, procrustes
+
+    clip = make_clip(body, kind, frames=frames, seed=zlib.crc32(kind.encode()) % 1000, camera_motion=motion)
+    if not landmarks:
+        clip.observations.directions3d = None
+    true = clip.cameras_cv()
+    rng = np.random.default_rng(3)
+    q, _ = np.linalg.qr(rng.normal(size=(3, 3)))
+    q *= np.sign(np.linalg.det(q))
+    given = np.einsum("ij,tjk->tik", q, (true @ camera_path.BLENDER_FROM_CV)[:, :3])
+    given = np.concatenate([given, np.tile([0.0, 0, 0, 1], (frames, 1, 1))], 1)
+    given[:, :3, 3] = given[:, :3, 3] / GIVEN_SCALE + rng.normal(size=3) * 3
+    fitter = Fitter(body, settings)
+    start = time.perf_counter()
+    cam = fitter.fit_camera(clip.observations)
+    world, state, alignment = camera_path.place(cam, given, clip.fps, clip.observations.keypoints2d,
+                                                clip.intrinsics)
+    rows = []
+    for stage in ("composed", "refined"):
+        if stage == "refined":
+            world = fitter.fit_ground(clip.observations, world, state)
+        _, centres = state.corrected()
+        kp = world.keypoints.numpy().astype(np.float64)
+        lift4 = rest_keypoints(world.rest)[list(CONTACT_POINTS), 2].numpy()
+        contacts = ground.contacts(kp[:, list(CONTACT_POINTS)], clip.fps, lift4)
+        both = np.concatenate([kp.reshape(-1, 3), centres])
+        both_true = np.concatenate([clip.keypoints.reshape(-1, 3), true[:, :3, 3]])
+        aligned = procrustes(both, both_true, scale=False)
+        body_aligned = aligned[:-frames].reshape(kp.shape)
+        m = metrics(body_aligned[:, :17], clip.keypoints[:, :17], clip.fps)
+        m["foot_sliding"] = metrics(kp, clip.keypoints, clip.fps, contacts, list(CONTACT_POINTS))["foot_sliding"]
+        m["root_error"] = float(np.linalg.norm(body_aligned[:, 11:13].mean(1) - clip.keypoints[:, 11:13].mean(1), axis=-1).mean() * 1000)
+        m["camera_error"] = float(np.linalg.norm(aligned[-frames:] - true[:, :3, 3], axis=-1).mean() * 1000)
+        scale = alignment.scale * (state.scale_correction() if stage == "refined" else 1.0)
+        m["scale_error"] = abs(scale / GIVEN_SCALE - 1) * 100
+        m["seconds"] = time.perf_counter() - start
+        rows.append(m)
+    return rows
+
+
 def speed(body, frames, sample, settings):
     from pipelines.motion.fit import Fitter, Observations
     from pipelines.motion.synthetic import make_clip
@@ -106,6 +163,11 @@ def main() -> None:
     parser.add_argument("--per-frame-sample", type=int, default=5)
     parser.add_argument("--motions", default="walk,turn,jump,crouch")
     parser.add_argument("--skip-detect", action="store_true")
+    parser.add_argument("--camera-motions", default="track,arc",
+                        help="moving-camera rows (walk and turn each); empty to skip")
+    parser.add_argument("--no-landmarks", action="store_true",
+                        help="moving-camera rows without the 3D landmarks (as client keypoints2d)")
+    parser.add_argument("--skip-static", action="store_true", help="skip the static-camera rows and speed")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     import torch
@@ -118,6 +180,17 @@ def main() -> None:
     settings = FitSettings()
     print(f"device {args.device}, torch threads {torch.get_num_threads()}, Anny body "
           f"({len(body.names)} joints, {len(body.free)} fitted)")
+    if args.camera_motions:
+        print("\nmoving camera (path given turned, moved and scaled; mm, scale error %)")
+        keys = ("scale_error", "mpjpe", "pa_mpjpe", "wa_mpjpe", "root_error", "camera_error", "foot_sliding", "seconds")
+        print(f"{'motion':8s} {'camera':8s} {'stage':9s} " + " ".join(f"{k:>12s}" for k in keys))
+        for kind in ("walk", "turn"):
+            for motion in args.camera_motions.split(","):
+                for stage, m in zip(("composed", "refined"), moving_camera(body, kind, motion, args.frames, settings,
+                                                                                 not args.no_landmarks)):
+                    print(f"{kind:8s} {motion:8s} {stage:9s} " + " ".join(f"{m.get(k, float('nan')):12.1f}" for k in keys))
+    if args.skip_static:
+        return
     print("\naccuracy (mm; accel mm/frame^2; sliding mm/frame)")
     keys = ("mpjpe", "pa_mpjpe", "wa_mpjpe", "w_mpjpe", "root_error", "accel_error", "foot_sliding",
             "camera_height_error", "seconds")

@@ -370,7 +370,7 @@ def recover_request(path: str, clip=None, frame_range: tuple[int, int] | None = 
         start, end = (int(v) for v in frame_range)
         if end < start:
             raise ValueError(f"frame range {start}-{end} is empty")
-        params.update(start=start, end=end)
+        params.update(start=start, end=end + 1)          # the server's end is exclusive
     if clip is not None and use_tracking:
         camera = tracked_camera(clip)
         if camera is not None:

@@ -261,8 +261,16 @@ def load_smpl_file(path: Path) -> dict:
                             "params.body")
     try:
         if path.suffix == ".npz":
+            out = {}
             with np.load(path, allow_pickle=False) as data:
-                return {k: data[k] for k in data.files}
+                for key in data.files:
+                    try:
+                        out[key] = data[key]
+                    except ValueError:
+                        # Pickled object arrays (the official SMPL-X files' joint2num/part2num
+                        # dicts) are never unpickled; the body needs none of them.
+                        log.debug("%s: skipping the pickled entry %r", path, key)
+            return out
         with open(path, "rb") as handle:
             raw = _ChumpyFree(io.BytesIO(handle.read()), encoding="latin1").load()
     except (OSError, ValueError, pickle.UnpicklingError, EOFError) as error:
@@ -299,8 +307,21 @@ def load_smpl(path: Path, kind: str = "smpl", vertex_ids: dict | None = None) ->
         layer = smplx.SMPL(model_path=str(path), data_struct=Struct(**data), vertex_ids=ids,
                            num_betas=num_betas)
     else:
-        layer = smplx.SMPLX(model_path=str(path), vertex_ids=ids, num_betas=num_betas,
-                            ext=path.suffix.lstrip("."), use_pca=False)
+        # smplx.SMPLX reads its file itself (pickle.load / np.load(allow_pickle=True)) and takes
+        # no data_struct: it gets the arrays read above, rewritten as a plain .npz, so nothing of
+        # the user's file is unpickled. (It picks its own vertex_ids; ours are used below.)
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as folder:
+            plain = Path(folder) / "SMPLX_NEUTRAL.npz"
+            np.savez(plain, **{k: np.asarray(v) for k, v in data.items()
+                               if np.asarray(v).dtype != object})
+            try:
+                layer = smplx.SMPLX(model_path=str(plain), num_betas=num_betas, ext="npz",
+                                    use_pca=False)
+            except (KeyError, AttributeError, ValueError, RuntimeError) as error:
+                raise PipelineError("unavailable", f"body model file {path} is not an SMPL-X "
+                                    f"model smplx can read: {error!r}", "params.body") from None
     j_count = int(layer.J_regressor.shape[0])
     parents = [int(p) for p in layer.parents]
     parents[0] = -1

@@ -129,7 +129,8 @@ class Fit:
 
 @dataclass
 class Ground:
-    """The ground stage's extra inputs: a static camera in a Z-up world.
+    """The ground stage's extra inputs: a static camera in a Z-up world (a moving camera's
+    path: `camera_path.PathGround`, which overrides the methods below).
 
     Attributes:
         camera_from_world: rotation. [3, 3]
@@ -144,6 +145,21 @@ class Ground:
     contacts: Tensor
     tilt: Tensor = field(default_factory=lambda: torch.zeros(3))
     shift: Tensor = field(default_factory=lambda: torch.zeros(3))
+
+    def to_camera(self, points: Tensor) -> Tensor:
+        """World points [T, K, 3] -> OpenCV camera points [T, K, 3], corrections applied."""
+        camera_from_world = axis_angle_to_matrix(self.tilt) @ self.camera_from_world
+        return (points - self.camera_position - self.shift) @ camera_from_world.T
+
+    def prior(self) -> Tensor:
+        """Holds the gauge of the world: the camera's yaw and ground position."""
+        return 0.1 * (self.tilt[1] ** 2 + self.shift[:2].pow(2).sum())
+
+    def variables(self) -> list[Tensor]:
+        """The corrections, reset to zero and made optimisable."""
+        self.tilt = torch.zeros(3, requires_grad=True)
+        self.shift = torch.zeros(3, requires_grad=True)
+        return [self.tilt, self.shift]
 
     def corrected(self) -> tuple[np.ndarray, np.ndarray]:
         """(camera_from_world [3, 3], camera position [3]) with the corrections applied."""
@@ -281,11 +297,7 @@ class Fitter:
         sigma = s.sigma if sigma is None else sigma
         kp = self.model.pose_free(reduced, root, pose, position)
         t = kp.shape[0]
-        if ground is None:
-            cam_points = kp
-        else:
-            camera_from_world = axis_angle_to_matrix(ground.tilt) @ ground.camera_from_world
-            cam_points = (kp - ground.camera_position - ground.shift) @ camera_from_world.T
+        cam_points = kp if ground is None else ground.to_camera(kp)
         uv, _ = _project(cam_points, obs["intrinsics"])
         r2 = ((uv - obs["uv"]) ** 2).sum(-1) / obs["scale"] ** 2
         terms = {"reprojection": (obs["conf"] * _gm(r2, sigma)).sum() / obs["conf_total"]}
@@ -320,7 +332,7 @@ class Fitter:
                 terms["contact_velocity"] = s.w_contact_velocity * (weight * velocity).sum() / t
             terms["contact_height"] = s.w_contact_height * (ground.contacts * height ** 2).sum() / t
             terms["penetration"] = s.w_penetration * (torch.relu(-kp[..., 2]) ** 2).sum() / t
-            terms["camera"] = 0.1 * (ground.tilt[1] ** 2 + ground.shift[:2].pow(2).sum())
+            terms["camera"] = ground.prior()
         return sum(terms.values()), terms, kp
 
     def _observations(self, observations: Observations) -> dict:
@@ -422,9 +434,7 @@ class Fitter:
         # The camera's tilt and height are refined with the body (the ground plane from the
         # camera-frame fit inherits its depth errors); its yaw and ground position are a gauge
         # of the world the priors below hold in place.
-        ground.tilt = torch.zeros(3, requires_grad=True)
-        ground.shift = torch.zeros(3, requires_grad=True)
-        return self._optimise(obs, [root, position, pose, shape_raw, ground.tilt, ground.shift],
+        return self._optimise(obs, [root, position, pose, shape_raw, *ground.variables()],
                               steps, ground, "ground", 0, steps)
 
     def _optimise(self, obs, params, steps, ground, stage, offset, total) -> Fit:

@@ -4,13 +4,17 @@ Steps: decode the video (PyAV) or take the client's frames or keypoints; detect 
 and metric 3D landmarks per frame (MediaPipe Pose, inside its wheel); fit a body over the whole
 clip at once (fit.py: one shape, a pose per frame, robust reprojection, 3D bone directions,
 smoothness, pose and joint-limit priors); place a static camera and the ground from the feet
-(ground.py) and refine with foot contacts on the ground (no skating on contact frames).
+(ground.py), or, given a moving camera's path of unknown scale, make that path metric and Z-up
+from the body (camera_path.py); refine with foot contacts on the ground (no skating on contact
+frames).
 Methods: METHODS.md 2.C (SLAHMR's staged optimisation, HuMoR's contact terms, TRAM's
 metric scale from the body), reimplemented without learned priors.
 
 Inputs (one of): ``video`` (encoded file bytes), ``frames [T, H, W, 3] |u1`` with ``fps``, or
 ``keypoints2d [T, K, 3]`` with ``width``, ``height``, ``fps`` and ``params.keypoint_format``.
-Optional ``camera`` with intrinsics (default: centred principal point, ``fov_degrees``).
+Optional ``camera`` with intrinsics (default: centred principal point, ``fov_degrees``) and,
+for a moving camera, ``world_from_camera [T, 4, 4]`` (Blender's camera convention, any frame,
+any scale: e.g. Blender's camera solver), one per fitted frame or one per input frame.
 Outputs: the Motion map (skeleton, rotations, root_translation, joints, keypoints3d, contacts,
 confidence, camera, body, mesh for Anny) plus ``keypoints2d [T, K, 3]`` as detected (MediaPipe's
 33 for video/frames; the client's own otherwise).
@@ -93,7 +97,7 @@ INPUTS = {
         "fy": _intrinsic("focal length along y, pixels"),
         "cx": _intrinsic("principal point x, pixels"),
         "cy": _intrinsic("principal point y, pixels"),
-        "world_from_camera": Array(("<f4",), (None, 4, 4), "a moving camera's path (not supported yet). [T, 4, 4]", optional=True),
+        "world_from_camera": Array(("<f4",), (None, 4, 4), "a moving camera's path, Blender's camera convention, in any frame and units (e.g. Blender's camera solver): made metric and Z-up from the body. One per fitted frame, or per input frame (sliced by params.start/end). [T, 4, 4]", optional=True),
         "width": Value("int", optional=True),
         "height": Value("int", optional=True),
     }, doc="the source camera's intrinsics (default: centred, params.fov_degrees)", optional=True),
@@ -172,10 +176,15 @@ def _check(inputs: dict, params: Params) -> str:
             raise PipelineError("invalid_input", "inputs.keypoints2d: contains NaN or infinity",
                                 "inputs.keypoints2d")
     camera = inputs.get("camera") or {}
-    if "world_from_camera" in camera and len(camera["world_from_camera"]) > 1:
-        raise PipelineError("invalid_input", "inputs.camera.world_from_camera: moving cameras are "
-                            "not supported yet; leave it out for a static camera",
-                            "inputs.camera.world_from_camera")
+    if camera.get("world_from_camera") is not None:
+        from .camera_path import check_path, select
+
+        path = check_path(camera["world_from_camera"])
+        if kind in ("frames", "keypoints2d"):
+            total = inputs[kind].shape[0]
+            end = total if params.end is None else min(params.end, total)
+            if end > params.start:
+                select(path, end - params.start, params.start, params.end, total)
     for name in ("fx", "fy"):
         if name in camera and not np.all(np.asarray(camera[name]) > 0):
             raise PipelineError("invalid_input", f"inputs.camera.{name}: must be positive",
@@ -259,6 +268,16 @@ def run(inputs: dict, params: Params, job: Job, models: Mapping) -> dict:
                             "confident keypoints)", where)
     intrinsics = _intrinsics(camera_in, width, height, params.fov_degrees)
 
+    path = None
+    if camera_in.get("world_from_camera") is not None:
+        from .camera_path import check_path, select
+
+        total = inputs[kind].shape[0] if kind != "video" else None
+        path = select(check_path(camera_in["world_from_camera"]), len(common), params.start,
+                      params.end, total)
+        if len(path) == 1:
+            path = None          # one camera: the static placement below
+
     # 3. Body model
     body = models["body"]
 
@@ -279,17 +298,29 @@ def run(inputs: dict, params: Params, job: Job, models: Mapping) -> dict:
     fit = fitter.fit_camera(observations)
 
     # 5. Ground and camera, then the contact refinement in the world
-    placement = ground.estimate_ground(fit, fps)
-    world = ground.to_world(fit, placement)
-    camera_from_world, camera_position = placement.camera_from_world, placement.camera_position
-    if settings.ground_iterations > 0:
-        from .fit import Ground
+    if path is None:
+        placement = ground.estimate_ground(fit, fps)
+        world = ground.to_world(fit, placement)
+        camera_from_world, camera_position = placement.camera_from_world, placement.camera_position
+        if settings.ground_iterations > 0:
+            from .fit import Ground
 
-        contact = ground.initial_contacts(world, common, fps)
-        state = Ground(torch.tensor(placement.camera_from_world), torch.tensor(placement.camera_position),
-                       torch.tensor(contact))
-        world = fitter.fit_ground(observations, world, state)
-        camera_from_world, camera_position = state.corrected()
+            contact = ground.initial_contacts(world, common, fps)
+            state = Ground(torch.tensor(placement.camera_from_world), torch.tensor(placement.camera_position),
+                           torch.tensor(contact))
+            world = fitter.fit_ground(observations, world, state)
+            camera_from_world, camera_position = state.corrected()
+    else:
+        # A moving camera: the path made metric and Z-up from the body (TRAM's idea).
+        from . import camera_path
+
+        world, state, alignment = camera_path.place(fit, path, fps, common, intrinsics)
+        if settings.ground_iterations > 0:
+            world = fitter.fit_ground(observations, world, state)
+        camera_from_world, camera_position = state.corrected()      # [T, 3, 3], [T, 3]
+        log.info("motion.recover: camera path scale %.4g m per unit (%s)",
+                 alignment.scale * state.scale_correction(),
+                 "measured" if alignment.observable else "the camera hardly moves: not measured")
     job.progress("ground", 1, 1, "placed on the ground")
 
     # 6. Package the Motion map
@@ -298,11 +329,14 @@ def run(inputs: dict, params: Params, job: Job, models: Mapping) -> dict:
     keypoints = world.keypoints.numpy()
     contact_points = ground.contacts(keypoints[:, list(CONTACT_POINTS)], fps,
                                      rest_keypoints(rest)[list(CONTACT_POINTS), 2].numpy())
-    world_from_cv = np.eye(4, dtype=np.float32)
-    world_from_cv[:3, :3] = np.asarray(camera_from_world).T
-    world_from_cv[:3, 3] = camera_position
-    # Blender's camera looks down -Z with +Y up: OpenCV's y and z axes flipped.
-    world_from_camera = world_from_cv @ np.diag([1.0, -1.0, -1.0, 1.0]).astype(np.float32)
+    if path is None:
+        world_from_cv = np.eye(4, dtype=np.float32)
+        world_from_cv[:3, :3] = np.asarray(camera_from_world).T
+        world_from_cv[:3, 3] = camera_position
+        # Blender's camera looks down -Z with +Y up: OpenCV's y and z axes flipped.
+        world_from_camera = np.repeat((world_from_cv @ np.diag([1.0, -1.0, -1.0, 1.0]).astype(np.float32))[None], t, 0)
+    else:
+        world_from_camera = camera_path.world_from_camera(camera_from_world, camera_position)
     confidence = np.clip(common[:, :17, 2].mean(1), 0, 1).astype(np.float32)
     outputs = {
         "fps": float(fps),
@@ -315,7 +349,7 @@ def run(inputs: dict, params: Params, job: Job, models: Mapping) -> dict:
         "keypoints3d": keypoints[:, :17].astype(np.float32),
         "contacts": contact_points.astype(np.float32),
         "confidence": confidence,
-        "camera": {"world_from_camera": np.repeat(world_from_camera[None], t, 0),
+        "camera": {"world_from_camera": world_from_camera,
                    "fx": float(intrinsics[0]), "fy": float(intrinsics[1]),
                    "cx": float(intrinsics[2]), "cy": float(intrinsics[3]),
                    "width": int(width), "height": int(height), "fps": float(fps)},
@@ -326,8 +360,9 @@ def run(inputs: dict, params: Params, job: Job, models: Mapping) -> dict:
         outputs["mesh"] = {"vertices": rest.vertices.detach().numpy().astype(np.float32),
                            "faces": body.faces, "skin_index": body.skin_index,
                            "skin_weight": body.skin_weight}
-    log.info("motion.recover: %d frames, body %s, camera height %.2f m, pitch %.1f deg", t,
-             body.model, float(camera_position[2]), math.degrees(placement.pitch))
+    log.info("motion.recover: %d frames, body %s, camera height %.2f m%s", t, body.model,
+             float(world_from_camera[0, 2, 3]),
+             "" if path is not None else f", pitch {math.degrees(placement.pitch):.1f} deg")
     return outputs
 
 

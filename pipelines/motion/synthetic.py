@@ -1,4 +1,6 @@
-"""Synthetic clips with a known answer: a body moving in the world, seen by a static camera.
+"""Synthetic clips with a known answer: a body moving in the world, seen by a static camera or
+along a camera path (``camera_motion``: "pan" turns on a tripod, "track" dollies alongside the
+body, "arc" circles it; all keep the body in view).
 
 Used by the tests, the benchmark and the demo. A motion is a set of local rotations of the
 body's fitted joints plus a root path; the lower foot of each frame stays planted (the root
@@ -37,6 +39,8 @@ class Clip:
         fps: frames per second.
         observations: what a detector would report.
         shape: the body's shape. [S]
+        path: OpenCV camera to world per frame for a moving camera, else None (static:
+            ``world_from_camera_cv``, which is then the path's first frame). [T, 4, 4]
     """
 
     keypoints: np.ndarray
@@ -50,6 +54,13 @@ class Clip:
     fps: float
     observations: Observations
     shape: np.ndarray
+    path: np.ndarray | None = None
+
+    def cameras_cv(self) -> np.ndarray:
+        """OpenCV camera to world for every frame (the static camera repeated). [T, 4, 4]"""
+        if self.path is not None:
+            return self.path
+        return np.repeat(self.world_from_camera_cv[None], len(self.keypoints), 0)
 
 
 def look_at(position, target) -> np.ndarray:
@@ -64,6 +75,49 @@ def look_at(position, target) -> np.ndarray:
     out[:3, :3] = np.stack([right, down, forward], 1)
     out[:3, 3] = position
     return out
+
+
+CAMERA_MOTIONS = ("static", "pan", "track", "arc")
+
+
+def camera_path(kind: str, camera_position, keypoints: np.ndarray, seed: int = 0) -> np.ndarray:
+    """A camera path that keeps the body in view. [T, 4, 4] OpenCV camera to world.
+
+    Args:
+        kind: "static", "pan" (on a tripod at ``camera_position``, turning to follow the body),
+            "track" (moving alongside with the body's horizontal travel plus 0.5 m more, and a
+            hand-held bob of 3 cm), or "arc" (circling the body's start by 50 degrees at a
+            constant height).
+        camera_position: where the camera starts. [3]
+        keypoints: the body's world keypoints. [T, 23, 3]
+    """
+    t_count = len(keypoints)
+    start = np.asarray(camera_position, float)
+    centre = keypoints.mean(1)
+    centre[:, 2] = 0.9
+    u = np.linspace(0.0, 1.0, t_count)
+    if kind == "static":
+        return np.repeat(look_at(start, centre[0])[None], t_count, 0)
+    if kind == "pan":
+        return np.stack([look_at(start, c) for c in centre])
+    if kind == "track":
+        travel = centre - centre[0]
+        travel[:, 2] = 0.0
+        heading = travel[-1] / max(np.linalg.norm(travel[-1]), 1e-6)
+        phase = np.random.default_rng(seed).uniform(0, 2 * np.pi, 3)
+        bob = 0.03 * np.sin(2 * np.pi * 1.7 * u[:, None] * np.array([1.0, 1.3, 2.0]) + phase)
+        positions = start + travel + 0.5 * u[:, None] * heading + bob
+        return np.stack([look_at(p, c) for p, c in zip(positions, centre)])
+    if kind == "arc":
+        pivot = centre[0].copy()
+        pivot[2] = start[2]
+        offset = start - pivot
+        angles = np.radians(50.0) * u
+        cos, sin = np.cos(angles), np.sin(angles)
+        positions = pivot + np.stack([cos * offset[0] - sin * offset[1], sin * offset[0] + cos * offset[1],
+                                      np.full(t_count, offset[2])], 1)
+        return np.stack([look_at(p, c) for p, c in zip(positions, centre)])
+    raise ValueError(f"unknown camera motion {kind!r}; known: {CAMERA_MOTIONS}")
 
 
 def _motion(body: Body, kind: str, t_count: int, fps: float):
@@ -123,8 +177,9 @@ def _motion(body: Body, kind: str, t_count: int, fps: float):
 def make_clip(body: Body, kind: str = "walk", frames: int = 60, fps: float = 30.0,
               camera_position=(0.8, -5.0, 1.4), width: int = 640, height: int = 360,
               fov_degrees: float = 55.0, noise_px: float = 1.0, drop: float = 0.1,
-              shape: np.ndarray | None = None, seed: int = 0) -> Clip:
-    """A clip of ``kind`` seen from a static camera looking at the body's start."""
+              shape: np.ndarray | None = None, seed: int = 0, camera_motion: str = "static") -> Clip:
+    """A clip of ``kind`` seen from a camera at ``camera_position`` looking at the body's start
+    (``camera_motion`` "static"), or moving from there (:func:`camera_path`)."""
     rng = np.random.default_rng(seed)
     model = _Model(body)
     shape = body.shape_init if shape is None else np.asarray(shape, np.float32)
@@ -155,13 +210,12 @@ def make_clip(body: Body, kind: str = "walk", frames: int = 60, fps: float = 30.
         position = position + shift
         rotations, kin, kp = model.pose(rest, root, torch.tensor(pose, dtype=torch.float32), position)
     keypoints = kp.numpy()
-    target = keypoints[0].mean(0)
-    target[2] = 0.9
-    world_from_camera = look_at(camera_position, target)
+    path = camera_path(camera_motion, camera_position, keypoints, seed)
+    world_from_camera = path[0]
     focal = 0.5 * width / math.tan(math.radians(fov_degrees) / 2)
     intrinsics = (focal, focal, width / 2, height / 2)
-    camera_from_world = np.linalg.inv(world_from_camera)
-    cam = keypoints @ camera_from_world[:3, :3].T + camera_from_world[:3, 3]
+    camera_from_world = np.linalg.inv(path)                                   # [T, 4, 4]
+    cam = np.einsum("tij,tkj->tki", camera_from_world[:, :3, :3], keypoints) + camera_from_world[:, None, :3, 3]
     uv = np.stack([focal * cam[..., 0] / cam[..., 2] + width / 2,
                    focal * cam[..., 1] / cam[..., 2] + height / 2], -1)
     uv = uv + rng.normal(0, noise_px, uv.shape)
@@ -173,7 +227,8 @@ def make_clip(body: Body, kind: str = "walk", frames: int = 60, fps: float = 30.
     dirs = np.concatenate([landmarks, conf[..., None]], -1).astype(np.float32)
     return Clip(keypoints, kin.positions.numpy(), rotations.numpy(), position.numpy(),
                 world_from_camera.astype(np.float32), intrinsics, width, height, fps,
-                Observations(kp2d, dirs, intrinsics), shape)
+                Observations(kp2d, dirs, intrinsics), shape,
+                None if camera_motion == "static" else path.astype(np.float32))
 
 
 def procrustes(pred: np.ndarray, true: np.ndarray, scale: bool = True) -> np.ndarray:

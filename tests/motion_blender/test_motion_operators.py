@@ -93,7 +93,7 @@ def test_recover_request_and_the_operator_refuses_clearly_without_the_pipeline(b
     clip = bpy.data.movieclips.load(str(video))
     inputs, params = motion_ui.recover_request(str(video), clip, (0, 0))
     assert inputs["video"].dtype == np.uint8 and inputs["video"].tobytes() == video.read_bytes()
-    assert params == {"start": 0, "end": 0} and "camera" not in inputs  # the clip has no solve
+    assert params == {"start": 0, "end": 1} and "camera" not in inputs  # the clip has no solve
     with pytest.raises(ValueError, match="no video file"):
         motion_ui.recover_request(str(tmp_path / "missing.mp4"))
     with pytest.raises(ValueError, match="empty"):

@@ -62,9 +62,10 @@ def test_bad_inputs_are_clear_errors(make_job):
     assert e.field == "inputs.width"
     e = _error({"frames": np.zeros((2, 8, 8, 3), np.uint8), "fps": 30.0}, {"start": 5, "end": 2})
     assert e.code == "invalid_params"
+    # A moving camera's path: one camera per frame (tests/pipelines/test_motion_camera_path.py).
     e = _error({"frames": np.zeros((2, 8, 8, 3), np.uint8), "fps": 30.0,
-                "camera": {"world_from_camera": np.tile(np.eye(4, dtype=np.float32), (2, 1, 1))}})
-    assert e.field == "inputs.camera.world_from_camera" and "moving" in e.message
+                "camera": {"world_from_camera": np.tile(np.eye(4, dtype=np.float32), (3, 1, 1))}})
+    assert e.field == "inputs.camera.world_from_camera" and "3 cameras for 2 frames" in e.message
 
 
 def test_no_person_found(make_job):

@@ -20,6 +20,7 @@ from addon.wire.schema import PipelineError
 from pipelines.motion import body as bodies
 from pipelines.motion import recover
 from pipelines.motion.fit import _Model
+from pipelines.motion.keypoints import COMMON
 
 PARENTS = [-1, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 9, 9, 12, 13, 14, 16, 17, 18, 19, 20, 21]
 JOINTS = np.array([
@@ -153,3 +154,118 @@ def test_missing_smpl_file_names_the_file(tmp_path):
     with pytest.raises(PipelineError) as error:
         recover.load_body(recover.ModelSource("smpl", None, "models-dir"), "cpu")
     assert "SMPL_NEUTRAL.pkl" in error.value.message
+
+
+# ---------------------------------------------------------------------------------------------
+# SMPL-X: a tiny model in the smplx package's .npz layout (55 joints: SMPL's first 22, jaw,
+# eyes, 2 x 15 finger joints), written by the test.
+# ---------------------------------------------------------------------------------------------
+
+X_PARENTS = PARENTS[:22] + [15, 15, 15] + [p for side in (20, 21) for f in range(5)
+                                           for p in (side, 25 + 15 * (side - 20) + 3 * f, 26 + 15 * (side - 20) + 3 * f)]
+X_EXTRA = {name: (position, {22: 20, 23: 21}.get(joint, joint)) for name, (position, joint) in EXTRA.items()}
+
+
+def _x_joints():
+    joints = [tuple(j) for j in JOINTS[:22]] + [(0, 1.55, .05), (.03, 1.65, .06), (-.03, 1.65, .06)]
+    for sign in (1, -1):
+        for f in range(5):
+            for k in range(3):
+                joints.append((sign * (.74 + .03 * k), 1.4, .02 * (f - 2)))
+    return np.array(joints)
+
+
+X_VERTEX_IDS = {name: 55 + i for i, name in enumerate(X_EXTRA)}
+
+
+def write_tiny_smplx(path):
+    """SMPLX_NEUTRAL.npz with the official file's keys (incl. a pickled ``joint2num`` dict,
+    which the loader must skip without unpickling)."""
+    rng = np.random.default_rng(1)
+    joints = _x_joints()
+    v = np.concatenate([joints, np.array([p for p, _ in X_EXTRA.values()])])
+    count = len(v)
+    weights = np.zeros((count, 55))
+    weights[np.arange(55), np.arange(55)] = 1.0
+    for i, (_, joint) in enumerate(X_EXTRA.values()):
+        weights[55 + i, joint] = 1.0
+    regressor = np.zeros((55, count))
+    regressor[np.arange(55), np.arange(55)] = 1.0
+    np.savez(path, v_template=v, shapedirs=rng.normal(0, 0.01, (count, 3, 20)),
+             posedirs=np.zeros((count, 3, 486)), J_regressor=regressor, weights=weights,
+             kintree_table=np.array([[-1] + X_PARENTS[1:], list(range(55))], np.int64),
+             f=np.array([[55, 56, 57], [58, 59, 60]], np.int64),
+             hands_componentsl=np.eye(45), hands_componentsr=np.eye(45),
+             hands_meanl=np.zeros(45), hands_meanr=np.zeros(45),
+             lmk_faces_idx=np.array([0, 1], np.int64), lmk_bary_coords=np.full((2, 3), 1 / 3),
+             joint2num=np.array({"pelvis": 0}, dtype=object))
+
+
+@pytest.fixture
+def tiny_smplx(tmp_path):
+    path = tmp_path / "SMPLX_NEUTRAL.npz"
+    write_tiny_smplx(path)
+    return path
+
+
+def test_smplx_body_parameters_agree_with_smplx(tiny_smplx):
+    import smplx
+    from smplx.vertex_joint_selector import VertexJointSelector
+
+    body = bodies.load_smpl(tiny_smplx, "smplx", vertex_ids=X_VERTEX_IDS)
+    assert body.model == "smplx" and body.parents == X_PARENTS and len(body.names) == 55
+    betas = torch.linspace(-1, 1, 10)
+    rest = body.rest(betas)
+    g = torch.Generator().manual_seed(5)
+    t = 3
+    root = torch.randn(t, 3, generator=g) * 0.5
+    pose = torch.randn(t, len(body.free) - 1, 3, generator=g) * 0.3
+    position = torch.randn(t, 3, generator=g)
+    with torch.no_grad():
+        rotations, kin, keypoints = _Model(body).pose(rest, root, pose, position)
+        params = body.to_body_params(rotations, position, betas)
+    assert params["model"] == "smplx" and params["body_pose"].shape == (t, 63)
+    layer = smplx.SMPLX(model_path=str(tiny_smplx), num_betas=10, ext="npz", use_pca=False, batch_size=t)
+    layer.vertex_joint_selector = VertexJointSelector(vertex_ids=X_VERTEX_IDS)
+    out = layer(betas=torch.tensor(params["betas"])[None].expand(t, 10),
+                global_orient=torch.tensor(params["global_orient"]),
+                body_pose=torch.tensor(params["body_pose"]), transl=torch.tensor(params["transl"]))
+    turn = params["world_from_body"][:3, :3].T
+    smplx_world = out.joints[:, :22].detach().numpy() @ turn
+    ours = kin.positions.numpy()[:, :22]
+    np.testing.assert_allclose(smplx_world - smplx_world[:, :1], ours - ours[:, :1], atol=1e-5)
+    np.testing.assert_allclose(smplx_world[:, 0], position.numpy(), atol=1e-5)
+    heel = out.vertices[:, X_VERTEX_IDS["LHeel"]].detach().numpy() @ turn
+    left_heel = COMMON.index("left_heel")
+    np.testing.assert_allclose(heel - smplx_world[:, 0], keypoints[:, left_heel].numpy() - ours[:, 0], atol=1e-5)
+
+
+def test_smplx_fit_through_the_registry(tiny_smplx, make_job, monkeypatch):
+    """params.body names the SMPL-X file; the server's registry loads it and the fit returns
+    SMPL-X's own parameters (body_pose [T, 63])."""
+    from addon.wire.schema import check_inputs, parse_params
+    from pipelines.motion.synthetic import make_clip
+    from server.models import ModelRegistry
+
+    # The official vertex ids of the named vertices (nose, toes, heels) do not exist in the tiny
+    # model: the loader is given the tiny model's, as a user's own topology would be.
+    monkeypatch.setitem(__import__("smplx").vertex_ids.vertex_ids, "smplx", X_VERTEX_IDS)
+    registry = ModelRegistry(device="cpu")
+    params = parse_params(recover.Params, {"body": str(tiny_smplx), "iterations": 60,
+                                           "ground_iterations": 20})
+    models = registry.acquire(recover.PIPELINE, params, "cpu")
+    try:
+        body = models["body"]
+        assert body.model == "smplx"
+        clip = make_clip(body, "walk", frames=8, seed=3)
+        inputs = {"keypoints2d": clip.observations.keypoints2d[:, :17].copy(), "width": clip.width,
+                  "height": clip.height, "fps": clip.fps}
+        check_inputs(recover.INPUTS, inputs)
+        out = recover.run(inputs, params, make_job(), models)
+    finally:
+        models.close()
+    check_inputs(recover.OUTPUTS, out)
+    assert out["body"]["model"] == "smplx"
+    assert out["body"]["body_pose"].shape == (8, 63) and out["body"]["global_orient"].shape == (8, 3)
+    assert out["body"]["betas"].shape == (10,) and np.isfinite(out["body"]["body_pose"]).all()
+    assert out["joints"].shape == (8, 55, 3) and "mesh" not in out
