@@ -279,6 +279,30 @@ def load_smpl_file(path: Path) -> dict:
     return {k: _plain(v) for k, v in raw.items()}
 
 
+def smplx_layer(path: Path, data: dict, **kwargs):
+    """An ``smplx.SMPLX`` layer built from the arrays already read from the user's ``path``.
+
+    smplx.SMPLX reads its file itself (``np.load(allow_pickle=True)``) and takes no data_struct:
+    it gets the arrays rewritten as a plain .npz, so nothing of the user's file is unpickled. It
+    picks smplx's own vertex_ids (passing them again is a TypeError); callers keep theirs.
+
+    Raises:
+        PipelineError: ``unavailable`` naming the file when smplx cannot build the model.
+    """
+    import tempfile
+
+    import smplx
+
+    with tempfile.TemporaryDirectory() as folder:
+        plain = Path(folder) / "SMPLX_NEUTRAL.npz"
+        np.savez(plain, **{k: np.asarray(v) for k, v in data.items() if np.asarray(v).dtype != object})
+        try:
+            return smplx.SMPLX(model_path=str(plain), ext="npz", **kwargs)
+        except (KeyError, AttributeError, ValueError, RuntimeError, TypeError) as error:
+            raise PipelineError("unavailable", f"body model file {path} is not an SMPL-X model "
+                                f"smplx can read: {error!r}", "params.body") from None
+
+
 def load_smpl(path: Path, kind: str = "smpl", vertex_ids: dict | None = None) -> Body:
     """SMPL or SMPL-X through the ``smplx`` package from the user's model file.
 
@@ -307,21 +331,7 @@ def load_smpl(path: Path, kind: str = "smpl", vertex_ids: dict | None = None) ->
         layer = smplx.SMPL(model_path=str(path), data_struct=Struct(**data), vertex_ids=ids,
                            num_betas=num_betas)
     else:
-        # smplx.SMPLX reads its file itself (pickle.load / np.load(allow_pickle=True)) and takes
-        # no data_struct: it gets the arrays read above, rewritten as a plain .npz, so nothing of
-        # the user's file is unpickled. (It picks its own vertex_ids; ours are used below.)
-        import tempfile
-
-        with tempfile.TemporaryDirectory() as folder:
-            plain = Path(folder) / "SMPLX_NEUTRAL.npz"
-            np.savez(plain, **{k: np.asarray(v) for k, v in data.items()
-                               if np.asarray(v).dtype != object})
-            try:
-                layer = smplx.SMPLX(model_path=str(plain), num_betas=num_betas, ext="npz",
-                                    use_pca=False)
-            except (KeyError, AttributeError, ValueError, RuntimeError) as error:
-                raise PipelineError("unavailable", f"body model file {path} is not an SMPL-X "
-                                    f"model smplx can read: {error!r}", "params.body") from None
+        layer = smplx_layer(path, data, num_betas=num_betas, use_pca=False)
     j_count = int(layer.J_regressor.shape[0])
     parents = [int(p) for p in layer.parents]
     parents[0] = -1

@@ -99,7 +99,7 @@ def load_model(path: Path, device: str = "cpu", vertex_ids: dict | None = None) 
     from smplx.utils import Struct
     from smplx.vertex_ids import vertex_ids as official_ids
 
-    from .body import load_smpl_file
+    from .body import load_smpl_file, smplx_layer
 
     path = Path(path)
     data = load_smpl_file(path)
@@ -123,8 +123,8 @@ def load_model(path: Path, device: str = "cpu", vertex_ids: dict | None = None) 
         if path.suffix != ".npz":
             raise PipelineError("unavailable", f"body model file {path}: give SMPL-X as its .npz "
                                 "(the .pkl needs chumpy)", "params.body")
-        layer = smplx.SMPLX(model_path=str(path), ext="npz", use_pca=False, flat_hand_mean=True,
-                            num_betas=16, num_expression_coeffs=10, **common)
+        layer = smplx_layer(path, data, use_pca=False, flat_hand_mean=True, num_betas=16,
+                            num_expression_coeffs=10, dtype=torch.float64, batch_size=1)
     else:
         # No pose correctives in the file (some conversions drop them): none applied.
         pose_dims = 9 * (count - 1)

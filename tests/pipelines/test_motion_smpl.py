@@ -269,3 +269,27 @@ def test_smplx_fit_through_the_registry(tiny_smplx, make_job, monkeypatch):
     assert out["body"]["body_pose"].shape == (8, 63) and out["body"]["global_orient"].shape == (8, 3)
     assert out["body"]["betas"].shape == (10,) and np.isfinite(out["body"]["body_pose"]).all()
     assert out["joints"].shape == (8, 55, 3) and "mesh" not in out
+
+
+def test_smplx_parameters_evaluate_like_smplx(tiny_smplx, monkeypatch):
+    """motion.from_params on an SMPL-X file: its joints equal smplx's own forward pass (the
+    layer is built without handing smplx a second vertex_ids, and without unpickling the file)."""
+    import smplx
+    from pipelines.motion import smpl_params
+
+    monkeypatch.setitem(smplx.vertex_ids.vertex_ids, "smplx", X_VERTEX_IDS)
+    model = smpl_params.load_model(tiny_smplx, vertex_ids=X_VERTEX_IDS)
+    assert model.kind == "smplx" and model.joint_count == 55
+    g = np.random.default_rng(4)
+    t = 3
+    arrays = {"root_orient": g.normal(0, 0.3, (t, 3)), "pose_body": g.normal(0, 0.3, (t, 63)),
+              "trans": g.normal(0, 1, (t, 3)), "betas": g.normal(0, 1, 10)}
+    params = smpl_params.parameters(arrays, model, fps=30.0)
+    out = smpl_params.evaluate(model, params, np.eye(3))
+    layer = smplx.SMPLX(model_path=str(tiny_smplx), num_betas=10, ext="npz", use_pca=False,
+                        flat_hand_mean=True, batch_size=t)
+    direct = layer(betas=torch.tensor(arrays["betas"], dtype=torch.float32)[None].expand(t, 10),
+                   global_orient=torch.tensor(arrays["root_orient"], dtype=torch.float32),
+                   body_pose=torch.tensor(arrays["pose_body"], dtype=torch.float32),
+                   transl=torch.tensor(arrays["trans"], dtype=torch.float32))
+    np.testing.assert_allclose(out["joints"][:, :22], direct.joints[:, :22].detach().numpy(), atol=1e-4)
