@@ -11,7 +11,14 @@ class for the mode: txt2img without ``inputs.image``, img2img with it, inpaint w
 shares the warm model's modules (``from_pipe``), so switching modes loads nothing.
 
 Seeds: image ``i`` of a request uses ``seed + i`` through its own CPU ``torch.Generator``, so
-any image can be made again alone, on any device, from its entry in ``outputs.seeds``.
+any image can be made again alone, on any device, from its entry in ``outputs.seeds``. The one
+exception: SD3 ControlNet pipelines also draw the control image's VAE latents from torch's global
+generator, which each request seeds with ``seed`` (see ``_global_rng``): such images come back
+with the same ``seed`` and ``num_images``.
+
+ControlNets fit when their class is the family's (``ControlNetModel`` for SD/SDXL with the
+UNet's cross-attention width, ``SD3ControlNetModel``/``FluxControlNetModel`` with the
+transformer's width); several at once go to diffusers' Multi* wrappers with one scale each.
 """
 
 from __future__ import annotations
