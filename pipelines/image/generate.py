@@ -260,6 +260,21 @@ def _check_transformer_fit(model: ImageModel, net, name: str, field_path: str) -
             f"{field_path}: {name} is a {model.family.title} ControlNet made for a transformer "
             f"of width {width} ({channels} latent channels, patch {patch}), but this model's "
             f"is {w} ({c} latent channels, patch {p})", field_path)
+    if theirs.get("extra_conditioning_channels"):
+        # SD3's inpainting ControlNet (the control image with its mask as an extra channel)
+        # runs in its own pipeline, with inputs of its own.
+        raise PipelineError(
+            "invalid_params",
+            f"{field_path}: {name} is an SD3 inpainting ControlNet (the mask as "
+            f"{theirs.extra_conditioning_channels} extra channel), which image.generate does "
+            "not run; use an inpaint request without it or a control ControlNet", field_path)
+    if theirs.get("num_mode") is not None:
+        # A FLUX ControlNet-Union needs a control mode per image (canny, depth, ...), which
+        # params.controlnets does not carry: diffusers would fail mid-run without one.
+        raise PipelineError(
+            "invalid_params",
+            f"{field_path}: {name} is a FLUX ControlNet-Union ({theirs.num_mode} control "
+            "modes); image.generate takes single-mode ControlNets only", field_path)
 
 
 @contextmanager

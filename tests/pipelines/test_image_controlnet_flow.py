@@ -24,8 +24,9 @@ FAMILIES = ("sd3", "flux")
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    """family -> model folder; "<family>-net", "<family>-net2" (two ControlNets that fit) and
-    "<family>-wide" (a ControlNet of the family with twice the transformer's width)."""
+    """family -> model folder; "<family>-net", "<family>-net2" (two ControlNets that fit),
+    "<family>-wide" (a ControlNet of the family with twice the transformer's width),
+    "flux-union" (a FLUX ControlNet-Union) and "sd3-inpaint" (SD3's inpainting ControlNet)."""
     root = tmp_path_factory.mktemp("tiny-flow")
     folders = {}
     for family in FAMILIES:
@@ -36,6 +37,10 @@ def tiny(tmp_path_factory):
             root, family, seed=4, name=f"controlnet-{family}-2")
         folders[f"{family}-wide"] = image_models.build_controlnet(
             root, family, seed=5, width=2, name=f"controlnet-{family}-wide")
+    folders["flux-union"] = image_models.build_controlnet(root, "flux", seed=6, num_mode=2,
+                                                          name="controlnet-flux-union")
+    folders["sd3-inpaint"] = image_models.build_controlnet(
+        root, "sd3", seed=6, extra_conditioning_channels=1, name="controlnet-sd3-inpaint")
     return folders
 
 
@@ -156,6 +161,10 @@ def test_controlnets_that_do_not_fit_are_refused_clearly(tiny, registry):
         # ControlNet on SD3 Medium).
         ("tiny-sd3", str(tiny["sd3-wide"]), "made for a transformer of width 64"),
         ("tiny-flux", str(tiny["flux-wide"]), "made for a transformer of width 32"),
+        # A ControlNet-Union wants a control mode per image, which requests do not carry.
+        ("tiny-flux", str(tiny["flux-union"]), "is a FLUX ControlNet-Union (2 control modes)"),
+        # SD3's inpainting ControlNet belongs to a pipeline of its own.
+        ("tiny-sd3", str(tiny["sd3-inpaint"]), "is an SD3 inpainting ControlNet"),
     ]
     for model, net, message in cases:
         # The second of two: the first fits, the error names the one that does not.
