@@ -72,16 +72,20 @@ def _t5(vocab: int, dim: int = TEXT_DIM):
                                    decoder_start_token_id=0)).eval()
 
 
-def _vae(latent_channels: int = 4, **extra):
+def _vae(latent_channels: int = 4, levels: int = 2, **extra):
+    """A tiny AutoencoderKL; its factor is 2 ** (levels - 1): 2 by default, 8 (the real
+    models' factor) with ``levels=4``."""
     from diffusers import AutoencoderKL
 
-    return AutoencoderKL(block_out_channels=(8, 16), in_channels=3, out_channels=3,
-                         down_block_types=("DownEncoderBlock2D",) * 2,
-                         up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=latent_channels,
-                         norm_num_groups=4, sample_size=32, **extra)
+    channels = (8, 16, 16, 16)[:levels]
+    return AutoencoderKL(block_out_channels=channels, in_channels=3, out_channels=3,
+                         down_block_types=("DownEncoderBlock2D",) * levels,
+                         up_block_types=("UpDecoderBlock2D",) * levels,
+                         latent_channels=latent_channels, norm_num_groups=4, sample_size=32,
+                         **extra)
 
 
-def _sd_pipeline(cls, folder: Path, seed: int, in_channels: int):
+def _sd_pipeline(cls, folder: Path, seed: int, in_channels: int, vae_levels: int = 2):
     import torch
     from diffusers import DDIMScheduler, UNet2DConditionModel
 
@@ -94,16 +98,21 @@ def _sd_pipeline(cls, folder: Path, seed: int, in_channels: int):
         norm_num_groups=4, attention_head_dim=4)
     scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                               clip_sample=False, set_alpha_to_one=False)
-    return cls(vae=_vae(), text_encoder=_clip_text(len(tokenizer)), tokenizer=tokenizer, unet=unet,
+    return cls(vae=_vae(levels=vae_levels), text_encoder=_clip_text(len(tokenizer)),
+               tokenizer=tokenizer, unet=unet,
                scheduler=scheduler, safety_checker=None, feature_extractor=None,
                requires_safety_checker=False)
 
 
-def build_sd(folder: Path, seed: int = 0) -> Path:
-    """Stable Diffusion 1.x layout: UNet2DConditionModel, AutoencoderKL, CLIP text, DDIM."""
+def build_sd(folder: Path, seed: int = 0, vae_levels: int = 2) -> Path:
+    """Stable Diffusion 1.x layout: UNet2DConditionModel, AutoencoderKL, CLIP text, DDIM.
+
+    ``vae_levels=4`` gives the real models' VAE factor, 8 (a 512x512 image is 64x64 latents),
+    where large images are wanted at the real models' proportions (the benchmarks)."""
     from diffusers import StableDiffusionPipeline
 
-    _sd_pipeline(StableDiffusionPipeline, folder, seed, in_channels=4).save_pretrained(folder / "sd")
+    _sd_pipeline(StableDiffusionPipeline, folder, seed, in_channels=4,
+                 vae_levels=vae_levels).save_pretrained(folder / "sd")
     return folder / "sd"
 
 
@@ -142,8 +151,11 @@ def build_sdxl(folder: Path, seed: int = 0) -> Path:
     return folder / "sdxl"
 
 
-def build_sd3(folder: Path, seed: int = 0) -> Path:
-    """SD3 layout: an MMDiT transformer, two CLIP encoders with projection and T5."""
+def build_sd3(folder: Path, seed: int = 0, layers: int = 1) -> Path:
+    """SD3 layout: an MMDiT transformer, two CLIP encoders with projection and T5.
+
+    ``layers``: joint blocks. SD3 adds ControlNet residuals to every block but the last (whose
+    context is not carried on), so a model for ControlNet tests needs 2."""
     import torch
     from diffusers import (FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel,
                            StableDiffusion3Pipeline)
@@ -152,7 +164,7 @@ def build_sd3(folder: Path, seed: int = 0) -> Path:
     tokenizer = clip_tokenizer(folder / "_tok")
     t5_tok = t5_tokenizer()
     transformer = SD3Transformer2DModel(
-        sample_size=16, patch_size=1, in_channels=16, num_layers=1, attention_head_dim=8,
+        sample_size=16, patch_size=1, in_channels=16, num_layers=layers, attention_head_dim=8,
         num_attention_heads=4, joint_attention_dim=TEXT_DIM, caption_projection_dim=32,
         pooled_projection_dim=2 * TEXT_DIM, out_channels=16, pos_embed_max_size=32)
     pipe = StableDiffusion3Pipeline(
@@ -186,32 +198,64 @@ def build_flux(folder: Path, seed: int = 0) -> Path:
     return folder / "flux"
 
 
-def build_controlnet(folder: Path, family: str = "sd", seed: int = 1) -> Path:
-    """A ControlNet for the tiny SD (or SDXL) UNet above; its conditioning embedding brings
-    the pixel-sized control image down by the tiny VAE's factor, 2 (one stride-2 step)."""
+def build_controlnet(folder: Path, family: str = "sd", seed: int = 1, width: int = 1,
+                     name: str = "", **extra) -> Path:
+    """A ControlNet for one of the tiny models above, saved in ``folder/controlnet-<family>``
+    (or ``folder/<name>``).
+
+    ``sd``/``sdxl``: a ControlNetModel for the tiny UNets; its conditioning embedding brings
+    the pixel-sized control image down by the tiny VAE's factor, 2 (one stride-2 step).
+    ``sd3``/``flux``: an SD3ControlNetModel / FluxControlNetModel (InstantX layout: the
+    pipeline VAE-encodes the control image) with the tiny transformer's sizes; ``width`` > 1
+    multiplies its attention heads, making a ControlNet that does not fit that transformer;
+    ``extra`` goes to their constructor (``num_mode=2``: a FLUX ControlNet-Union).
+    """
     import torch
-    from diffusers import ControlNetModel
 
     torch.manual_seed(seed)
+    if family in ("sd", "sdxl"):
+        net = _unet_controlnet(family)
+    elif family == "sd3":
+        from diffusers import SD3ControlNetModel
+
+        net = SD3ControlNetModel(
+            sample_size=16, patch_size=1, in_channels=16, num_layers=1, attention_head_dim=8,
+            num_attention_heads=4 * width, joint_attention_dim=TEXT_DIM,
+            caption_projection_dim=32 * width, pooled_projection_dim=2 * TEXT_DIM,
+            out_channels=16, pos_embed_max_size=32, **extra)
+    elif family == "flux":
+        from diffusers import FluxControlNetModel
+
+        net = FluxControlNetModel(
+            patch_size=1, in_channels=16, num_layers=1, num_single_layers=1,
+            attention_head_dim=8, num_attention_heads=2 * width, joint_attention_dim=TEXT_DIM,
+            pooled_projection_dim=TEXT_DIM, axes_dims_rope=(2, 2, 4), **extra)
+    else:
+        raise ValueError(f"no tiny ControlNet for family {family!r}")
+    # Zero convolutions/linears (and the condition embedding's output) start at zero (the
+    # paper's trick): give them weights so the control image matters in the test.
+    with torch.no_grad():
+        for param in net.parameters():
+            if not param.any():
+                param.normal_(0, 0.3)
+    path = folder / (name or f"controlnet-{family}")
+    net.save_pretrained(path)
+    return path
+
+
+def _unet_controlnet(family: str):
+    from diffusers import ControlNetModel
+
     cross = {"sd": TEXT_DIM, "sdxl": 2 * TEXT_DIM}[family]
     extra = {}
     if family == "sdxl":
         extra = dict(addition_embed_type="text_time", addition_time_embed_dim=8,
                      projection_class_embeddings_input_dim=TEXT_DIM + 6 * 8,
                      use_linear_projection=True)
-    net = ControlNetModel(block_out_channels=(8, 16), layers_per_block=1, in_channels=4,
-                          down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-                          cross_attention_dim=cross, norm_num_groups=4, attention_head_dim=4,
-                          conditioning_embedding_out_channels=(8, 16), **extra)
-    # Zero convolutions (and the condition embedding's output) start at zero (the paper's
-    # trick): give them weights so the control image matters in the test.
-    with torch.no_grad():
-        for param in net.parameters():
-            if not param.any():
-                param.normal_(0, 0.3)
-    path = folder / f"controlnet-{family}"
-    net.save_pretrained(path)
-    return path
+    return ControlNetModel(block_out_channels=(8, 16), layers_per_block=1, in_channels=4,
+                           down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                           cross_attention_dim=cross, norm_num_groups=4, attention_head_dim=4,
+                           conditioning_embedding_out_channels=(8, 16), **extra)
 
 
 def build_lora(folder: Path, sd_folder: Path, seed: int = 2) -> Path:

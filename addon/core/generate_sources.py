@@ -28,7 +28,13 @@ import numpy as np
 
 #: Blender's Depth pass writes this (10^10 m) where no surface was hit.
 EMPTY_DEPTH = 1e9
-#: Camera-space axis signs per RGB channel: red = -x (left), green = +y (up), blue = +z (front).
+#: Camera-space axis signs per RGB channel: red = -x (left), green = +y (up), blue = +z (front),
+#: in Blender's camera frame (x right, y up, the camera looking down -z). Source: the
+#: ControlNet 1.1 README (lllyasviel/ControlNet-v1-1-nightly, section "ControlNet 1.1 Normal"):
+#: control_v11p_sd15_normalbae reads rendered normal maps "as long as the colors are correct
+#: (blue is front, red is left, green is top)", i.e. ScanNet's protocol, which its annotator
+#: (annotator/normalbae: Bae et al.'s ScanNet model, ``rgb = (n + 1) / 2``) produces.
+#: Dream Textures' normalbae renderer does the same (view-space normal, red flipped: ``1 - r``).
 NORMAL_AXIS_SIGNS = (-1.0, 1.0, 1.0)
 EMPTY_NORMAL = (128, 128, 255)
 

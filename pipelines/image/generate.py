@@ -11,7 +11,14 @@ class for the mode: txt2img without ``inputs.image``, img2img with it, inpaint w
 shares the warm model's modules (``from_pipe``), so switching modes loads nothing.
 
 Seeds: image ``i`` of a request uses ``seed + i`` through its own CPU ``torch.Generator``, so
-any image can be made again alone, on any device, from its entry in ``outputs.seeds``.
+any image can be made again alone, on any device, from its entry in ``outputs.seeds``. The one
+exception: SD3 ControlNet pipelines also draw the control image's VAE latents from torch's global
+generator, which each request seeds with ``seed`` (see ``_global_rng``): such images come back
+with the same ``seed`` and ``num_images``.
+
+ControlNets fit when their class is the family's (``ControlNetModel`` for SD/SDXL with the
+UNet's cross-attention width, ``SD3ControlNetModel``/``FluxControlNetModel`` with the
+transformer's width); several at once go to diffusers' Multi* wrappers with one scale each.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import importlib.util
 import inspect
 import time
 from collections.abc import Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -173,7 +181,7 @@ def run(inputs: dict, params: Params, job: Job, models: Mapping) -> dict:
             kwargs.update(callback_on_step_end=_on_step(model, job, height, width, params),
                           callback_on_step_end_tensor_inputs=["latents"])
             try:
-                with torch.inference_mode():
+                with torch.inference_mode(), _global_rng(params.seed, model.device):
                     result = pipe(**kwargs).images
             except torch.OutOfMemoryError as error:
                 raise _out_of_memory(models, params, height, width, error) from None
@@ -218,6 +226,8 @@ def _controlnet(models, model: ImageModel, item: dict, i: int):
         raise PipelineError("invalid_params", f"{field_path}: {item['model']} is a "
                             f"{net_class}, which does not fit {family.title} models (they take "
                             f"a {wanted})", field_path)
+    if family.key in ("sd3", "flux"):
+        _check_transformer_fit(model, net, item["model"], field_path)
     if family.key in ("sd", "sdxl"):
         base = model.pipe.unet.config
         ours = (base.cross_attention_dim, base.get("addition_embed_type"))
@@ -230,6 +240,61 @@ def _controlnet(models, model: ImageModel, item: dict, i: int):
                 f"width {theirs[0]}), but the model is {family.title} (width {ours[0]})",
                 field_path)
     return net
+
+
+def _check_transformer_fit(model: ImageModel, net, name: str, field_path: str) -> None:
+    """An SD3/FLUX ControlNet adds its residuals to the transformer's hidden states and embeds
+    the VAE-encoded control image like the latents: its width (heads x head size), latent
+    channels and patch size must be the transformer's (SD3.5 Large's ControlNets do not fit SD3
+    Medium, say). Raises ``invalid_params`` naming the field, instead of a shape error mid-run."""
+    ours, theirs = model.pipe.transformer.config, net.config
+
+    def sizes(config) -> tuple[int, int, int]:
+        return (config.num_attention_heads * config.attention_head_dim, config.in_channels,
+                config.get("patch_size", 1))
+
+    if sizes(ours) != sizes(theirs):
+        (width, channels, patch), (w, c, p) = sizes(theirs), sizes(ours)
+        raise PipelineError(
+            "invalid_params",
+            f"{field_path}: {name} is a {model.family.title} ControlNet made for a transformer "
+            f"of width {width} ({channels} latent channels, patch {patch}), but this model's "
+            f"is {w} ({c} latent channels, patch {p})", field_path)
+    if theirs.get("extra_conditioning_channels"):
+        # SD3's inpainting ControlNet (the control image with its mask as an extra channel)
+        # runs in its own pipeline, with inputs of its own.
+        raise PipelineError(
+            "invalid_params",
+            f"{field_path}: {name} is an SD3 inpainting ControlNet (the mask as "
+            f"{theirs.extra_conditioning_channels} extra channel), which image.generate does "
+            "not run; use an inpaint request without it or a control ControlNet", field_path)
+    if theirs.get("num_mode") is not None:
+        # A FLUX ControlNet-Union needs a control mode per image (canny, depth, ...), which
+        # params.controlnets does not carry: diffusers would fail mid-run without one.
+        raise PipelineError(
+            "invalid_params",
+            f"{field_path}: {name} is a FLUX ControlNet-Union ({theirs.num_mode} control "
+            "modes); image.generate takes single-mode ControlNets only", field_path)
+
+
+@contextmanager
+def _global_rng(seed: int, device: str):
+    """Torch's global generators seeded with the request's seed, restored afterwards.
+
+    Some diffusers pipelines draw noise from the global generator instead of the request's
+    ``generator``: StableDiffusion3ControlNetPipeline samples the control image's VAE latents
+    with ``latent_dist.sample()`` (diffusers 0.42). Seeding it makes those images reproducible
+    from ``params.seed`` too (for a batch, as the batch: that noise is drawn once for all
+    images); restoring it leaves the server's other users of torch's RNG undisturbed.
+    """
+    import torch
+
+    devices = []
+    if device.startswith("cuda") and torch.cuda.is_available():
+        devices = [torch.device(device).index or 0]
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
 
 
 def _load_loras(models, model: ImageModel, loras: list[dict]) -> list[str]:

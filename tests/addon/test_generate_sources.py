@@ -51,6 +51,30 @@ def test_normals_go_to_camera_space_in_the_normalbae_colours():
                                [[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]], atol=0.01)
 
 
+def test_a_sphere_facing_the_camera_has_the_normalbae_colours():
+    """ControlNet 1.1's normalbae convention: "blue is front, red is left, green is top" (its
+    README). A unit sphere straight ahead of a camera at the world origin that looks along
+    world -Z (Blender's camera rest pose, camera frame = world frame)."""
+    size = 65
+    u = (np.arange(size) + 0.5) / size * 2.0 - 1.0          # image x, -1 at the left edge
+    x, y = np.meshgrid(u, -u)                                 # row 0 at the top: y = +1
+    inside = x ** 2 + y ** 2 < 1.0
+    z = np.sqrt(np.clip(1.0 - x ** 2 - y ** 2, 0.0, None))    # the visible half faces +z
+    world = np.stack([x, y, z], axis=-1) * inside[..., None]
+    image = gs.normal_control(world, np.eye(4)).astype(int)
+    middle = size // 2
+    assert tuple(image[middle, middle]) == (128, 128, 255)   # the centre faces the camera
+    right, left = image[middle, size - 2], image[middle, 1]   # the rims, just inside
+    assert right[0] < 40 and left[0] > 215                    # red: normals pointing left
+    assert abs(right[1] - 128) <= 1 and abs(left[1] - 128) <= 1
+    top, bottom = image[1, middle], image[size - 2, middle]
+    assert top[1] > 215 and bottom[1] < 40                    # green: normals pointing up
+    assert abs(top[0] - 128) <= 1 and abs(bottom[0] - 128) <= 1
+    # Blue is towards the viewer everywhere on the visible half, most at the centre.
+    assert (image[inside][:, 2] >= 128).all() and image[middle, middle, 2] == 255
+    assert (image[~inside] == gs.EMPTY_NORMAL).all()
+
+
 def test_index_mask_selects_one_object():
     index = np.array([[0.0, 3.0], [3.0, 2.0]])
     assert gs.index_mask(index, 3).tolist() == [[0, 255], [255, 0]]
