@@ -56,7 +56,7 @@ class Params:
         iterations: steps of the full fit (default 250).
         ground_iterations: steps of the ground stage (default 150; 0 skips the contact
             refinement but still places the ground and the camera).
-        smoothness: weight of the acceleration term (default 20).
+        smoothness: weight of the acceleration term (default 100).
         min_confidence: MediaPipe's detection/tracking threshold (default 0.5).
     """
 
@@ -67,7 +67,7 @@ class Params:
     fov_degrees: float = field(default=57.5, metadata={"doc": "horizontal field of view when intrinsics are not given", "min": 5.0, "max": 170.0})
     iterations: int = field(default=250, metadata={"doc": "steps of the full fit", "min": 0, "max": 20000})
     ground_iterations: int = field(default=150, metadata={"doc": "steps of the ground and contact stage", "min": 0, "max": 20000})
-    smoothness: float = field(default=20.0, metadata={"doc": "weight of the acceleration term", "min": 0.0})
+    smoothness: float = field(default=100.0, metadata={"doc": "weight of the acceleration term", "min": 0.0})
     min_confidence: float = field(default=0.5, metadata={"doc": "detector confidence threshold", "min": 0.0, "max": 1.0})
 
     def __post_init__(self):
