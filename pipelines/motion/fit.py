@@ -10,14 +10,18 @@ contract's: Z up, facing -Y):
   residual of the 23 common keypoints, r in units of the person's image height;
 - bone directions: 1 - cos between fitted limb directions and the detector's metric 3D
   landmarks (MediaPipe's world landmarks share the camera's axes), visibility-weighted;
-- smoothness: squared acceleration of the keypoints (metres per frame^2);
+- smoothness: squared acceleration of the keypoints (metres per frame^2), heavier in the
+  ground stage (a second, smoothing pass);
 - pose prior: squared axis-angle of the body joints, knees as hinges bending about +X only;
 - shape prior: towards the mean body;
-- ground stage only: zero velocity of foot points in contact, contact points at Z = 0, and
-  no point below the ground.
+- ground stage only: zero velocity of foot points in contact, contact points at Z = 0, no
+  point below the ground, and each run of contact frames holding its sole point at one place
+  (contact.py).
 
-The optimiser is Adam (Kingma & Ba 2015) on all variables at once; the root orientation starts
-from four yaw hypotheses per frame, the best of which is kept (stage "init").
+Each stage runs Adam (Kingma & Ba 2015) on all variables at once (the shape, the robust
+kernel's annealing, the 3D-landmark directions weighted up to pick each limb's depth), then
+L-BFGS with a strong-Wolfe line search to converge; the root orientation starts from four yaw
+hypotheses per frame, the best of which is kept (stage "init").
 """
 
 from __future__ import annotations
@@ -67,12 +71,20 @@ class FitSettings:
         w_contact_velocity: weight of foot velocity on contacts, per (m/frame)^2 (default 200).
         w_contact_height: weight of contact height, per m^2 (default 20).
         w_penetration: weight of points below the ground, per m^2 (default 1000).
+        w_lock: weight of a sole point's distance to the mean of its contact run, per m^2
+            (default 2000).
         anneal: the robust kernel starts this many times wider than ``sigma`` (default 10).
         w_depth: weight of the pull of the root depth to the torso-length depth (default 10).
         shape_iterations: steps of each stage during which the shape is optimised too; it is
             frozen afterwards (default 40).
         adam_fraction: share of each stage's steps taken by Adam (shape, robust-kernel
             annealing); L-BFGS takes the rest to converge (default 0.4).
+        ground_adam_fraction: the same for the ground stage, which starts from a converged fit
+            and keeps its shape (default 0: Adam's first steps, a learning rate's worth in
+            every variable, undid more than its 60 steps mended).
+        ground_accel_scale: the acceleration weight of the ground stage, times ``w_accel``
+            (default 4: the second, smoothing pass; bench_motion walk 6.9 -> 5.7, jump 10.4 ->
+            8.7, crouch 10.5 -> 6.7 mm/frame^2 at the same PA-MPJPE).
     """
 
     init_iterations: int = 40
@@ -89,9 +101,12 @@ class FitSettings:
     w_contact_velocity: float = 200.0
     w_contact_height: float = 20.0
     w_penetration: float = 1000.0
+    w_lock: float = 2000.0
     anneal: float = 10.0
     shape_iterations: int = 40
     adam_fraction: float = 0.4
+    ground_adam_fraction: float = 0.0
+    ground_accel_scale: float = 4.0
     w_depth: float = 10.0
 
 
@@ -124,6 +139,8 @@ class Fit:
         keypoints: posed common keypoints. [T, 23, 3]
         rest: the body at rest for ``shape``.
         losses: final value of each energy term.
+        foot_rotations: rotations of the left and right foot joints in the fit's frame (a
+            foot faces -Y and is flat at rest), or None. [T, 2, 3, 3]
     """
 
     shape: Tensor
@@ -133,6 +150,7 @@ class Fit:
     keypoints: Tensor
     rest: Rest
     losses: dict = field(default_factory=dict)
+    foot_rotations: Tensor | None = None
 
 
 @dataclass
@@ -145,12 +163,15 @@ class Ground:
         contacts: soft contact per foot point in :data:`FEET` order. [T, 6]
         tilt: a correction of the camera's rotation, axis-angle in the camera, optimised. [3]
         shift: a correction of the camera's position in the world, optimised. [3]
+        segments: run id of each sole point's contact frames (`contact.segments`), -1
+            outside; the fit holds each run in place. [T, 6] int64, or None
     """
 
     camera_from_world: Tensor
     camera_position: Tensor
     contacts: Tensor
     tilt: Tensor = field(default_factory=lambda: torch.zeros(3))
+    segments: Tensor | None = None
     shift: Tensor = field(default_factory=lambda: torch.zeros(3))
 
     def corrected(self) -> tuple[np.ndarray, np.ndarray]:
@@ -309,7 +330,8 @@ class Fitter:
             # While the robust kernel is wide the reprojection pulls (sigma / wide)^2 as hard;
             # the smoothness follows it down, or it would freeze the limbs before they find
             # their basin.
-            terms["accel"] = s.w_accel * (s.sigma / sigma) ** 2 * (accel ** 2).sum(-1).mean()
+            w_accel = s.w_accel if ground is None else s.w_accel * s.ground_accel_scale
+            terms["accel"] = w_accel * (s.sigma / sigma) ** 2 * (accel ** 2).sum(-1).mean()
         if ground is None and s.w_depth > 0 and obs.get("depth0") is not None and len(obs["depth0"]) == t:
             # The torso's image length gives the depth whatever the limbs do; a soft pull to it
             # keeps folded legs (a crouch) from being read as the body moving away.
@@ -330,6 +352,15 @@ class Fitter:
                 velocity = (feet[1:] - feet[:-1]).pow(2).sum(-1)
                 weight = ground.contacts[1:] * ground.contacts[:-1]
                 terms["contact_velocity"] = s.w_contact_velocity * (weight * velocity).sum() / t
+            if ground.segments is not None and s.w_lock > 0 and bool((ground.segments >= 0).any()):
+                # Each run of contact frames holds its point at one place: the squared distance
+                # to the run's mean (a slow drift over a planting costs as much as a jump).
+                on = ground.segments >= 0
+                ids = ground.segments[on]
+                points = feet[on]                                           # [N, 3]
+                count = torch.zeros(int(ids.max()) + 1).index_add(0, ids, torch.ones(len(ids)))
+                mean = torch.zeros(len(count), 3).index_add(0, ids, points) / count[:, None]
+                terms["lock"] = s.w_lock * (points - mean[ids]).pow(2).sum() / t
             terms["contact_height"] = s.w_contact_height * (ground.contacts * height ** 2).sum() / t
             terms["penetration"] = s.w_penetration * (torch.relu(-kp[..., 2]) ** 2).sum() / t
             terms["camera"] = 0.1 * (ground.tilt[1] ** 2 + ground.shift[:2].pow(2).sum())
@@ -437,9 +468,9 @@ class Fitter:
         ground.tilt = torch.zeros(3, requires_grad=True)
         ground.shift = torch.zeros(3, requires_grad=True)
         return self._optimise(obs, [root, position, pose, shape_raw, ground.tilt, ground.shift],
-                              steps, ground, "ground", 0, steps)
+                              steps, ground, "ground", 0, steps, self.settings.ground_adam_fraction)
 
-    def _optimise(self, obs, params, steps, ground, stage, offset, total) -> Fit:
+    def _optimise(self, obs, params, steps, ground, stage, offset, total, adam_fraction=None) -> Fit:
         """Adam for the first ``adam_fraction`` of ``steps`` (shape, wide robust kernel), then
         L-BFGS for the rest (shape frozen, final kernel).
 
@@ -450,7 +481,8 @@ class Fitter:
         an Adam step with the shape free."""
         root, position, pose, shape_raw = params[:4]
         s = self.settings
-        adam_steps = steps if steps < 10 else int(round(steps * s.adam_fraction))
+        adam_fraction = s.adam_fraction if adam_fraction is None else adam_fraction
+        adam_steps = steps if steps < 10 else int(round(steps * adam_fraction))
         optimiser = torch.optim.Adam(params, lr=s.lr)
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, max(adam_steps, 1), eta_min=s.lr * 0.05)
         terms = {}
@@ -501,8 +533,9 @@ class Fitter:
                                           w_direction=s.w_direction_refine if steps - adam_steps > 0 else None)
             rotations, kin, kp = self.model.pose(rest, root, pose, position)
         self.report(stage, offset + steps, total)
+        feet = kin.rotations[:, self.body.feet].detach() if len(self.body.feet) == 2 else None
         return Fit(shape.detach(), rotations.detach(), position.detach(), kin.positions.detach(),
-                   kp.detach(), rest, {k: float(v) for k, v in terms.items()})
+                   kp.detach(), rest, {k: float(v) for k, v in terms.items()}, feet)
 
 
 def fit_per_frame(body: Body, observations: Observations, settings: FitSettings) -> list[Fit]:

@@ -110,6 +110,7 @@ def estimate_ground(fit: Fit, fps: float) -> Placement:
                 if abs(line @ up) < np.sin(np.radians(MAX_CORRECTION)):
                     up = up - (up @ line) * line
                     up /= np.linalg.norm(up)
+    up = _level_planted_feet(fit, up, still > 0.5, feet @ up - lift)
     height = feet @ up - lift
     floor = np.percentile(height.min(1), 20)
     # World axes in camera coordinates: Z = up, X = camera x laid on the ground, Y = Z x X.
@@ -127,6 +128,38 @@ def estimate_ground(fit: Fit, fps: float) -> Placement:
     pitch = float(np.arcsin(np.clip(forward[2], -1, 1)))
     return Placement(world_from_camera.astype(np.float32), rotation.T.astype(np.float32),
                      camera_position.astype(np.float32), float(camera_position[2]), pitch)
+
+
+def _level_planted_feet(fit: Fit, up: np.ndarray, still: np.ndarray, height: np.ndarray) -> np.ndarray:
+    """The up axis made perpendicular to the heading of each planted foot (a flat foot's
+    heel-to-toe axis lies on the ground), within MAX_CORRECTION.
+
+    Plantings spread over the ground fix the plane for a walk; a body that stays on one spot
+    (a crouch, a jump) plants too small a patch, and the body's own up axis (its pelvis, which
+    tips as the thighs fold) left the camera pitched 8 degrees and 0.7 m off. A planted foot is
+    the frames where all its sole points are still in the image and the lowest of the frame.
+
+    Args:
+        fit: the camera-frame fit.
+        up: the current up axis, camera coordinates. [3]
+        still: sole points still in the image, FEET order. [T, 6]
+        height: sole heights along ``up``. [T, 6]
+    """
+    if fit.foot_rotations is None:
+        return up
+    rotations = fit.foot_rotations.numpy().astype(np.float64)              # [T, 2, 3, 3]
+    low = height - height.min(1, keepdims=True) < CONTACT_HEIGHT
+    for side in range(2):
+        planted = (still[:, 3 * side:3 * side + 3] & low[:, 3 * side:3 * side + 3]).all(1)
+        if planted.sum() < 3:
+            continue
+        # The body faces -Y at rest, its feet too.
+        heading = -rotations[planted, side, :, 1].mean(0)
+        heading /= max(np.linalg.norm(heading), 1e-9)
+        if abs(heading @ up) < np.sin(np.radians(MAX_CORRECTION)):
+            up = up - (up @ heading) * heading
+            up /= np.linalg.norm(up)
+    return up
 
 
 def _plantings(points: np.ndarray, still: np.ndarray, low: np.ndarray, min_frames: int = 2,
@@ -190,9 +223,10 @@ def to_world(fit: Fit, placement: Placement) -> Fit:
     offset = torch.tensor(placement.world_from_camera_cv[:3, 3])
     local = fit.local_rotations.clone()
     local[:, 0] = rotation @ local[:, 0]
+    feet = None if fit.foot_rotations is None else rotation @ fit.foot_rotations
     return Fit(fit.shape, local, fit.root_position @ rotation.T + offset,
                fit.joints @ rotation.T + offset, fit.keypoints @ rotation.T + offset, fit.rest,
-               dict(fit.losses))
+               dict(fit.losses), feet)
 
 
 def contacts(points: np.ndarray, fps: float, lift: np.ndarray | None = None) -> np.ndarray:

@@ -205,7 +205,7 @@ def run(inputs: dict, params: Params, job: Job, models: Mapping) -> dict:
     kind = _check(inputs, params)
     import torch
 
-    from . import decode, detect, ground
+    from . import contact as contacts, decode, detect, ground
     from .fit import Fitter, FitSettings, Observations, rest_keypoints
     from .keypoints import CONTACT_POINTS, to_common
     from nskernels.rotations import matrix_to_quaternion
@@ -287,7 +287,8 @@ def run(inputs: dict, params: Params, job: Job, models: Mapping) -> dict:
 
         contact = ground.initial_contacts(world, common, fps)
         state = Ground(torch.tensor(placement.camera_from_world), torch.tensor(placement.camera_position),
-                       torch.tensor(contact))
+                       torch.tensor(contact),
+                       segments=torch.tensor(contacts.lock_runs(common, world, ground.STILL_STEP)))
         world = fitter.fit_ground(observations, world, state)
         camera_from_world, camera_position = state.corrected()
     job.progress("ground", 1, 1, "placed on the ground")
@@ -296,8 +297,8 @@ def run(inputs: dict, params: Params, job: Job, models: Mapping) -> dict:
     rest = body.rest(world.shape, full=True)
     t = world.keypoints.shape[0]
     keypoints = world.keypoints.numpy()
-    contact_points = ground.contacts(keypoints[:, list(CONTACT_POINTS)], fps,
-                                     rest_keypoints(rest)[list(CONTACT_POINTS), 2].numpy())
+    contact_points = contacts.world_contacts(keypoints[:, list(CONTACT_POINTS)], fps,
+                                             rest_keypoints(rest)[list(CONTACT_POINTS), 2].numpy())
     world_from_cv = np.eye(4, dtype=np.float32)
     world_from_cv[:3, :3] = np.asarray(camera_from_world).T
     world_from_cv[:3, 3] = camera_position

@@ -1,9 +1,10 @@
 """Synthetic clips with a known answer: a body moving in the world, seen by a static camera.
 
-Used by the tests, the benchmark and the demo. A motion is a set of local rotations of the
-body's fitted joints plus a root path; the lower foot of each frame stays planted (the root
-moves by what it moved, so walks do not skate) and feet are put on the ground frame by frame. The
-observations are the body's 23 common keypoints projected through the camera, with pixel noise,
+Used by the tests and the benchmark. A motion is a set of local rotations of the body's fitted
+joints (sines and smooth bumps: no kinks, so the truth's acceleration is smooth) plus a root
+yaw and lift; the feet stay level, the lower foot carries the body (a softmax of the two
+soles' heights: the root moves by what that foot moved relative to the body and stands on it),
+so planted feet neither skate nor pivot (the hips twist against a turn). The observations are the body's 23 common keypoints projected through the camera, with pixel noise,
 dropped points and the metric, camera-aligned 3D landmarks a detector such as MediaPipe gives.
 """
 
@@ -80,7 +81,7 @@ def _bump(phase, centre: float, power: int = 3):
 _BUMP4_MEAN = 70 / 256
 #: Thigh pitch range of the walk (radians, front to back).
 _STRIDE = 0.7
-_KNEE_PEAK, _KNEE_LEAD, _KNEE_POWER = 1.3, -0.3, 2
+_KNEE_PEAK, _KNEE_LEAD, _KNEE_POWER = 1.0, -0.3, 3
 
 
 def _gait_angle(phase):
@@ -174,7 +175,7 @@ def _motion(body: Body, kind: str, t_count: int, fps: float):
 #: times this carries the body. Small enough that a planted foot barely moves (< 1 mm/frame at
 #: the hand-over), large enough that the hand-over takes a few frames instead of one (a root
 #: velocity switching in one frame is a kink in the truth).
-STANCE_SOFTNESS = 0.005
+STANCE_SOFTNESS = 0.01
 
 
 def make_clip(body: Body, kind: str = "walk", frames: int = 60, fps: float = 30.0,
