@@ -90,6 +90,7 @@ class Body:
         to_body_params: ``(rotations [T,J,3,3] local with the root's in the world,
             root_translation [T,3] world, shape [S]) -> dict``: the model's own parameters
             (the Motion map's ``body``).
+        feet: the left and right foot (ankle) joints, whose frames are flat at rest.
     """
 
     model: str
@@ -105,6 +106,7 @@ class Body:
     skin_index: np.ndarray | None = None
     skin_weight: np.ndarray | None = None
     to_body_params: Callable | None = field(default=None, repr=False)
+    feet: list = field(default_factory=list)
 
 
 def _anchors_from_vertices(pairs_k, pairs_v, pairs_w, vertices, joints, bone_index, bone_weight, k_count):
@@ -200,7 +202,7 @@ def load_anny(device: str = "cpu") -> Body:
         faces=model.get_triangular_faces().cpu().numpy().astype(np.int32),
         skin_index=bone_index.cpu().numpy().astype(np.int32),
         skin_weight=bone_weight.cpu().numpy().astype(np.float32),
-        to_body_params=to_body_params,
+        to_body_params=to_body_params, feet=[names.index("foot.L"), names.index("foot.R")],
     )
 
 
@@ -397,4 +399,5 @@ def load_smpl(path: Path, kind: str = "smpl", vertex_ids: dict | None = None) ->
         shape_labels=[f"beta{i}" for i in range(num_betas)], rest=rest,
         faces=None, skin_index=skin_index.numpy().astype(np.int32),
         skin_weight=skin_weight.numpy().astype(np.float32), to_body_params=to_body_params,
+        feet=[7, 8],
     )

@@ -23,10 +23,8 @@ from .fit import FEET, Fit, rest_keypoints
 
 log = logging.getLogger(__name__)
 
-#: Foot points within this height of the ground count as touching it (metres).
+#: Sole points within this height of the frame's lowest count as low (metres).
 CONTACT_HEIGHT = 0.05
-#: ... and moving slower than this (metres per second).
-CONTACT_SPEED = 0.5
 #: Image stillness of the ground stage's contacts, a fraction of the person's image height per
 #: frame: twice the keypoints' own jitter (1 px of detector noise on a 250 px person moves a
 #: point 0.4-0.6 % between frames). At 0.4 % the noise alone cut most planted frames out of
@@ -110,6 +108,7 @@ def estimate_ground(fit: Fit, fps: float) -> Placement:
                 if abs(line @ up) < np.sin(np.radians(MAX_CORRECTION)):
                     up = up - (up @ line) * line
                     up /= np.linalg.norm(up)
+    up = _level_planted_feet(fit, up, still > 0.5, feet @ up - lift)
     height = feet @ up - lift
     floor = np.percentile(height.min(1), 20)
     # World axes in camera coordinates: Z = up, X = camera x laid on the ground, Y = Z x X.
@@ -127,6 +126,38 @@ def estimate_ground(fit: Fit, fps: float) -> Placement:
     pitch = float(np.arcsin(np.clip(forward[2], -1, 1)))
     return Placement(world_from_camera.astype(np.float32), rotation.T.astype(np.float32),
                      camera_position.astype(np.float32), float(camera_position[2]), pitch)
+
+
+def _level_planted_feet(fit: Fit, up: np.ndarray, still: np.ndarray, height: np.ndarray) -> np.ndarray:
+    """The up axis made perpendicular to the heading of each planted foot (a flat foot's
+    heel-to-toe axis lies on the ground), within MAX_CORRECTION.
+
+    Plantings spread over the ground fix the plane for a walk; a body that stays on one spot
+    (a crouch, a jump) plants too small a patch, and the body's own up axis (its pelvis, which
+    tips as the thighs fold) left the camera pitched 8 degrees and 0.7 m off. A planted foot is
+    the frames where all its sole points are still in the image and the lowest of the frame.
+
+    Args:
+        fit: the camera-frame fit.
+        up: the current up axis, camera coordinates. [3]
+        still: sole points still in the image, FEET order. [T, 6]
+        height: sole heights along ``up``. [T, 6]
+    """
+    if fit.foot_rotations is None:
+        return up
+    rotations = fit.foot_rotations.numpy().astype(np.float64)              # [T, 2, 3, 3]
+    low = height - height.min(1, keepdims=True) < CONTACT_HEIGHT
+    for side in range(2):
+        planted = (still[:, 3 * side:3 * side + 3] & low[:, 3 * side:3 * side + 3]).all(1)
+        if planted.sum() < 3:
+            continue
+        # The body faces -Y at rest, its feet too.
+        heading = -rotations[planted, side, :, 1].mean(0)
+        heading /= max(np.linalg.norm(heading), 1e-9)
+        if abs(heading @ up) < np.sin(np.radians(MAX_CORRECTION)):
+            up = up - (up @ heading) * heading
+            up /= np.linalg.norm(up)
+    return up
 
 
 def _plantings(points: np.ndarray, still: np.ndarray, low: np.ndarray, min_frames: int = 2,
@@ -190,32 +221,10 @@ def to_world(fit: Fit, placement: Placement) -> Fit:
     offset = torch.tensor(placement.world_from_camera_cv[:3, 3])
     local = fit.local_rotations.clone()
     local[:, 0] = rotation @ local[:, 0]
+    feet = None if fit.foot_rotations is None else rotation @ fit.foot_rotations
     return Fit(fit.shape, local, fit.root_position @ rotation.T + offset,
                fit.joints @ rotation.T + offset, fit.keypoints @ rotation.T + offset, fit.rest,
-               dict(fit.losses))
-
-
-def contacts(points: np.ndarray, fps: float, lift: np.ndarray | None = None) -> np.ndarray:
-    """Soft contact of foot points from their height and speed in the world.
-
-    Args:
-        points: foot points in the world, metres. [T, P, 3]
-        fps: frames per second.
-        lift: each point's height above the floor at rest (0 if None). [P]
-
-    Returns:
-        Contact in [0, 1]. [T, P]
-    """
-    height = points[..., 2] - (0.0 if lift is None else lift)
-    speed = np.zeros(height.shape)
-    if len(points) > 1:
-        step = np.linalg.norm(np.diff(points, axis=0), axis=-1) * fps
-        speed[1:] = step
-        speed[0] = step[0]
-    # Smooth ramps instead of thresholds so the ground stage's weights have no jumps.
-    near = np.clip(1.5 - height / (2 * CONTACT_HEIGHT), 0.0, 1.0)
-    slow = np.clip(1.5 - speed / (2 * CONTACT_SPEED), 0.0, 1.0)
-    return (near * slow).astype(np.float32)
+               dict(fit.losses), feet)
 
 
 def initial_contacts(fit: Fit, keypoints2d: np.ndarray, fps: float) -> np.ndarray:

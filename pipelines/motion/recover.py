@@ -60,7 +60,7 @@ class Params:
         iterations: steps of the full fit (default 250).
         ground_iterations: steps of the ground stage (default 150; 0 skips the contact
             refinement but still places the ground and the camera).
-        smoothness: weight of the acceleration term (default 20).
+        smoothness: weight of the acceleration term (default 100).
         min_confidence: MediaPipe's detection/tracking threshold (default 0.5).
     """
 
@@ -71,7 +71,7 @@ class Params:
     fov_degrees: float = field(default=57.5, metadata={"doc": "horizontal field of view when intrinsics are not given", "min": 5.0, "max": 170.0})
     iterations: int = field(default=250, metadata={"doc": "steps of the full fit", "min": 0, "max": 20000})
     ground_iterations: int = field(default=150, metadata={"doc": "steps of the ground and contact stage", "min": 0, "max": 20000})
-    smoothness: float = field(default=20.0, metadata={"doc": "weight of the acceleration term", "min": 0.0})
+    smoothness: float = field(default=100.0, metadata={"doc": "weight of the acceleration term", "min": 0.0})
     min_confidence: float = field(default=0.5, metadata={"doc": "detector confidence threshold", "min": 0.0, "max": 1.0})
 
     def __post_init__(self):
@@ -214,7 +214,7 @@ def run(inputs: dict, params: Params, job: Job, models: Mapping) -> dict:
     kind = _check(inputs, params)
     import torch
 
-    from . import decode, detect, ground
+    from . import contact as contacts, decode, detect, ground
     from .fit import Fitter, FitSettings, Observations, rest_keypoints
     from .keypoints import CONTACT_POINTS, to_common
     from nskernels.rotations import matrix_to_quaternion
@@ -306,8 +306,11 @@ def run(inputs: dict, params: Params, job: Job, models: Mapping) -> dict:
             from .fit import Ground
 
             contact = ground.initial_contacts(world, common, fps)
+            # Runs of frames where a foot stays put in the image: a static camera sees a planted
+            # foot still (a moving one does not, so the path case has no locks).
+            segments = torch.tensor(contacts.lock_runs(common, world, ground.STILL_STEP))
             state = Ground(torch.tensor(placement.camera_from_world), torch.tensor(placement.camera_position),
-                           torch.tensor(contact))
+                           torch.tensor(contact), segments=segments)
             world = fitter.fit_ground(observations, world, state)
             camera_from_world, camera_position = state.corrected()
     else:
@@ -327,8 +330,8 @@ def run(inputs: dict, params: Params, job: Job, models: Mapping) -> dict:
     rest = body.rest(world.shape, full=True)
     t = world.keypoints.shape[0]
     keypoints = world.keypoints.numpy()
-    contact_points = ground.contacts(keypoints[:, list(CONTACT_POINTS)], fps,
-                                     rest_keypoints(rest)[list(CONTACT_POINTS), 2].numpy())
+    contact_points = contacts.world_contacts(keypoints[:, list(CONTACT_POINTS)], fps,
+                                             rest_keypoints(rest)[list(CONTACT_POINTS), 2].numpy())
     if path is None:
         world_from_cv = np.eye(4, dtype=np.float32)
         world_from_cv[:3, :3] = np.asarray(camera_from_world).T

@@ -222,7 +222,7 @@ def evaluate(model: SmplModel, params: Parameters, world_from_smpl: np.ndarray, 
     coco = np.empty((t, 17, 3))
     for k, source in enumerate(COCO_SOURCES):
         coco[:, k] = joints[:, source].numpy() if isinstance(source, int) else points[:, names.index(source)].numpy()
-    from .ground import contacts as soft_contacts
+    from .contact import world_contacts
 
     feet = points[:, 5:].numpy()
     rest_feet = (rest_v[picked[5:]] @ c.T - lift)[:, 2].numpy()
@@ -246,7 +246,7 @@ def evaluate(model: SmplModel, params: Parameters, world_from_smpl: np.ndarray, 
         "root_translation": root.numpy().astype(np.float32),
         "joints": joints.numpy().astype(np.float32),
         "keypoints3d": coco.astype(np.float32),
-        "contacts": soft_contacts(feet, float(params.fps), rest_feet),
+        "contacts": world_contacts(feet, float(params.fps), rest_feet),
         "confidence": np.ones(t, np.float32),
         "body": body,
         "mesh": {"vertices": body_v.numpy().astype(np.float32), "faces": model.faces,

@@ -2,10 +2,11 @@
 along a camera path (``camera_motion``: "pan" turns on a tripod, "track" dollies alongside the
 body, "arc" circles it; all keep the body in view).
 
-Used by the tests, the benchmark and the demo. A motion is a set of local rotations of the
-body's fitted joints plus a root path; the lower foot of each frame stays planted (the root
-moves by what it moved, so walks do not skate) and feet are put on the ground frame by frame. The
-observations are the body's 23 common keypoints projected through the camera, with pixel noise,
+Used by the tests and the benchmark. A motion is a set of local rotations of the body's fitted
+joints (sines and smooth bumps: no kinks, so the truth's acceleration is smooth) plus a root
+yaw and lift; the feet stay level, the lower foot carries the body (a softmax of the two
+soles' heights: the root moves by what that foot moved relative to the body and stands on it),
+so planted feet neither skate nor pivot (the hips twist against a turn). The observations are the body's 23 common keypoints projected through the camera, with pixel noise,
 dropped points and the metric, camera-aligned 3D landmarks a detector such as MediaPipe gives.
 """
 
@@ -18,10 +19,15 @@ import numpy as np
 import torch
 
 
+from nskernels.rotations import axis_angle_to_matrix, matrix_to_axis_angle
+
 from .body import Body
-from .fit import Observations, _Model
+from .fit import Observations, _Model, rest_keypoints
+from .keypoints import INDEX
 
 MOTIONS = ("walk", "turn", "jump", "crouch")
+_LEFT_SOLE = [INDEX[n] for n in ("left_heel", "left_big_toe", "left_small_toe")]
+_RIGHT_SOLE = [INDEX[n] for n in ("right_heel", "right_big_toe", "right_small_toe")]
 
 
 @dataclass
@@ -120,58 +126,110 @@ def camera_path(kind: str, camera_position, keypoints: np.ndarray, seed: int = 0
     raise ValueError(f"unknown camera motion {kind!r}; known: {CAMERA_MOTIONS}")
 
 
+def _bump(phase, centre: float, power: int = 3):
+    """A smooth periodic bump in [0, 1], 1 at ``centre``, ((1 + cos)/2)^power (C-infinity)."""
+    return (0.5 * (1 + np.cos(phase - centre))) ** power
+
+
+#: Mean over a cycle of ``_bump(p, c, 4)``: C(8, 4) / 2^8.
+_BUMP4_MEAN = 70 / 256
+#: Thigh pitch range of the walk (radians, front to back).
+_STRIDE = 0.7
+_KNEE_PEAK, _KNEE_LEAD, _KNEE_POWER = 1.0, -0.3, 3
+
+
+def _gait_angle(phase):
+    """Thigh pitch of the walk at gait ``phase`` (radians; negative: forward), C-infinity:
+    the integral of ``-1 + bump / mean(bump)`` (swing forward around phase 0, back in stance),
+    scaled to :data:`_STRIDE` and centred."""
+    grid = np.linspace(-math.pi, math.pi, 2049)
+    rate = 1.0 - _bump(grid, 0.0, 4) / _BUMP4_MEAN          # d(pitch)/d(phase), +: backwards
+    curve = np.concatenate([[0.0], np.cumsum(0.5 * (rate[1:] + rate[:-1]) * np.diff(grid))])
+    curve = (curve - 0.5 * (curve.max() + curve.min())) * _STRIDE / np.ptp(curve)
+    wrapped = (np.asarray(phase) + math.pi) % (2 * math.pi) - math.pi
+    return np.interp(wrapped, grid, curve)
+
+
 def _motion(body: Body, kind: str, t_count: int, fps: float):
-    """Local axis-angle of the free joints [T, F-1, 3], root yaw [T], root path [T, 3]."""
+    """Local rotations of the free joints [T, F-1, 3, 3], root yaw [T], root lift [T].
+
+    Every curve is built from sines and smooth bumps: the truth has no kinks (a kinked truth
+    makes any estimate look jerky in the acceleration error). Feet stay level, so a planted foot
+    moves rigidly with the body and :func:`make_clip` can keep it in place.
+    """
     names = [body.names[j] for j in body.free[1:]]
-    pose = np.zeros((t_count, len(names), 3))
+    pitch = np.zeros((t_count, len(names)))     # about each joint's X (+: leg back / knee bent / toes down)
+    twist = np.zeros((t_count, len(names)))     # about the parent's Z, applied after the pitch
     time = np.arange(t_count) / fps
     phase = 2 * math.pi * 0.9 * time
-
-    def set_x(name_part, values):
-        for i, name in enumerate(names):
-            if name_part(name):
-                pose[:, i, 0] = values
 
     left = lambda n: n.endswith(".L") or n.startswith("left")  # noqa: E731
     right = lambda n: n.endswith(".R") or n.startswith("right")  # noqa: E731
     is_thigh = lambda n: "upperleg" in n or n.endswith("_hip")  # noqa: E731
     is_knee = lambda n: "lowerleg" in n or n.endswith("_knee")  # noqa: E731
+    is_foot = lambda n: "foot" in n or n.endswith("_ankle")  # noqa: E731
     is_arm = lambda n: "upperarm" in n or n.endswith("_shoulder")  # noqa: E731
+
+    def put(target, select, values):
+        for i, name in enumerate(names):
+            if select(name):
+                target[:, i] = values
+
     yaw = np.zeros(t_count)
-    path = np.zeros((t_count, 3))
+    lift = np.zeros(t_count)
     if kind in ("walk", "turn"):
-        swing = 0.45 * np.sin(phase)
-        set_x(lambda n: is_thigh(n) and left(n), -swing)
-        set_x(lambda n: is_thigh(n) and right(n), swing)
-        set_x(lambda n: is_knee(n) and left(n), 0.7 * np.clip(np.sin(phase - 1.2), 0, None))
-        set_x(lambda n: is_knee(n) and right(n), 0.7 * np.clip(np.sin(phase + math.pi - 1.2), 0, None))
-        set_x(lambda n: is_arm(n) and left(n), 0.4 * np.sin(phase))
-        set_x(lambda n: is_arm(n) and right(n), -0.4 * np.sin(phase))
-        if kind == "walk":
-            # The body moves forward by planting its feet (see make_clip), not along a path.
-            yaw[:] = math.radians(60)
-        else:
-            yaw = np.linspace(0, 1.5 * math.pi, t_count)
+        yaw = np.full(t_count, math.radians(60)) if kind == "walk" else np.linspace(0, 1.5 * math.pi, t_count)
+        for side, offset in ((left, 0.0), (right, math.pi)):
+            p = phase + offset
+            # Gait: the thigh swings forward while its knee is bent (a bump around p = 0) and
+            # moves back at a steady rate in stance (its rate is -1 + bump / mean(bump), whose
+            # integral closes over a cycle), so the body moves at a nearly constant speed and
+            # the feet hand over without a jolt. The foot stays level (its pitch undoes thigh
+            # + knee), so a planted foot moves rigidly with the leg.
+            swing = _bump(p, 0.0, 4)
+            thigh = _gait_angle(p)
+            knee = _KNEE_PEAK * _bump(p, _KNEE_LEAD, _KNEE_POWER)
+            put(pitch, lambda n: is_thigh(n) and side(n), thigh)
+            put(pitch, lambda n: is_knee(n) and side(n), knee)
+            put(pitch, lambda n: is_foot(n) and side(n), -(thigh + knee))
+            put(pitch, lambda n: is_arm(n) and side(n), -thigh)
+            # A turning body keeps its planted foot's heading: the hip twists against the yaw
+            # while the foot is down and catches up while it swings, so planted feet do not
+            # pivot (in the truth nor in the metric).
+            rate = np.gradient(yaw)
+            heading = np.cumsum(rate * swing / _BUMP4_MEAN)
+            heading -= heading.mean() - yaw.mean()
+            put(twist, lambda n: is_thigh(n) and side(n), heading - yaw)
     elif kind == "crouch":
         depth = 0.5 * (1 - np.cos(2 * math.pi * time / max(time[-1], 1e-6)))
-        set_x(lambda n: is_thigh(n), -1.1 * depth)
-        set_x(lambda n: is_knee(n), 2.0 * depth)
-        set_x(lambda n: "foot" in n or n.endswith("_ankle"), -0.9 * depth)
-        set_x(lambda n: is_arm(n), -0.8 * depth)
+        put(pitch, is_thigh, -1.1 * depth)
+        put(pitch, is_knee, 2.0 * depth)
+        put(pitch, is_foot, -0.9 * depth)
+        put(pitch, is_arm, -0.8 * depth)
         yaw[:] = math.radians(-30)
     elif kind == "jump":
-        cycle = (time * 1.2) % 1.0
-        crouch = np.where(cycle < 0.4, np.sin(math.pi * cycle / 0.4), 0.0)
-        set_x(lambda n: is_thigh(n), -0.7 * crouch)
-        set_x(lambda n: is_knee(n), 1.3 * crouch)
-        set_x(lambda n: "foot" in n or n.endswith("_ankle"), -0.6 * crouch)
-        set_x(lambda n: is_arm(n), -1.2 * np.sin(math.pi * cycle))
-        air = np.where(cycle >= 0.4, np.sin(math.pi * (cycle - 0.4) / 0.6), 0.0)
-        path[:, 2] = 0.3 * air
+        # 1.2 jumps a second: a crouch around each landing/take-off (phase 0), flight between.
+        p = 2 * math.pi * 1.2 * time
+        crouch = _bump(p, 0.0, 3)
+        put(pitch, is_thigh, -0.7 * crouch)
+        put(pitch, is_knee, 1.3 * crouch)
+        put(pitch, is_foot, -0.6 * crouch)
+        put(pitch, is_arm, -1.2 * (0.5 * (1 - np.cos(p))))
+        lift = 0.3 * _bump(p, math.pi, 4)
         yaw[:] = math.radians(20)
     else:
         raise ValueError(f"unknown motion {kind!r}; known: {MOTIONS}")
-    return pose, yaw, path
+    zero = torch.zeros(t_count, len(names))
+    rx = axis_angle_to_matrix(torch.stack([torch.tensor(pitch, dtype=torch.float32), zero, zero], -1))
+    rz = axis_angle_to_matrix(torch.stack([zero, zero, torch.tensor(twist, dtype=torch.float32)], -1))
+    return rz @ rx, yaw, lift
+
+
+#: Softness of the choice of the planted foot (metres of sole height): the foot lower by a few
+#: times this carries the body. Small enough that a planted foot barely moves (< 1 mm/frame at
+#: the hand-over), large enough that the hand-over takes a few frames instead of one (a root
+#: velocity switching in one frame is a kink in the truth).
+STANCE_SOFTNESS = 0.01
 
 
 def make_clip(body: Body, kind: str = "walk", frames: int = 60, fps: float = 30.0,
@@ -183,32 +241,31 @@ def make_clip(body: Body, kind: str = "walk", frames: int = 60, fps: float = 30.
     rng = np.random.default_rng(seed)
     model = _Model(body)
     shape = body.shape_init if shape is None else np.asarray(shape, np.float32)
-    pose, yaw, path = _motion(body, kind, frames, fps)
+    local, yaw, lift = _motion(body, kind, frames, fps)
+    pose = matrix_to_axis_angle(local)
     with torch.no_grad():
         rest = body.rest(torch.tensor(shape, dtype=torch.float32))
+        # Each foot's sole height: its sole keypoints less their height above the sole at rest.
+        sole_lift = rest_keypoints(rest)[:, 2].numpy()
         root = torch.zeros(frames, 3)
-        pelvis = rest.joints[0]
-        position = torch.tensor(path, dtype=torch.float32) + pelvis
-        # Yaw enters as the root rotation; the axis-angle of a pure yaw is (0, 0, yaw).
-        root[:, 2] = torch.tensor(yaw, dtype=torch.float32)
-        rotations, kin, kp = model.pose(rest, root, torch.tensor(pose, dtype=torch.float32), position)
-        # Walk without skating: the lower foot of each frame stays where it was planted, and
-        # the root moves by what that foot moved relative to the body.
-        feet = kp[:, [17, 19, 21]].numpy(), kp[:, [18, 20, 22]].numpy()     # left, right soles
-        low = np.stack([f[..., 2].min(1) for f in feet], 1)                   # [T, 2]
-        shift_xy = np.zeros((frames, 3))
-        for t in range(1, frames):
-            stance = int(np.argmin(low[t]))
-            step = feet[stance][t].mean(0) - feet[stance][t - 1].mean(0)
-            shift_xy[t] = shift_xy[t - 1] - np.array([step[0], step[1], 0.0])
-        position = position + torch.tensor(shift_xy, dtype=torch.float32)
-        rotations, kin, kp = model.pose(rest, root, torch.tensor(pose, dtype=torch.float32), position)
-        # Stand on the ground: the lowest foot point of each frame on Z = 0 (plus the jump).
-        lowest = kp[..., 2].min(1).values - torch.tensor(path[:, 2], dtype=torch.float32)
-        shift = torch.zeros(frames, 3)
-        shift[:, 2] = -lowest
-        position = position + shift
-        rotations, kin, kp = model.pose(rest, root, torch.tensor(pose, dtype=torch.float32), position)
+        root[:, 2] = torch.tensor(yaw, dtype=torch.float32)   # a pure yaw's axis-angle is (0, 0, yaw)
+        position = rest.joints[0].expand(frames, 3).clone()
+        _, _, kp = model.pose(rest, root, pose, position)
+        kp = kp.numpy().astype(np.float64)
+        soles = [kp[:, ids] - np.array([0, 0, 1.0]) * sole_lift[ids, None] for ids in (_LEFT_SOLE, _RIGHT_SOLE)]
+        heights = np.stack([s[..., 2].mean(1) for s in soles], 1)                       # [T, 2]
+        # The lower foot carries the body (a softmax of the sole heights): the root moves by
+        # what the carrying foot moved relative to the body, and stands on it.
+        carry = np.exp(-(heights - heights.min(1, keepdims=True)) / STANCE_SOFTNESS)
+        carry /= carry.sum(1, keepdims=True)
+        steps = np.stack([s.mean(1) for s in soles], 1)                                 # [T, 2, 3]
+        moved = np.diff(steps, axis=0)                                                  # [T-1, 2, 3]
+        weight = 0.5 * (carry[1:] + carry[:-1])
+        shift = np.zeros((frames, 3))
+        shift[1:, :2] = -np.cumsum((weight[..., None] * moved).sum(1), axis=0)[:, :2]
+        shift[:, 2] = -(carry * heights).sum(1) + lift
+        position = position + torch.tensor(shift, dtype=torch.float32)
+        rotations, kin, kp = model.pose(rest, root, pose, position)
     keypoints = kp.numpy()
     path = camera_path(camera_motion, camera_position, keypoints, seed)
     world_from_camera = path[0]

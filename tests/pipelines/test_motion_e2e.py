@@ -65,7 +65,7 @@ def test_rendered_walk_over_the_wire(client, server):
     pa = np.mean([np.linalg.norm(procrustes(p, t) - t, axis=-1).mean() for p, t in zip(pred, true)])
     wa = np.linalg.norm(procrustes(pred.reshape(-1, 3), true.reshape(-1, 3)) - true.reshape(-1, 3), axis=-1).mean()
     print(f"rendered walk: PA-MPJPE {pa * 1000:.0f} mm, WA-MPJPE {wa * 1000:.0f} mm")
-    assert pa < 0.08 and wa < 0.15
+    assert pa < 0.075 and wa < 0.11                              # 58 / 75 mm here (66 / 92 before L-BFGS)
     # The camera: height above the ground and pitch, as placed when the clip was rendered.
     cam = out["camera"]["world_from_camera"][0]
     true_cam = clip.world_from_camera_cv

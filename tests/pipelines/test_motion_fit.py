@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipelines.motion import ground, recover
+from pipelines.motion import contact, ground, recover
 from pipelines.motion.fit import FEET, Fitter, FitSettings, Ground, rest_keypoints
 from pipelines.motion.keypoints import CONTACT_POINTS
 from pipelines.motion.synthetic import make_clip, metrics
@@ -51,30 +51,37 @@ def test_walk_recovered_in_camera_and_world(anny):
     camera_from_world = np.linalg.inv(clip.world_from_camera_cv)
     truth_cam = clip.keypoints @ camera_from_world[:3, :3].T + camera_from_world[:3, 3]
     m_cam = metrics(cam.keypoints.numpy(), truth_cam, clip.fps)
-    assert m_cam["pa_mpjpe"] < 50, m_cam
-    assert m_cam["mpjpe"] < 90, m_cam
+    # 10.8 / 16.4 mm here (75 / 124 mm with Adam alone on the benchmark's walk from above).
+    assert m_cam["pa_mpjpe"] < 25, m_cam
+    assert m_cam["mpjpe"] < 40, m_cam
 
     # Ground and camera placement from the feet: camera height and pitch.
     placement = ground.estimate_ground(cam, clip.fps)
     true_height = clip.world_from_camera_cv[2, 3]
     true_pitch = np.arcsin(clip.world_from_camera_cv[2, 2])
-    assert abs(placement.height - true_height) < 0.35, (placement.height, true_height)
-    assert abs(placement.pitch - true_pitch) < np.radians(6), (placement.pitch, true_pitch)
+    assert abs(placement.height - true_height) < 0.2, (placement.height, true_height)
+    assert abs(placement.pitch - true_pitch) < np.radians(3), (placement.pitch, true_pitch)
 
     world = ground.to_world(cam, placement)
     lift = rest_keypoints(world.rest)[FEET, 2].numpy()
+    runs = contact.lock_runs(clip.observations.keypoints2d, world, ground.STILL_STEP)
     state = Ground(torch.tensor(placement.camera_from_world), torch.tensor(placement.camera_position),
-                   torch.tensor(ground.initial_contacts(world, clip.observations.keypoints2d, clip.fps)))
+                   torch.tensor(ground.initial_contacts(world, clip.observations.keypoints2d, clip.fps)),
+                   segments=torch.tensor(runs))
     refined = fitter.fit_ground(clip.observations, world, state)
     kp = refined.keypoints.numpy()
     lift4 = rest_keypoints(refined.rest)[list(CONTACT_POINTS), 2].numpy()
-    contacts = ground.contacts(kp[:, list(CONTACT_POINTS)], clip.fps, lift4)
+    contacts = contact.world_contacts(kp[:, list(CONTACT_POINTS)], clip.fps, lift4)
     m = metrics(kp, clip.keypoints, clip.fps, contacts, list(CONTACT_POINTS))
+    print("walk, camera:", {k: round(v, 1) for k, v in m_cam.items()}, "height", placement.height,
+          "pitch", np.degrees(placement.pitch))
     print("walk, world:", {k: round(v, 1) for k, v in m.items()})
-    assert m["pa_mpjpe"] < 50, m
-    assert m["wa_mpjpe"] < 90, m
-    assert m["root_error"] < 250, m
-    assert m["foot_sliding"] < 12, m
+    # 10.8, 17.4, 31.6 mm and 1.0 mm/frame here.
+    assert m["pa_mpjpe"] < 25, m
+    assert m["wa_mpjpe"] < 40, m
+    assert m["root_error"] < 80, m
+    assert m["foot_sliding"] < 2.5, m
+    assert m["accel_error"] < 12, m
     # Feet stand on the ground: the lowest sole point per frame is within 5 cm of Z = 0.
     soles = kp[:, FEET, 2] - lift
     assert np.abs(np.percentile(soles.min(1), 50)) < 0.05
@@ -89,5 +96,5 @@ def test_dropped_frames_are_filled(anny):
     camera_from_world = np.linalg.inv(clip.world_from_camera_cv)
     truth_cam = clip.keypoints @ camera_from_world[:3, :3].T + camera_from_world[:3, 3]
     gap = metrics(fit.keypoints.numpy()[8:11], truth_cam[8:11], clip.fps)
-    assert gap["pa_mpjpe"] < 60, gap
+    assert gap["pa_mpjpe"] < 30, gap                      # 12.1 mm here
     assert np.isfinite(fit.keypoints.numpy()).all()
