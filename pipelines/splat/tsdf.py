@@ -7,7 +7,9 @@ written once. Per voxel and view:
 
 - the voxel lands in front of an observed surface (alpha >= SURFACE_ALPHA): sdf = depth - z,
   kept when sdf > -mu (at most `truncation` voxels behind the surface), stored as
-  min(sdf / mu, 1), weighted by the pixel's |cos| between ray and surface normal;
+  min(sdf / mu, 1), weighted by the pixel's |cos| between ray and surface normal (grazing
+  views see a surface's depth worst: the Gaussian that makes T cross 0.5 lies off the ray's
+  hit point; KinectFusion-style fusion weights them down the same way);
 - it lands on an empty pixel (alpha < EMPTY_ALPHA): free space, +1 with weight 1, which carves
   the volume so closed shapes close;
 - the straight (un-premultiplied) pixel colour is averaged over the observations within the
