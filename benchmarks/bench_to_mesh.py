@@ -1,29 +1,36 @@
-"""Benchmark: `splat.to_mesh` of 100k (or --n) Gaussians on this CPU.
+"""Benchmark: `splat.to_mesh` of 100k and 1M Gaussians on this CPU, against the previous implementation.
 
 The Gaussians are surface Gaussians of a sphere and a box side by side (flat, tangent, opaque),
-the shape 3DGS/2DGS training gives an object. Prints the whole job's time and its split into
-rendering the views (`nskernels.rasterize` alone, the same views, measured in the same run: the
-baseline the fusion and extraction add to), fusion and extraction, plus the mesh size.
+the shape 3DGS/2DGS training gives an object. For each count the job runs twice in the same
+process: the current `pipelines.splat.to_mesh` and the implementation of `--baseline` (a git
+revision; default aa1502f, the per-view torch fusion of 40 views at 256 px), loaded from git into
+a side module. Printed per run: total time and its split into rendering, fusion and extraction
+(from the job's progress marks), the mesh size, and its accuracy: the mean distance of the
+vertices to the true sphere and box surfaces, as a percentage of the scene's extent.
 Goal (issue 14): 100k in <= 30 s, 1M in <= 3 min.
 
-Run: ``.venv/bin/python benchmarks/bench_to_mesh.py [--n 100000] [--resolution 128] [--views 40]``.
+Run: ``.venv/bin/python benchmarks/bench_to_mesh.py [--n 100000 1000000] [--resolution 128]
+[--views V] [--baseline REV|none]``.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import math
 import os
+import subprocess
 import sys
 import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
 
 C0 = 0.28209479177387814
-
-
+SPHERE_CENTRE, BOX_CENTRE, BOX_HALF = np.array([-1.2, 0.0, 0.0]), np.array([1.2, 0.0, 0.0]), 0.8
+EXTENT = 2 * 2.0 + 0.2  # x from -2.2 to 2.0 (the longest side of the pair)
 def surface_gaussians(n: int, seed: int = 0) -> dict:
     """n flat Gaussians: half on a unit sphere at x = -1.2, half on a 1.6 m box at x = +1.2."""
     rng = np.random.default_rng(seed)
@@ -58,6 +65,26 @@ def surface_gaussians(n: int, seed: int = 0) -> dict:
     }
 
 
+def surface_error(vertices: np.ndarray) -> float:
+    """Mean distance of the vertices to the nearer true surface (unit sphere or box), metres."""
+    d_sphere = np.abs(np.linalg.norm(vertices - SPHERE_CENTRE, axis=1) - 1.0)
+    q = np.abs(vertices - BOX_CENTRE) - BOX_HALF
+    d_box = np.abs(np.linalg.norm(np.maximum(q, 0.0), axis=1) + np.minimum(q.max(1), 0.0))
+    return float(np.minimum(d_sphere, d_box).mean()) if len(vertices) else float("nan")
+
+
+def load_baseline(rev: str):
+    """`pipelines/splat/to_mesh.py` as of git revision `rev`, as a module beside the current one."""
+    src = subprocess.run(["git", "-C", ROOT, "show", f"{rev}:pipelines/splat/to_mesh.py"], check=True,
+                         capture_output=True, text=True).stdout
+    name = "pipelines.splat._to_mesh_baseline"
+    mod = importlib.util.module_from_spec(importlib.util.spec_from_loader(name, loader=None))
+    mod.__package__ = "pipelines.splat"
+    sys.modules[name] = mod
+    exec(compile(src, f"{rev}:pipelines/splat/to_mesh.py", "exec"), mod.__dict__)
+    return mod
+
+
 class _Job:
     id, device = "bench", "cpu"
 
@@ -74,43 +101,59 @@ class _Job:
         pass
 
 
+def timed_run(module, g: dict, params) -> dict:
+    """One job; returns the total and per-stage seconds (from the first progress mark of each
+    stage: render/fuse/extract in the current code, fuse (= render + fuse per view)/extract in
+    the baseline) and the output."""
+    job = _Job()
+    t0 = time.monotonic()
+    out = module.run({"gaussians": g}, params, job)
+    end = time.monotonic()
+    marks = sorted(job.marks.items(), key=lambda kv: kv[1])
+    # a stage runs from its first mark (the first stage: from the start) to the next stage's
+    stages = {name: (marks[k + 1][1] if k + 1 < len(marks) else end) - (t0 if k == 0 else at)
+              for k, (name, at) in enumerate(marks)}
+    return {"total": end - t0, "stages": stages, "out": out}
+
+
+def report(label: str, n: int, r: dict) -> None:
+    m = r["out"]["metrics"]
+    split = ", ".join(f"{k} {v:.1f} s" for k, v in r["stages"].items())
+    err = surface_error(r["out"]["vertices"]) / EXTENT * 100
+    print(f"  {label:<9s} {r['total']:7.1f} s  ({split});  {m['vertices']:,} vertices, {m['faces']:,} faces, "
+          f"voxel {m['voxel_size'] * 100:.2f} cm, mean distance to the true surfaces {err:.3f} % of extent",
+          flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--n", type=int, default=100_000)
+    ap.add_argument("--n", type=int, nargs="+", default=[100_000, 1_000_000])
     ap.add_argument("--resolution", type=int, default=128)
-    ap.add_argument("--views", type=int, default=40)
-    ap.add_argument("--image-size", type=int, default=256)
+    ap.add_argument("--views", type=int, default=None, help="views of the current code (default: its default)")
+    ap.add_argument("--baseline", default="aa1502f", help="git revision of the baseline, or 'none'")
     args = ap.parse_args()
     import torch
 
-    from nskernels.rasterize import rasterize
     from pipelines.splat import to_mesh
 
-    g = surface_gaussians(args.n)
-    params = to_mesh.Params(resolution=args.resolution, views=args.views, image_size=args.image_size)
-    # warm the numba kernels so neither figure pays the compile
-    t = {k: torch.tensor(v) for k, v in g.items()}
-    lo, hi = to_mesh.scene_bounds(g["means"], g["opacities"])
-    cams = to_mesh.orbit_cameras(lo, hi, args.views, args.image_size)
-    with torch.no_grad():
-        rasterize(*(t[k] for k in ("means", "quats", "scales", "opacities", "sh0", "shN")), cams[[0]])
-        t0 = time.monotonic()
-        for i in range(args.views):
-            rasterize(*(t[k] for k in ("means", "quats", "scales", "opacities", "sh0", "shN")), cams[[i]])
-        render_s = time.monotonic() - t0
-    job = _Job()
-    t0 = time.monotonic()
-    out = to_mesh.run({"gaussians": g}, params, job)
-    total = time.monotonic() - t0
-    extract_s = time.monotonic() - job.marks.get("extract", time.monotonic()) if "extract" in job.marks else float("nan")
-    print(f"to_mesh of {args.n:,} Gaussians, {args.views} views of {args.image_size}^2, {args.resolution}^3 voxels "
-          f"(threads: {torch.get_num_threads()}):")
-    print(f"  total             {total:7.1f} s   (goal <= 30 s for 100k)")
-    print(f"  rendering alone   {render_s:7.1f} s   (baseline: the same views through nskernels.rasterize)")
-    print(f"  fusion (rest)     {total - render_s - extract_s:7.1f} s")
-    print(f"  marching cubes    {extract_s:7.1f} s")
-    print(f"  mesh              {out['metrics']['vertices']:,} vertices, {out['metrics']['faces']:,} faces, "
-          f"voxel {out['metrics']['voxel_size'] * 100:.2f} cm")
+    baseline = None if args.baseline == "none" else load_baseline(args.baseline)
+    params = to_mesh.Params(resolution=args.resolution)
+    if args.views:
+        params.views = args.views
+    # compile the numba kernels (rasterizer, fusion) so no figure pays it
+    small = surface_gaussians(2000)
+    to_mesh.run({"gaussians": small}, to_mesh.Params(resolution=32, views=4), _Job())
+    print(f"splat.to_mesh, {args.resolution} voxels along the longest side, torch threads "
+          f"{torch.get_num_threads()}, {os.cpu_count()} CPUs; current: {params.views} views, image size "
+          f"{params.image_size or 'auto'}; baseline {args.baseline}", flush=True)
+    for n in args.n:
+        g = surface_gaussians(n)
+        print(f"{n:,} Gaussians (goal: {'<= 30 s' if n <= 100_000 else '<= 3 min' if n <= 1_000_000 else '-'}):",
+              flush=True)
+        report("current", n, timed_run(to_mesh, g, params))
+        if baseline is not None:
+            old = baseline.Params(resolution=args.resolution)
+            report(f"{args.baseline}", n, timed_run(baseline, g, old))
 
 
 if __name__ == "__main__":

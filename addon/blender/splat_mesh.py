@@ -107,7 +107,7 @@ class NSTUDIO_OT_splat_to_mesh(bpy.types.Operator):
                             description="Voxels along the longest side of the Gaussians' bounds")
     target_faces: IntProperty(name="Target Faces", default=0, min=0,
                               description="Decimate to about this many faces (0: no decimation)")
-    views: IntProperty(name="Views", default=40, min=4, max=512, description="Rendered views fused into the volume")
+    views: IntProperty(name="Views", default=24, min=4, max=512, description="Rendered views fused into the volume")
 
     @classmethod
     def poll(cls, context):

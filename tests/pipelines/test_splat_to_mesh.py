@@ -80,9 +80,11 @@ def test_sphere_is_within_one_percent(sphere_mesh):
     assert np.all(counts == 2)
     a, b, cc = v[f[:, 0]] - [0.3, -0.2, 0.5], v[f[:, 1]] - [0.3, -0.2, 0.5], v[f[:, 2]] - [0.3, -0.2, 0.5]
     assert np.einsum("ij,ij->i", a, np.cross(b, cc)).sum() / 6 == pytest.approx(4 / 3 * math.pi, rel=0.06)
-    # progress per fused view, then extraction
+    # progress while rendering (up to every view), then fusion, then extraction
     stages = [s for s, *_ in job.progress_log]
-    assert stages.count("fuse") == PARAMS.views and stages[-1] == "extract"
+    renders = [step for s, step, total, *_ in job.progress_log if s == "render"]
+    assert renders and renders[-1] == PARAMS.views and renders == sorted(renders)
+    assert stages.index("fuse") > stages.index("render") and stages[-1] == "extract"
 
 
 def test_vertex_colours_are_the_gaussians(sphere_mesh):
@@ -107,4 +109,4 @@ def test_bad_params_and_cancel(make_job):
         to_mesh.run({"gaussians": g}, to_mesh.Params(bounds=[0, 0, 0, 1, -1, 1]), make_job())
     assert err.value.field == "params.bounds"
     with pytest.raises(Cancelled):
-        to_mesh.run({"gaussians": g}, to_mesh.Params(resolution=32, views=8, image_size=64), make_job(cancel_after=3))
+        to_mesh.run({"gaussians": g}, to_mesh.Params(resolution=32, views=8, image_size=64), make_job(cancel_after=1))
