@@ -56,9 +56,25 @@ def _gather_tile(start, n, gaussian_ids, means2d, conics, opacities, colours, de
     return p, lnth
 
 
+@numba.njit(cache=True)
+def _peak_depth(peaks, g, u, v, centre_depth):
+    """Camera depth at which Gaussian g peaks along the ray (u, v, 1): t* = r^T P mu / r^T P r
+    (`projection.peak_depth`, its torch twin), kept within the Gaussian's reach of its centre
+    depth; the centre depth where t* is not finite."""
+    num = u * peaks[g, 6] + v * peaks[g, 7] + peaks[g, 8]
+    den = (peaks[g, 0] * u * u + peaks[g, 3] * v * v + peaks[g, 5]
+           + 2.0 * (peaks[g, 1] * u * v + peaks[g, 2] * u + peaks[g, 4] * v))
+    if not den > 0.0:
+        return centre_depth
+    t = num / den
+    if not abs(t) < math.inf:
+        return centre_depth
+    return max(min(max(t, centre_depth - peaks[g, 9]), centre_depth + peaks[g, 9]), 0.0)
+
+
 @numba.njit(parallel=True, cache=True, fastmath=False)
 def forward(
-    means2d, conics, colours, opacities, depths, gaussian_ids, tile_offsets,
+    means2d, conics, colours, opacities, depths, peaks, rays, gaussian_ids, tile_offsets,
     tiles_x, tiles_y, tile_size, width, height,
     out_rgb, out_alpha, out_depth, out_T, out_last, out_front,
 ):  # pragma: no cover - compiled
@@ -67,6 +83,8 @@ def forward(
     Args:
         means2d, conics, colours: [G, 2], [G, 3], [G, 3] float32 (G = C * N flat ids).
         opacities, depths: [G] float32.
+        peaks: `projection.peak_depth_terms` rows. [G, 10] float64
+        rays: per camera (fx, fy, cx, cy). [C, 4] float64
         gaussian_ids: [M] int32, sorted by (camera, tile, depth).
         tile_offsets: [C * tiles_y * tiles_x + 1] int64.
         out_rgb: premultiplied colour [C, H, W, 3] float32 (written).
@@ -74,9 +92,9 @@ def forward(
         out_depth: sum of z_i alpha_i T_i [C, H, W] float32 (written).
         out_T: final transmittance [C, H, W] float64 (written, for the backward).
         out_last: number of tile entries walked up to the last contributor [C, H, W] int32.
-        out_front: front-surface depth [C, H, W] float32 (written): the depth of the
-            contribution after which T first falls to T_FRONT or below, else of the
-            largest-weight contribution; inf where alpha < 1/255.
+        out_front: front-surface depth [C, H, W] float32 (written): where along the pixel's
+            ray the Gaussian peaks (`_peak_depth`) whose contribution first makes T fall to
+            T_FRONT or below, else the largest-weight one's; inf where alpha < 1/255.
     """
     n_tiles = tiles_x * tiles_y
     for tid in numba.prange(tile_offsets.shape[0] - 1):
@@ -103,8 +121,11 @@ def forward(
                     out_front[cam, py, px] = math.inf
             continue
         p, lnth = _gather_tile(start, n, gaussian_ids, means2d, conics, opacities, colours, depths)
+        fx = rays[cam, 0]
+        fy = rays[cam, 1]
         for py in range(py0, py1):
             cy = py + 0.5
+            ray_v = (cy - rays[cam, 3]) / fy
             for px in range(px0, px1):
                 cx = px + 0.5
                 T = 1.0
@@ -113,9 +134,9 @@ def forward(
                 b = 0.0
                 d = 0.0
                 last = 0
-                front = math.inf
+                k_front = -1
                 wmax = 0.0
-                zmax = math.inf
+                k_max = -1
                 for k in range(n):
                     dx = p[k, 0] - cx
                     dy = p[k, 1] - cy
@@ -134,14 +155,18 @@ def forward(
                     b += p[k, 8] * w
                     d += p[k, 9] * w
                     if T > T_FRONT and next_T <= T_FRONT:
-                        front = p[k, 9]
+                        k_front = k
                     if w > wmax:
                         wmax = w
-                        zmax = p[k, 9]
+                        k_max = k
                     T = next_T
                     last = k + 1
-                if front == math.inf and 1.0 - T >= ALPHA_MIN:
-                    front = zmax
+                front = math.inf
+                if k_front < 0 and 1.0 - T >= ALPHA_MIN:
+                    k_front = k_max
+                if k_front >= 0:
+                    front = _peak_depth(peaks, gaussian_ids[start + k_front], (cx - rays[cam, 2]) / fx, ray_v,
+                                        p[k_front, 9])
                 out_front[cam, py, px] = front
                 out_rgb[cam, py, px, 0] = r
                 out_rgb[cam, py, px, 1] = gg

@@ -13,6 +13,7 @@ from torch import Tensor
 from ._binning import TileBins
 from .conventions import ALPHA_MAX, ALPHA_MIN, T_MIN
 from .output import front_depth_from_weights
+from .projection import peak_depth
 
 
 def composite_torch(
@@ -21,11 +22,13 @@ def composite_torch(
     colours: Tensor,
     opacities: Tensor,
     depths: Tensor,
+    peaks: Tensor,
+    rays: Tensor,
     bins: TileBins,
     width: int,
     height: int,
     budget: int = 1 << 22,
-) -> tuple[Tensor, Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Same contract as `_composite.composite` (rgb, alpha, depth sum, front depth); `budget`
     bounds the pairs per chunk."""
     C, N = opacities.shape
@@ -44,6 +47,9 @@ def composite_torch(
         ],
         dim=-1,
     )
+    # The front depth's ray arithmetic runs in float64, as in the numba kernel.
+    peaks = peaks.detach().reshape(C * N, -1).to(torch.float64)
+    rays = rays.to(device=device, dtype=torch.float64)
     offsets = bins.tile_offsets
     counts = offsets[1:] - offsets[:-1]
     local = torch.arange(P, device=device)
@@ -62,7 +68,7 @@ def composite_torch(
             j += 1
         tiles = busy[i:j]
         done_tiles.append(tiles)
-        done_values.append(_composite_chunk(feats, bins, tiles, lx, ly, tiles_x, tiles_y))
+        done_values.append(_composite_chunk(feats, peaks, rays, bins, tiles, lx, ly, tiles_x, tiles_y))
         i = j
 
     values = torch.zeros(n_tiles, P, 6, dtype=feats.dtype, device=device)
@@ -78,7 +84,8 @@ def composite_torch(
 
 
 def _composite_chunk(
-    feats: Tensor, bins: TileBins, tiles: Tensor, lx: Tensor, ly: Tensor, tiles_x: int, tiles_y: int
+    feats: Tensor, peaks: Tensor, rays: Tensor, bins: TileBins, tiles: Tensor, lx: Tensor, ly: Tensor,
+    tiles_x: int, tiles_y: int,
 ) -> Tensor:
     """Composite a chunk of tiles -> [Tc, P, 6] (r, g, b, alpha, depth sum, front depth) per tile pixel."""
     starts = bins.tile_offsets[tiles]
@@ -87,7 +94,8 @@ def _composite_chunk(
     slot = torch.arange(L, device=feats.device)
     in_list = slot[None, :] < lengths[:, None]  # [Tc, L]
     idx = torch.where(in_list, starts[:, None] + slot[None, :], torch.zeros_like(in_list, dtype=starts.dtype))
-    f = feats[bins.gaussian_ids[idx].long()]  # [Tc, L, 10]
+    gid = bins.gaussian_ids[idx].long()
+    f = feats[gid]  # [Tc, L, 10]
 
     t = tiles % (tiles_x * tiles_y)
     ox = ((t % tiles_x) * bins.tile_size).to(feats.dtype)
@@ -107,5 +115,10 @@ def _composite_chunk(
     w = alpha * T
     rgb = torch.einsum("tpl,tlc->tpc", w, f[..., 6:9])
     depth_sum = torch.einsum("tpl,tl->tp", w, f[..., 9])
-    front = front_depth_from_weights(alpha, f[:, None, :, 9])
+    # The front depth: where along each pixel's ray its Gaussians peak.
+    fx, fy, cx, cy = rays[torch.div(tiles, tiles_x * tiles_y, rounding_mode="floor")].unbind(-1)  # [Tc]
+    u = (px[..., 0].double() - cx[:, None]) / fx[:, None]  # [Tc, P]
+    v = (py[..., 0].double() - cy[:, None]) / fy[:, None]
+    z_peak = peak_depth(peaks[gid][:, None], u[..., None], v[..., None], f[:, None, :, 9].detach().double())
+    front = front_depth_from_weights(alpha.detach().double(), z_peak).to(feats.dtype)  # [Tc, P]
     return torch.cat([rgb, (1.0 - trans[..., -1])[..., None], depth_sum[..., None], front[..., None]], -1)

@@ -64,10 +64,12 @@ class RenderOutput:
             [C, H, W]
         meta: what gsplat's DefaultStrategy reads, for densification on either backend (the
             dense test reference fills a smaller dict: "means2d", "depths", "valid").
-        depth_front: front-surface depth, metres along -Z: the depth of the contribution at
-            which the transmittance first falls to 0.5 (``conventions.T_FRONT``), or of the
-            largest-weight contribution where alpha stays below 0.5; inf where alpha < 1/255.
-            Not differentiable (no gradient flows through it). [C, H, W]
+        depth_front: front-surface depth, metres along -Z: of the contribution at which the
+            transmittance first falls to 0.5 (``conventions.T_FRONT``), or of the largest-weight
+            contribution where alpha stays below 0.5, the depth at which that Gaussian peaks
+            along the pixel's ray (`projection.peak_depth_terms`: where the ray meets a flat
+            Gaussian's plane, not its centre's depth); inf where alpha < 1/255. Not
+            differentiable (no gradient flows through it). [C, H, W]
     """
 
     rgb: Tensor
@@ -107,7 +109,8 @@ def front_depth_from_weights(alpha_i: Tensor, z: Tensor) -> Tensor:
 
     Args:
         alpha_i: alphas of the contributions that count (0 for skipped ones), front to back. [..., L]
-        z: their depths, broadcastable to ``alpha_i``. [..., L]
+        z: their depths, per pixel (the Gaussians' peaks along its ray) or per Gaussian,
+            broadcastable to ``alpha_i``. [..., L]
 
     Returns:
         The front depth, inf where the pixel's alpha < 1/255. [...]

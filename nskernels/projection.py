@@ -13,8 +13,8 @@ import torch
 from torch import Tensor
 
 from .camera import Cameras
-from .conventions import ALPHA_MIN, EPS2D, JACOBIAN_CLAMP
-from .gaussians import scaled_rotations
+from .conventions import ALPHA_MIN, EPS2D, JACOBIAN_CLAMP, PEAK_SUPPORT_SIGMA
+from .gaussians import quat_to_rotmat, scaled_rotations
 
 #: Upper bound of the opacity-aware extent in standard deviations. sqrt(2 ln 255) = 3.3290 < 3.33,
 #: so the bound never cuts a contribution with alpha >= 1/255 (opacities are < 1).
@@ -131,3 +131,79 @@ def _extents(
     ext = torch.where(visible[..., None], ext, torch.zeros_like(ext))
     return ext.detach(), visible
 
+
+
+#: Columns of `peak_depth_terms`: the camera-frame precision matrix P = Sigma^-1 (upper
+#: triangle), P mu, and how far the depth may leave the centre's (PEAK_SUPPORT_SIGMA times
+#: the largest standard deviation, metres), per Gaussian.
+PEAK_TERMS = ("p00", "p01", "p02", "p11", "p12", "p22", "b0", "b1", "b2", "reach")
+
+
+def peak_depth_terms(means: Tensor, quats: Tensor, scales: Tensor, cameras: Cameras) -> Tensor:
+    """What the depth at which a Gaussian peaks along a pixel's ray needs, per camera (no gradient).
+
+    The ray through pixel (px, py) is x(t) = t r, r = ((px - cx) / fx, (py - cy) / fy, 1) in the
+    OpenCV camera frame, so t is the camera depth. The Gaussian's exponent
+    -(x - mu)^T P (x - mu) / 2 (P = Sigma^-1 = R S^-2 R^T, camera frame) peaks along the ray at
+
+        t* = r^T P mu / r^T P r
+
+    (`peak_depth`). For a flat Gaussian (one tiny scale) this is where the ray meets its plane,
+    for a round one the point of the ray nearest its centre: a per-pixel depth where the
+    rasterizer's per-Gaussian depth is the centre's, which for a large flat Gaussian seen at a
+    grazing angle lies up to a few standard deviations off the surface (a floor of Gaussians in
+    front of or behind a mesh standing on it; docs/protocol-notes.md `depth_front`). This is the
+    ray-Gaussian intersection of Gaussian Opacity Fields (Yu et al. 2024) / 3D Gaussian ray
+    tracing (Moenne-Loccoz et al. 2024).
+
+    t* is kept within `conventions.PEAK_SUPPORT_SIGMA` largest standard deviations of the centre's
+    depth (`peak_depth`). float64: trained Gaussians can be 1e-7 m thin at metres from the camera.
+
+    Args:
+        means: Gaussian centres, world frame, metres. [N, 3]
+        quats: rotations (w, x, y, z), unnormalised. [N, 4]
+        scales: log standard deviations, log metres. [N, 3]
+        cameras: C cameras.
+
+    Returns:
+        (P00, P01, P02, P11, P12, P22, (P mu)_0, (P mu)_1, (P mu)_2, reach), float64, on the
+        Gaussians' device. [C, N, 10]
+    """
+    with torch.no_grad():
+        f64 = torch.float64
+        camera_from_world = cameras.camera_from_world(f64)
+        Rc, t = camera_from_world[:, :3, :3], camera_from_world[:, :3, 3]
+        # Sigma^-1 = Q Q^T with Q = Rc R S^-1 (camera frame): no matrix inverse.
+        q_local = quat_to_rotmat(quats.to(f64)) * torch.exp(-scales.to(f64))[:, None, :]  # [N, 3, 3]
+        Q = torch.einsum("cij,njk->cnik", Rc, q_local)  # [C, N, 3, 3]
+        P = Q @ Q.transpose(-1, -2)
+        mu = torch.einsum("cij,nj->cni", Rc, means.to(f64)) + t[:, None, :]  # [C, N, 3]
+        b = (P @ mu[..., None])[..., 0]
+        reach = PEAK_SUPPORT_SIGMA * torch.exp(scales.to(f64).amax(-1))  # [N]
+        return torch.cat([P[..., 0, :], P[..., 1, 1:], P[..., 2, 2:], b, reach[None, :, None].expand(len(Rc), -1, 1)],
+                         -1).contiguous()
+
+
+def camera_rays(cameras: Cameras) -> Tensor:
+    """Per camera (fx, fy, cx, cy) in float64: what maps a pixel centre to its ray r (`peak_depth_terms`). [C, 4]"""
+    return torch.stack([cameras.fx, cameras.fy, cameras.cx, cameras.cy], -1).to(torch.float64).cpu().contiguous()
+
+
+def peak_depth(terms: Tensor, u: Tensor, v: Tensor, centre_depth: Tensor) -> Tensor:
+    """t* = r^T P mu / r^T P r for rays r = (u, v, 1) (torch twin of the numba kernel's `_peak_depth`).
+
+    Args:
+        terms: `peak_depth_terms` rows, broadcast against u and v. [..., 10]
+        u, v: the rays' x / z and y / z, OpenCV camera frame. [...]
+        centre_depth: the Gaussians' centre depths: t* is kept within the terms' reach of it (and
+            >= 0), and is the answer where t* is not a finite number. [...]
+
+    Returns:
+        Camera depth of the peak, metres. [...]
+    """
+    p00, p01, p02, p11, p12, p22, b0, b1, b2, reach = terms.unbind(-1)
+    num = u * b0 + v * b1 + b2
+    den = p00 * u * u + p11 * v * v + p22 + 2.0 * (p01 * u * v + p02 * u + p12 * v)
+    t = num / torch.where(den > 0, den, torch.ones_like(den))
+    t = torch.minimum(torch.maximum(t, centre_depth - reach), centre_depth + reach).clamp_min(0.0)
+    return torch.where((den > 0) & torch.isfinite(t), t, centre_depth)
