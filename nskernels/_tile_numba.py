@@ -22,7 +22,7 @@ import math
 import numba
 import numpy as np
 
-from .conventions import ALPHA_MAX, ALPHA_MIN, T_FRONT, T_MIN
+from .conventions import ALPHA_MAX, ALPHA_MIN, PEAK_SUPPORT_SIGMA, T_FRONT, T_MIN
 
 # sigma > ln(255 opacity) means alpha < 1/255; testing it first skips the exp() for most
 # pairs. The slack keeps the exact alpha test the decider near the boundary.
@@ -57,24 +57,67 @@ def _gather_tile(start, n, gaussian_ids, means2d, conics, opacities, colours, de
 
 
 @numba.njit(cache=True)
-def _peak_depth(peaks, g, u, v, centre_depth):
-    """Camera depth at which Gaussian g peaks along the ray (u, v, 1): t* = r^T P mu / r^T P r
-    (`projection.peak_depth`, its torch twin), kept within the Gaussian's reach of its centre
-    depth; the centre depth where t* is not finite."""
-    num = u * peaks[g, 6] + v * peaks[g, 7] + peaks[g, 8]
-    den = (peaks[g, 0] * u * u + peaks[g, 3] * v * v + peaks[g, 5]
-           + 2.0 * (peaks[g, 1] * u * v + peaks[g, 2] * u + peaks[g, 4] * v))
+def _peak_depth(g_means, g_quats, g_scales, viewmats, cam, n, u, v, centre_depth):
+    """Camera depth at which Gaussian n peaks along the ray (u, v, 1) of camera cam:
+    t* = (Q^T r) . (Q^T mu) / |Q^T r|^2, Q = Rc R S^-1 scaled by the smallest scale, kept within
+    PEAK_SUPPORT_SIGMA largest standard deviations of its centre depth and >= 0; the centre depth
+    where t* is not finite (`projection.peak_depth`, its torch twin)."""
+    qw = g_quats[n, 0]
+    qx = g_quats[n, 1]
+    qy = g_quats[n, 2]
+    qz = g_quats[n, 3]
+    norm = math.sqrt(qw * qw + qx * qx + qy * qy + qz * qz)
+    if not norm > 0.0:
+        return centre_depth
+    qw /= norm
+    qx /= norm
+    qy /= norm
+    qz /= norm
+    # Columns of R (the Gaussian's local axes), world frame.
+    r00 = 1 - 2 * (qy * qy + qz * qz)
+    r10 = 2 * (qx * qy + qw * qz)
+    r20 = 2 * (qx * qz - qw * qy)
+    r01 = 2 * (qx * qy - qw * qz)
+    r11 = 1 - 2 * (qx * qx + qz * qz)
+    r21 = 2 * (qy * qz + qw * qx)
+    r02 = 2 * (qx * qz + qw * qy)
+    r12 = 2 * (qy * qz - qw * qx)
+    r22 = 1 - 2 * (qx * qx + qy * qy)
+    s_min = min(g_scales[n, 0], min(g_scales[n, 1], g_scales[n, 2]))
+    s_max = max(g_scales[n, 0], max(g_scales[n, 1], g_scales[n, 2]))
+    # The centre, camera frame.
+    x, y, z = g_means[n, 0], g_means[n, 1], g_means[n, 2]
+    m0 = viewmats[cam, 0, 0] * x + viewmats[cam, 0, 1] * y + viewmats[cam, 0, 2] * z + viewmats[cam, 0, 3]
+    m1 = viewmats[cam, 1, 0] * x + viewmats[cam, 1, 1] * y + viewmats[cam, 1, 2] * z + viewmats[cam, 1, 3]
+    m2 = viewmats[cam, 2, 0] * x + viewmats[cam, 2, 1] * y + viewmats[cam, 2, 2] * z + viewmats[cam, 2, 3]
+    num = 0.0
+    den = 0.0
+    for j in range(3):  # column j of Q = Rc R[:, j] * exp(s_min - s_j)
+        if j == 0:
+            a0, a1, a2 = r00, r10, r20
+        elif j == 1:
+            a0, a1, a2 = r01, r11, r21
+        else:
+            a0, a1, a2 = r02, r12, r22
+        k = math.exp(s_min - g_scales[n, j])
+        q0 = (viewmats[cam, 0, 0] * a0 + viewmats[cam, 0, 1] * a1 + viewmats[cam, 0, 2] * a2) * k
+        q1 = (viewmats[cam, 1, 0] * a0 + viewmats[cam, 1, 1] * a1 + viewmats[cam, 1, 2] * a2) * k
+        q2 = (viewmats[cam, 2, 0] * a0 + viewmats[cam, 2, 1] * a1 + viewmats[cam, 2, 2] * a2) * k
+        qr = q0 * u + q1 * v + q2
+        num += qr * (q0 * m0 + q1 * m1 + q2 * m2)
+        den += qr * qr
     if not den > 0.0:
         return centre_depth
     t = num / den
     if not abs(t) < math.inf:
         return centre_depth
-    return max(min(max(t, centre_depth - peaks[g, 9]), centre_depth + peaks[g, 9]), 0.0)
+    reach = PEAK_SUPPORT_SIGMA * math.exp(s_max)
+    return max(min(max(t, centre_depth - reach), centre_depth + reach), 0.0)
 
 
 @numba.njit(parallel=True, cache=True, fastmath=False)
 def forward(
-    means2d, conics, colours, opacities, depths, peaks, rays, gaussian_ids, tile_offsets,
+    means2d, conics, colours, opacities, depths, g_means, g_quats, g_scales, viewmats, rays, gaussian_ids, tile_offsets,
     tiles_x, tiles_y, tile_size, width, height,
     out_rgb, out_alpha, out_depth, out_T, out_last, out_front,
 ):  # pragma: no cover - compiled
@@ -83,7 +126,9 @@ def forward(
     Args:
         means2d, conics, colours: [G, 2], [G, 3], [G, 3] float32 (G = C * N flat ids).
         opacities, depths: [G] float32.
-        peaks: `projection.peak_depth_terms` rows. [G, 10] float64
+        g_means, g_quats, g_scales: the 3D Gaussians (`projection.PeakInputs`), for the front
+            depth. [N, 3], [N, 4], [N, 3] float32
+        viewmats: world -> OpenCV camera. [C, 4, 4] float64
         rays: per camera (fx, fy, cx, cy). [C, 4] float64
         gaussian_ids: [M] int32, sorted by (camera, tile, depth).
         tile_offsets: [C * tiles_y * tiles_x + 1] int64.
@@ -165,8 +210,9 @@ def forward(
                 if k_front < 0 and 1.0 - T >= ALPHA_MIN:
                     k_front = k_max
                 if k_front >= 0:
-                    front = _peak_depth(peaks, gaussian_ids[start + k_front], (cx - rays[cam, 2]) / fx, ray_v,
-                                        p[k_front, 9])
+                    n_g = gaussian_ids[start + k_front] - cam * g_means.shape[0]
+                    front = _peak_depth(g_means, g_quats, g_scales, viewmats, cam, n_g, (cx - rays[cam, 2]) / fx,
+                                        ray_v, p[k_front, 9])
                 out_front[cam, py, px] = front
                 out_rgb[cam, py, px, 0] = r
                 out_rgb[cam, py, px, 1] = gg

@@ -12,8 +12,8 @@ from torch import Tensor
 
 from ._binning import TileBins
 from .conventions import ALPHA_MAX, ALPHA_MIN, T_MIN
-from .output import front_depth_from_weights
-from .projection import peak_depth
+from .output import front_index_from_weights
+from .projection import PeakInputs, peak_depth
 
 
 def composite_torch(
@@ -22,8 +22,7 @@ def composite_torch(
     colours: Tensor,
     opacities: Tensor,
     depths: Tensor,
-    peaks: Tensor,
-    rays: Tensor,
+    peaks: PeakInputs,
     bins: TileBins,
     width: int,
     height: int,
@@ -47,9 +46,6 @@ def composite_torch(
         ],
         dim=-1,
     )
-    # The front depth's ray arithmetic runs in float64, as in the numba kernel.
-    peaks = peaks.detach().reshape(C * N, -1).to(torch.float64)
-    rays = rays.to(device=device, dtype=torch.float64)
     offsets = bins.tile_offsets
     counts = offsets[1:] - offsets[:-1]
     local = torch.arange(P, device=device)
@@ -68,7 +64,7 @@ def composite_torch(
             j += 1
         tiles = busy[i:j]
         done_tiles.append(tiles)
-        done_values.append(_composite_chunk(feats, peaks, rays, bins, tiles, lx, ly, tiles_x, tiles_y))
+        done_values.append(_composite_chunk(feats, peaks, bins, tiles, lx, ly, tiles_x, tiles_y))
         i = j
 
     values = torch.zeros(n_tiles, P, 6, dtype=feats.dtype, device=device)
@@ -84,7 +80,7 @@ def composite_torch(
 
 
 def _composite_chunk(
-    feats: Tensor, peaks: Tensor, rays: Tensor, bins: TileBins, tiles: Tensor, lx: Tensor, ly: Tensor,
+    feats: Tensor, peaks: PeakInputs, bins: TileBins, tiles: Tensor, lx: Tensor, ly: Tensor,
     tiles_x: int, tiles_y: int,
 ) -> Tensor:
     """Composite a chunk of tiles -> [Tc, P, 6] (r, g, b, alpha, depth sum, front depth) per tile pixel."""
@@ -115,10 +111,34 @@ def _composite_chunk(
     w = alpha * T
     rgb = torch.einsum("tpl,tlc->tpc", w, f[..., 6:9])
     depth_sum = torch.einsum("tpl,tl->tp", w, f[..., 9])
-    # The front depth: where along each pixel's ray its Gaussians peak.
-    fx, fy, cx, cy = rays[torch.div(tiles, tiles_x * tiles_y, rounding_mode="floor")].unbind(-1)  # [Tc]
-    u = (px[..., 0].double() - cx[:, None]) / fx[:, None]  # [Tc, P]
-    v = (py[..., 0].double() - cy[:, None]) / fy[:, None]
-    z_peak = peak_depth(peaks[gid][:, None], u[..., None], v[..., None], f[:, None, :, 9].detach().double())
-    front = front_depth_from_weights(alpha.detach().double(), z_peak).to(feats.dtype)  # [Tc, P]
+    front = _front_depth(alpha, gid, f[..., 9], peaks, tiles, px, py, tiles_x * tiles_y)
     return torch.cat([rgb, (1.0 - trans[..., -1])[..., None], depth_sum[..., None], front[..., None]], -1)
+
+
+def _front_depth(alpha: Tensor, gid: Tensor, depths: Tensor, peaks: PeakInputs, tiles: Tensor, px: Tensor, py: Tensor,
+                 tiles_per_camera: int) -> Tensor:
+    """Front depth of a chunk's pixels: the chosen contribution's peak along the pixel's ray.
+
+    Args:
+        alpha: the pixels' contributions, front to back. [Tc, P, L]
+        gid: flat (camera * N + Gaussian) ids of the tiles' lists. [Tc, L]
+        depths: their centre depths. [Tc, L]
+        peaks: the 3D Gaussians and cameras.
+        tiles: the chunk's tile ids (camera * tiles_per_camera + tile). [Tc]
+        px, py: pixel centres. [Tc, P, 1]
+
+    Returns:
+        Front depth, inf where alpha < 1/255, dtype of ``alpha``. [Tc, P]
+    """
+    with torch.no_grad():
+        idx, covered = front_index_from_weights(alpha.detach().double())  # [Tc, P]
+        chosen = torch.gather(gid, 1, idx)  # [Tc, P]
+        n = peaks.means.shape[0]
+        cam = torch.div(tiles, tiles_per_camera, rounding_mode="floor")[:, None].expand_as(chosen)
+        g = chosen - cam * n
+        fx, fy, cx, cy = peaks.intrinsics.to(alpha.device)[cam].unbind(-1)
+        u = (px[..., 0].double() - cx) / fx
+        v = (py[..., 0].double() - cy) / fy
+        front = peak_depth(peaks.means[g], peaks.quats[g], peaks.scales[g],
+                           peaks.camera_from_world.to(alpha.device)[cam], u, v, torch.gather(depths.detach(), 1, idx))
+        return torch.where(covered, front, torch.full_like(front, float("inf"))).to(alpha.dtype)

@@ -132,78 +132,76 @@ def _extents(
     return ext.detach(), visible
 
 
+@dataclass
+class PeakInputs:
+    """What `depth_front` needs to find where a Gaussian peaks along a pixel's ray (`peak_depth`);
+    no gradient, nothing per (camera, Gaussian): the kernels evaluate it once per pixel, for the
+    one Gaussian the pixel's front depth comes from.
 
-#: Columns of `peak_depth_terms`: the camera-frame precision matrix P = Sigma^-1 (upper
-#: triangle), P mu, and how far the depth may leave the centre's (PEAK_SUPPORT_SIGMA times
-#: the largest standard deviation, metres), per Gaussian.
-PEAK_TERMS = ("p00", "p01", "p02", "p11", "p12", "p22", "b0", "b1", "b2", "reach")
-
-
-def peak_depth_terms(means: Tensor, quats: Tensor, scales: Tensor, cameras: Cameras) -> Tensor:
-    """What the depth at which a Gaussian peaks along a pixel's ray needs, per camera (no gradient).
-
-    The ray through pixel (px, py) is x(t) = t r, r = ((px - cx) / fx, (py - cy) / fy, 1) in the
-    OpenCV camera frame, so t is the camera depth. The Gaussian's exponent
-    -(x - mu)^T P (x - mu) / 2 (P = Sigma^-1 = R S^-2 R^T, camera frame) peaks along the ray at
-
-        t* = r^T P mu / r^T P r
-
-    (`peak_depth`). For a flat Gaussian (one tiny scale) this is where the ray meets its plane,
-    for a round one the point of the ray nearest its centre: a per-pixel depth where the
-    rasterizer's per-Gaussian depth is the centre's, which for a large flat Gaussian seen at a
-    grazing angle lies up to a few standard deviations off the surface (a floor of Gaussians in
-    front of or behind a mesh standing on it; docs/protocol-notes.md `depth_front`). This is the
-    ray-Gaussian intersection of Gaussian Opacity Fields (Yu et al. 2024) / 3D Gaussian ray
-    tracing (Moenne-Loccoz et al. 2024).
-
-    t* is kept within `conventions.PEAK_SUPPORT_SIGMA` largest standard deviations of the centre's
-    depth (`peak_depth`). float64: trained Gaussians can be 1e-7 m thin at metres from the camera.
-
-    Args:
+    Attributes:
         means: Gaussian centres, world frame, metres. [N, 3]
         quats: rotations (w, x, y, z), unnormalised. [N, 4]
         scales: log standard deviations, log metres. [N, 3]
-        cameras: C cameras.
-
-    Returns:
-        (P00, P01, P02, P11, P12, P22, (P mu)_0, (P mu)_1, (P mu)_2, reach), float64, on the
-        Gaussians' device. [C, N, 10]
+        camera_from_world: world -> OpenCV camera, float64. [C, 4, 4]
+        intrinsics: (fx, fy, cx, cy) per camera, pixels, float64. [C, 4]
     """
-    with torch.no_grad():
-        f64 = torch.float64
-        camera_from_world = cameras.camera_from_world(f64)
-        Rc, t = camera_from_world[:, :3, :3], camera_from_world[:, :3, 3]
-        # Sigma^-1 = Q Q^T with Q = Rc R S^-1 (camera frame): no matrix inverse.
-        q_local = quat_to_rotmat(quats.to(f64)) * torch.exp(-scales.to(f64))[:, None, :]  # [N, 3, 3]
-        Q = torch.einsum("cij,njk->cnik", Rc, q_local)  # [C, N, 3, 3]
-        P = Q @ Q.transpose(-1, -2)
-        mu = torch.einsum("cij,nj->cni", Rc, means.to(f64)) + t[:, None, :]  # [C, N, 3]
-        b = (P @ mu[..., None])[..., 0]
-        reach = PEAK_SUPPORT_SIGMA * torch.exp(scales.to(f64).amax(-1))  # [N]
-        return torch.cat([P[..., 0, :], P[..., 1, 1:], P[..., 2, 2:], b, reach[None, :, None].expand(len(Rc), -1, 1)],
-                         -1).contiguous()
+
+    means: Tensor
+    quats: Tensor
+    scales: Tensor
+    camera_from_world: Tensor
+    intrinsics: Tensor
 
 
-def camera_rays(cameras: Cameras) -> Tensor:
-    """Per camera (fx, fy, cx, cy) in float64: what maps a pixel centre to its ray r (`peak_depth_terms`). [C, 4]"""
-    return torch.stack([cameras.fx, cameras.fy, cameras.cx, cameras.cy], -1).to(torch.float64).cpu().contiguous()
+def peak_inputs(means: Tensor, quats: Tensor, scales: Tensor, cameras: Cameras) -> PeakInputs:
+    """`PeakInputs` of a render (detached views; the cameras in float64)."""
+    intrinsics = torch.stack([cameras.fx, cameras.fy, cameras.cx, cameras.cy], -1).to(torch.float64)
+    return PeakInputs(means.detach(), quats.detach(), scales.detach(), cameras.camera_from_world(torch.float64),
+                      intrinsics)
 
 
-def peak_depth(terms: Tensor, u: Tensor, v: Tensor, centre_depth: Tensor) -> Tensor:
-    """t* = r^T P mu / r^T P r for rays r = (u, v, 1) (torch twin of the numba kernel's `_peak_depth`).
+def peak_depth(means: Tensor, quats: Tensor, scales: Tensor, camera_from_world: Tensor, u: Tensor, v: Tensor,
+               centre_depth: Tensor) -> Tensor:
+    """Camera depth at which each Gaussian peaks along a ray (torch twin of the numba `_peak_depth`).
+
+    The ray is x(t) = t r, r = (u, v, 1) in the OpenCV camera frame (u = (px - cx) / fx for pixel
+    centre px), so t is the camera depth. The Gaussian's exponent -(x - mu)^T P (x - mu) / 2
+    (P = Sigma^-1 = Q Q^T, Q = Rc R S^-1, camera frame) peaks along the ray at
+
+        t* = r^T P mu / r^T P r = (Q^T r) . (Q^T mu) / |Q^T r|^2.
+
+    For a flat Gaussian (one tiny scale) that is where the ray meets its plane, for a round one
+    the point of the ray nearest its centre: the ray-Gaussian intersection of Gaussian Opacity
+    Fields (Yu et al. 2024). The rasterizer's per-Gaussian depth is the centre's, which for a
+    large flat Gaussian seen at a grazing angle lies up to a few standard deviations off the
+    surface (a floor of Gaussians in front of or behind a mesh standing on it;
+    docs/protocol-notes.md `depth_front`). t* is kept within `conventions.PEAK_SUPPORT_SIGMA`
+    largest standard deviations of the centre's depth (and >= 0). S^-1 is scaled by the smallest
+    scale (t* does not change), so Gaussians 1e-7 m thin stay in range; float64 throughout.
 
     Args:
-        terms: `peak_depth_terms` rows, broadcast against u and v. [..., 10]
-        u, v: the rays' x / z and y / z, OpenCV camera frame. [...]
-        centre_depth: the Gaussians' centre depths: t* is kept within the terms' reach of it (and
-            >= 0), and is the answer where t* is not a finite number. [...]
+        means: centres, world frame, metres. [..., 3]
+        quats: rotations (w, x, y, z), unnormalised. [..., 4]
+        scales: log standard deviations, log metres. [..., 3]
+        camera_from_world: world -> OpenCV camera, float64. [..., 4, 4]
+        u, v: the rays' x / z and y / z. [...]
+        centre_depth: the centres' camera depths: the answer where t* is not a finite number. [...]
 
     Returns:
-        Camera depth of the peak, metres. [...]
+        Camera depth of each peak, metres, float64. [...]
     """
-    p00, p01, p02, p11, p12, p22, b0, b1, b2, reach = terms.unbind(-1)
-    num = u * b0 + v * b1 + b2
-    den = p00 * u * u + p11 * v * v + p22 + 2.0 * (p01 * u * v + p02 * u + p12 * v)
-    t = num / torch.where(den > 0, den, torch.ones_like(den))
-    t = torch.minimum(torch.maximum(t, centre_depth - reach), centre_depth + reach).clamp_min(0.0)
-    return torch.where((den > 0) & torch.isfinite(t), t, centre_depth)
+    f64 = torch.float64
+    with torch.no_grad():
+        Rc, t = camera_from_world[..., :3, :3].to(f64), camera_from_world[..., :3, 3].to(f64)
+        s = scales.to(f64)
+        Q = Rc @ (quat_to_rotmat(quats.to(f64)) * torch.exp(s.amin(-1, keepdim=True) - s)[..., None, :])
+        mu = (Rc @ means.to(f64)[..., None])[..., 0] + t
+        ray = torch.stack([u.to(f64), v.to(f64), torch.ones_like(u, dtype=f64)], -1)
+        qr = (Q.transpose(-1, -2) @ ray[..., None])[..., 0]
+        qm = (Q.transpose(-1, -2) @ mu[..., None])[..., 0]
+        den = (qr * qr).sum(-1)
+        depth = (qr * qm).sum(-1) / torch.where(den > 0, den, torch.ones_like(den))
+        centre = centre_depth.to(f64)
+        reach = PEAK_SUPPORT_SIGMA * torch.exp(s.amax(-1))
+        depth = torch.minimum(torch.maximum(depth, centre - reach), centre + reach).clamp_min(0.0)
+        return torch.where((den > 0) & torch.isfinite(depth), depth, centre)

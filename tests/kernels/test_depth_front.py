@@ -13,7 +13,7 @@ from nskernels.conventions import PEAK_SUPPORT_SIGMA
 from nskernels.rasterize import _rasterize_torch, rasterize
 from nskernels.reference import rasterize_dense
 from nskernels.gaussians import covariances
-from nskernels.projection import peak_depth, peak_depth_terms
+from nskernels.projection import peak_depth
 from tests.kernels.kernel_scenes import look_at, make_cameras, make_gaussians
 
 PARAMS = ("means", "quats", "scales", "opacities", "sh0", "shN")
@@ -87,11 +87,10 @@ def test_front_depth_has_no_gradient_and_does_not_break_backward():
 
 def test_peak_depth_is_where_the_gaussian_is_densest_along_the_ray():
     """t* = r^T P mu / r^T P r against a brute-force search along each ray (the density from
-    `covariances`, inverted by torch.linalg.inv: not the R S^-2 R^T the terms are built from);
+    `covariances`, inverted by torch.linalg.inv: not the R S^-1 factor `peak_depth` uses);
     the answer stays within PEAK_SUPPORT_SIGMA largest standard deviations of the centre's depth."""
     params = make_gaussians(60, sh_degree=0, seed=5, log_scale=(-4.0, -0.5), requires_grad=False)
     cams = make_cameras(2, 24, 20, seed=5)
-    terms = peak_depth_terms(params["means"], params["quats"], params["scales"], cams)  # [C, N, 9]
     camera_from_world = cams.camera_from_world(torch.float64)
     g = torch.Generator().manual_seed(5)
     counts = {"peak": 0, "bounded": 0}
@@ -104,7 +103,8 @@ def test_peak_depth_is_where_the_gaussian_is_densest_along_the_ray():
         aim = mu + jitter * torch.randn(mu.shape, generator=g, dtype=torch.float64)
         u, v = aim[:, 0] / aim[:, 2], aim[:, 1] / aim[:, 2]
         rays = torch.stack([u, v, torch.ones_like(u)], -1)  # [N, 3]
-        got = peak_depth(terms[c], u, v, mu[:, 2])
+        got = peak_depth(params["means"], params["quats"], params["scales"], camera_from_world[c].expand(len(mu), 4, 4),
+                         u, v, mu[:, 2])
         coarse = torch.linspace(0.05, 12.0, 4001, dtype=torch.float64)  # 3 mm steps, then 3 um steps
 
         def densest(ts, i):
