@@ -93,7 +93,7 @@ def profile_stages(scene, cam, repeats: int) -> dict[str, float]:
     """Median time of each stage of the torch backend (forward and backward)."""
     from nskernels._binning import bin_gaussians
     from nskernels._composite import composite
-    from nskernels.projection import project_gaussians
+    from nskernels.projection import peak_inputs, project_gaussians
     from nskernels.sh import view_colours
 
     stages: dict[str, list[float]] = {}
@@ -106,13 +106,14 @@ def profile_stages(scene, cam, repeats: int) -> dict[str, float]:
         params = {k: v.clone().requires_grad_(True) for k, v in scene.items()}
         t = time.perf_counter()
         proj = project_gaussians(params["means"], params["quats"], params["scales"], params["opacities"], cam)
+        peaks = peak_inputs(params["means"], params["quats"], params["scales"], cam)
         colours = view_colours(params["means"], params["sh0"], params["shN"], cam.centers(), 3)
         t = tick("projection + SH (fwd)", t)
         bins = bin_gaussians(proj.means2d, proj.depths, proj.extents, proj.visible, cam.width, cam.height)
         t = tick("binning + sort", t)
         # Leaf copies split the backward into the kernel part and the projection autograd part.
         leaves = [x.detach().requires_grad_(True) for x in (proj.means2d, proj.conics, colours, proj.opacities, proj.depths)]
-        rgb, alpha, *_ = composite(*leaves, bins, cam.width, cam.height)
+        rgb, alpha, *_ = composite(*leaves, peaks, bins, cam.width, cam.height)
         t = tick("forward kernel", t)
         (rgb.sum() + alpha.sum()).backward()
         t = tick("backward kernel + index_add", t)

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from ._binning import TileBins
+from .projection import PeakInputs
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +38,7 @@ def composite(
     colours: Tensor,
     opacities: Tensor,
     depths: Tensor,
+    peaks: PeakInputs,
     bins: TileBins,
     width: int,
     height: int,
@@ -50,6 +52,7 @@ def composite(
         colours: colours. [C, N, 3]
         opacities: opacities in [0, 1). [C, N]
         depths: camera depths, metres. [C, N]
+        peaks: the 3D Gaussians and cameras, for the front depth (`projection.PeakInputs`).
         bins: tile bins of the visible pairs.
         width: image width, pixels.
         height: image height, pixels.
@@ -64,11 +67,11 @@ def composite(
     if impl == "auto":
         impl = "numba" if means2d.device.type == "cpu" and numba_status()[0] else "torch"
     if impl == "numba":
-        return _NumbaComposite.apply(means2d, conics, colours, opacities, depths, bins, width, height)
+        return _NumbaComposite.apply(means2d, conics, colours, opacities, depths, peaks, bins, width, height)
     if impl == "torch":
         from ._tile_torch import composite_torch
 
-        return composite_torch(means2d, conics, colours, opacities, depths, bins, width, height)
+        return composite_torch(means2d, conics, colours, opacities, depths, peaks, bins, width, height)
     raise ValueError(f"impl must be 'auto', 'numba' or 'torch', got {impl!r}")
 
 
@@ -92,7 +95,7 @@ def _log_compile(t0: float) -> None:
 
 class _NumbaComposite(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, means2d, conics, colours, opacities, depths, bins, width, height):
+    def forward(ctx, means2d, conics, colours, opacities, depths, peaks, bins, width, height):
         from . import _tile_numba
 
         C, N = opacities.shape
@@ -113,7 +116,8 @@ class _NumbaComposite(torch.autograd.Function):
         t0 = time.monotonic()
         with _kernel_lock:
             _tile_numba.forward(
-                *flat, ids, offsets, bins.tiles_x, bins.tiles_y, bins.tile_size, width, height,
+                *flat, _np(peaks.means.float()), _np(peaks.quats.float()), _np(peaks.scales.float()),
+                _np(peaks.camera_from_world.double()), _np(peaks.intrinsics.double()), ids, offsets, bins.tiles_x, bins.tiles_y, bins.tile_size, width, height,
                 rgb, alpha, depth_sum, final_T, last, front,
             )
         _log_compile(t0)
@@ -149,6 +153,7 @@ class _NumbaComposite(torch.autograd.Function):
             v[:, 6:9].reshape(C, N, 3).to(dt[2]),
             v[:, 5].reshape(C, N).to(dt[3]),
             v[:, 9].reshape(C, N).to(dt[4]),
+            None,
             None,
             None,
             None,

@@ -111,12 +111,13 @@ def front_depth_pass(means: Tensor, quats: Tensor, scales: Tensor, opacities: Te
     """
     from ._binning import bin_gaussians
     from ._tile_torch import composite_torch
-    from .projection import project_gaussians
+    from .projection import peak_inputs, project_gaussians
 
     f32 = torch.float32
     with torch.no_grad():
         proj = project_gaussians(means.to(f32), quats.to(f32), scales.to(f32), opacities.to(f32), cameras)
+        peaks = peak_inputs(means, quats, scales, cameras)
         bins = bin_gaussians(proj.means2d, proj.depths, proj.extents, proj.visible, cameras.width, cameras.height)
         colours = torch.zeros(*proj.opacities.shape, 3, dtype=proj.opacities.dtype, device=means.device)
-        return composite_torch(proj.means2d, proj.conics, colours, proj.opacities, proj.depths, bins,
+        return composite_torch(proj.means2d, proj.conics, colours, proj.opacities, proj.depths, peaks, bins,
                                cameras.width, cameras.height)[3]

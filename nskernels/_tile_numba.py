@@ -22,7 +22,7 @@ import math
 import numba
 import numpy as np
 
-from .conventions import ALPHA_MAX, ALPHA_MIN, T_FRONT, T_MIN
+from .conventions import ALPHA_MAX, ALPHA_MIN, PEAK_SUPPORT_SIGMA, T_FRONT, T_MIN
 
 # sigma > ln(255 opacity) means alpha < 1/255; testing it first skips the exp() for most
 # pairs. The slack keeps the exact alpha test the decider near the boundary.
@@ -56,9 +56,68 @@ def _gather_tile(start, n, gaussian_ids, means2d, conics, opacities, colours, de
     return p, lnth
 
 
+@numba.njit(cache=True)
+def _peak_depth(g_means, g_quats, g_scales, viewmats, cam, n, u, v, centre_depth):
+    """Camera depth at which Gaussian n peaks along the ray (u, v, 1) of camera cam:
+    t* = (Q^T r) . (Q^T mu) / |Q^T r|^2, Q = Rc R S^-1 scaled by the smallest scale, kept within
+    PEAK_SUPPORT_SIGMA largest standard deviations of its centre depth and >= 0; the centre depth
+    where t* is not finite (`projection.peak_depth`, its torch twin)."""
+    qw = g_quats[n, 0]
+    qx = g_quats[n, 1]
+    qy = g_quats[n, 2]
+    qz = g_quats[n, 3]
+    norm = math.sqrt(qw * qw + qx * qx + qy * qy + qz * qz)
+    if not norm > 0.0:
+        return centre_depth
+    qw /= norm
+    qx /= norm
+    qy /= norm
+    qz /= norm
+    # Columns of R (the Gaussian's local axes), world frame.
+    r00 = 1 - 2 * (qy * qy + qz * qz)
+    r10 = 2 * (qx * qy + qw * qz)
+    r20 = 2 * (qx * qz - qw * qy)
+    r01 = 2 * (qx * qy - qw * qz)
+    r11 = 1 - 2 * (qx * qx + qz * qz)
+    r21 = 2 * (qy * qz + qw * qx)
+    r02 = 2 * (qx * qz + qw * qy)
+    r12 = 2 * (qy * qz - qw * qx)
+    r22 = 1 - 2 * (qx * qx + qy * qy)
+    s_min = min(g_scales[n, 0], min(g_scales[n, 1], g_scales[n, 2]))
+    s_max = max(g_scales[n, 0], max(g_scales[n, 1], g_scales[n, 2]))
+    # The centre, camera frame.
+    x, y, z = g_means[n, 0], g_means[n, 1], g_means[n, 2]
+    m0 = viewmats[cam, 0, 0] * x + viewmats[cam, 0, 1] * y + viewmats[cam, 0, 2] * z + viewmats[cam, 0, 3]
+    m1 = viewmats[cam, 1, 0] * x + viewmats[cam, 1, 1] * y + viewmats[cam, 1, 2] * z + viewmats[cam, 1, 3]
+    m2 = viewmats[cam, 2, 0] * x + viewmats[cam, 2, 1] * y + viewmats[cam, 2, 2] * z + viewmats[cam, 2, 3]
+    num = 0.0
+    den = 0.0
+    for j in range(3):  # column j of Q = Rc R[:, j] * exp(s_min - s_j)
+        if j == 0:
+            a0, a1, a2 = r00, r10, r20
+        elif j == 1:
+            a0, a1, a2 = r01, r11, r21
+        else:
+            a0, a1, a2 = r02, r12, r22
+        k = math.exp(s_min - g_scales[n, j])
+        q0 = (viewmats[cam, 0, 0] * a0 + viewmats[cam, 0, 1] * a1 + viewmats[cam, 0, 2] * a2) * k
+        q1 = (viewmats[cam, 1, 0] * a0 + viewmats[cam, 1, 1] * a1 + viewmats[cam, 1, 2] * a2) * k
+        q2 = (viewmats[cam, 2, 0] * a0 + viewmats[cam, 2, 1] * a1 + viewmats[cam, 2, 2] * a2) * k
+        qr = q0 * u + q1 * v + q2
+        num += qr * (q0 * m0 + q1 * m1 + q2 * m2)
+        den += qr * qr
+    if not den > 0.0:
+        return centre_depth
+    t = num / den
+    if not abs(t) < math.inf:
+        return centre_depth
+    reach = PEAK_SUPPORT_SIGMA * math.exp(s_max)
+    return max(min(max(t, centre_depth - reach), centre_depth + reach), 0.0)
+
+
 @numba.njit(parallel=True, cache=True, fastmath=False)
 def forward(
-    means2d, conics, colours, opacities, depths, gaussian_ids, tile_offsets,
+    means2d, conics, colours, opacities, depths, g_means, g_quats, g_scales, viewmats, rays, gaussian_ids, tile_offsets,
     tiles_x, tiles_y, tile_size, width, height,
     out_rgb, out_alpha, out_depth, out_T, out_last, out_front,
 ):  # pragma: no cover - compiled
@@ -67,6 +126,10 @@ def forward(
     Args:
         means2d, conics, colours: [G, 2], [G, 3], [G, 3] float32 (G = C * N flat ids).
         opacities, depths: [G] float32.
+        g_means, g_quats, g_scales: the 3D Gaussians (`projection.PeakInputs`), for the front
+            depth. [N, 3], [N, 4], [N, 3] float32
+        viewmats: world -> OpenCV camera. [C, 4, 4] float64
+        rays: per camera (fx, fy, cx, cy). [C, 4] float64
         gaussian_ids: [M] int32, sorted by (camera, tile, depth).
         tile_offsets: [C * tiles_y * tiles_x + 1] int64.
         out_rgb: premultiplied colour [C, H, W, 3] float32 (written).
@@ -74,9 +137,9 @@ def forward(
         out_depth: sum of z_i alpha_i T_i [C, H, W] float32 (written).
         out_T: final transmittance [C, H, W] float64 (written, for the backward).
         out_last: number of tile entries walked up to the last contributor [C, H, W] int32.
-        out_front: front-surface depth [C, H, W] float32 (written): the depth of the
-            contribution after which T first falls to T_FRONT or below, else of the
-            largest-weight contribution; inf where alpha < 1/255.
+        out_front: front-surface depth [C, H, W] float32 (written): where along the pixel's
+            ray the Gaussian peaks (`_peak_depth`) whose contribution first makes T fall to
+            T_FRONT or below, else the largest-weight one's; inf where alpha < 1/255.
     """
     n_tiles = tiles_x * tiles_y
     for tid in numba.prange(tile_offsets.shape[0] - 1):
@@ -103,8 +166,11 @@ def forward(
                     out_front[cam, py, px] = math.inf
             continue
         p, lnth = _gather_tile(start, n, gaussian_ids, means2d, conics, opacities, colours, depths)
+        fx = rays[cam, 0]
+        fy = rays[cam, 1]
         for py in range(py0, py1):
             cy = py + 0.5
+            ray_v = (cy - rays[cam, 3]) / fy
             for px in range(px0, px1):
                 cx = px + 0.5
                 T = 1.0
@@ -113,9 +179,9 @@ def forward(
                 b = 0.0
                 d = 0.0
                 last = 0
-                front = math.inf
+                k_front = -1
                 wmax = 0.0
-                zmax = math.inf
+                k_max = -1
                 for k in range(n):
                     dx = p[k, 0] - cx
                     dy = p[k, 1] - cy
@@ -134,14 +200,19 @@ def forward(
                     b += p[k, 8] * w
                     d += p[k, 9] * w
                     if T > T_FRONT and next_T <= T_FRONT:
-                        front = p[k, 9]
+                        k_front = k
                     if w > wmax:
                         wmax = w
-                        zmax = p[k, 9]
+                        k_max = k
                     T = next_T
                     last = k + 1
-                if front == math.inf and 1.0 - T >= ALPHA_MIN:
-                    front = zmax
+                front = math.inf
+                if k_front < 0 and 1.0 - T >= ALPHA_MIN:
+                    k_front = k_max
+                if k_front >= 0:
+                    n_g = gaussian_ids[start + k_front] - cam * g_means.shape[0]
+                    front = _peak_depth(g_means, g_quats, g_scales, viewmats, cam, n_g, (cx - rays[cam, 2]) / fx,
+                                        ray_v, p[k_front, 9])
                 out_front[cam, py, px] = front
                 out_rgb[cam, py, px, 0] = r
                 out_rgb[cam, py, px, 1] = gg

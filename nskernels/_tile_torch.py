@@ -12,7 +12,8 @@ from torch import Tensor
 
 from ._binning import TileBins
 from .conventions import ALPHA_MAX, ALPHA_MIN, T_MIN
-from .output import front_depth_from_weights
+from .output import front_index_from_weights
+from .projection import PeakInputs, peak_depth
 
 
 def composite_torch(
@@ -21,11 +22,12 @@ def composite_torch(
     colours: Tensor,
     opacities: Tensor,
     depths: Tensor,
+    peaks: PeakInputs,
     bins: TileBins,
     width: int,
     height: int,
     budget: int = 1 << 22,
-) -> tuple[Tensor, Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Same contract as `_composite.composite` (rgb, alpha, depth sum, front depth); `budget`
     bounds the pairs per chunk."""
     C, N = opacities.shape
@@ -62,7 +64,7 @@ def composite_torch(
             j += 1
         tiles = busy[i:j]
         done_tiles.append(tiles)
-        done_values.append(_composite_chunk(feats, bins, tiles, lx, ly, tiles_x, tiles_y))
+        done_values.append(_composite_chunk(feats, peaks, bins, tiles, lx, ly, tiles_x, tiles_y))
         i = j
 
     values = torch.zeros(n_tiles, P, 6, dtype=feats.dtype, device=device)
@@ -78,7 +80,8 @@ def composite_torch(
 
 
 def _composite_chunk(
-    feats: Tensor, bins: TileBins, tiles: Tensor, lx: Tensor, ly: Tensor, tiles_x: int, tiles_y: int
+    feats: Tensor, peaks: PeakInputs, bins: TileBins, tiles: Tensor, lx: Tensor, ly: Tensor,
+    tiles_x: int, tiles_y: int,
 ) -> Tensor:
     """Composite a chunk of tiles -> [Tc, P, 6] (r, g, b, alpha, depth sum, front depth) per tile pixel."""
     starts = bins.tile_offsets[tiles]
@@ -87,7 +90,8 @@ def _composite_chunk(
     slot = torch.arange(L, device=feats.device)
     in_list = slot[None, :] < lengths[:, None]  # [Tc, L]
     idx = torch.where(in_list, starts[:, None] + slot[None, :], torch.zeros_like(in_list, dtype=starts.dtype))
-    f = feats[bins.gaussian_ids[idx].long()]  # [Tc, L, 10]
+    gid = bins.gaussian_ids[idx].long()
+    f = feats[gid]  # [Tc, L, 10]
 
     t = tiles % (tiles_x * tiles_y)
     ox = ((t % tiles_x) * bins.tile_size).to(feats.dtype)
@@ -107,5 +111,34 @@ def _composite_chunk(
     w = alpha * T
     rgb = torch.einsum("tpl,tlc->tpc", w, f[..., 6:9])
     depth_sum = torch.einsum("tpl,tl->tp", w, f[..., 9])
-    front = front_depth_from_weights(alpha, f[:, None, :, 9])
+    front = _front_depth(alpha, gid, f[..., 9], peaks, tiles, px, py, tiles_x * tiles_y)
     return torch.cat([rgb, (1.0 - trans[..., -1])[..., None], depth_sum[..., None], front[..., None]], -1)
+
+
+def _front_depth(alpha: Tensor, gid: Tensor, depths: Tensor, peaks: PeakInputs, tiles: Tensor, px: Tensor, py: Tensor,
+                 tiles_per_camera: int) -> Tensor:
+    """Front depth of a chunk's pixels: the chosen contribution's peak along the pixel's ray.
+
+    Args:
+        alpha: the pixels' contributions, front to back. [Tc, P, L]
+        gid: flat (camera * N + Gaussian) ids of the tiles' lists. [Tc, L]
+        depths: their centre depths. [Tc, L]
+        peaks: the 3D Gaussians and cameras.
+        tiles: the chunk's tile ids (camera * tiles_per_camera + tile). [Tc]
+        px, py: pixel centres. [Tc, P, 1]
+
+    Returns:
+        Front depth, inf where alpha < 1/255, dtype of ``alpha``. [Tc, P]
+    """
+    with torch.no_grad():
+        idx, covered = front_index_from_weights(alpha.detach().double())  # [Tc, P]
+        chosen = torch.gather(gid, 1, idx)  # [Tc, P]
+        n = peaks.means.shape[0]
+        cam = torch.div(tiles, tiles_per_camera, rounding_mode="floor")[:, None].expand_as(chosen)
+        g = chosen - cam * n
+        fx, fy, cx, cy = peaks.intrinsics.to(alpha.device)[cam].unbind(-1)
+        u = (px[..., 0].double() - cx) / fx
+        v = (py[..., 0].double() - cy) / fy
+        front = peak_depth(peaks.means[g], peaks.quats[g], peaks.scales[g],
+                           peaks.camera_from_world.to(alpha.device)[cam], u, v, torch.gather(depths.detach(), 1, idx))
+        return torch.where(covered, front, torch.full_like(front, float("inf"))).to(alpha.dtype)

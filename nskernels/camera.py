@@ -133,12 +133,13 @@ class Cameras:
             **intr,
         )
 
-    def camera_from_world(self) -> Tensor:
-        """World -> OpenCV camera transforms (+X right, +Y down, +Z forward). [C, 4, 4]"""
+    def camera_from_world(self, dtype: torch.dtype | None = None) -> Tensor:
+        """World -> OpenCV camera transforms (+X right, +Y down, +Z forward), in ``dtype``
+        (default: that of ``world_from_camera``). [C, 4, 4]"""
         # Invert in float64: camera matrices far from the origin lose digits in float32.
         inv = torch.linalg.inv(self.world_from_camera.double())
         flip = torch.tensor(_BLENDER_TO_OPENCV, dtype=torch.float64, device=inv.device)
-        return (flip[None, :, None] * inv).to(self.world_from_camera.dtype)
+        return (flip[None, :, None] * inv).to(dtype or self.world_from_camera.dtype)
 
     def centers(self) -> Tensor:
         """Camera centres, world frame, metres. [C, 3]"""

@@ -64,10 +64,12 @@ class RenderOutput:
             [C, H, W]
         meta: what gsplat's DefaultStrategy reads, for densification on either backend (the
             dense test reference fills a smaller dict: "means2d", "depths", "valid").
-        depth_front: front-surface depth, metres along -Z: the depth of the contribution at
-            which the transmittance first falls to 0.5 (``conventions.T_FRONT``), or of the
-            largest-weight contribution where alpha stays below 0.5; inf where alpha < 1/255.
-            Not differentiable (no gradient flows through it). [C, H, W]
+        depth_front: front-surface depth, metres along -Z: of the contribution at which the
+            transmittance first falls to 0.5 (``conventions.T_FRONT``), or of the largest-weight
+            contribution where alpha stays below 0.5, the depth at which that Gaussian peaks
+            along the pixel's ray (`projection.peak_depth`: where the ray meets a flat
+            Gaussian's plane, not its centre's depth); inf where alpha < 1/255. Not
+            differentiable (no gradient flows through it). [C, H, W]
     """
 
     rgb: Tensor
@@ -101,26 +103,44 @@ def finish(
     return rgb, depth
 
 
+def front_index_from_weights(alpha_i: Tensor) -> tuple[Tensor, Tensor]:
+    """Which contribution a pixel's front depth comes from (see `RenderOutput.depth_front`).
+
+    Args:
+        alpha_i: alphas of the contributions that count (0 for skipped ones), front to back. [..., L]
+
+    Returns:
+        (index of the contribution at which the transmittance first falls to T_FRONT, else of
+        the largest-weight one [...] int64, whether the pixel's alpha >= 1/255 [...] bool).
+    """
+    with torch.no_grad():
+        trans = torch.cumprod(1.0 - alpha_i, -1)
+        before = torch.cat([torch.ones_like(trans[..., :1]), trans[..., :-1]], -1)
+        w = alpha_i * before
+        crossed = (trans <= T_FRONT) & (alpha_i > 0)
+        first = torch.argmax(crossed.to(torch.int8), dim=-1)
+        heaviest = torch.argmax(w, dim=-1)
+        idx = torch.where(crossed.any(-1), first, heaviest)
+        if trans.shape[-1]:
+            covered = (1.0 - trans[..., -1]) >= ALPHA_MIN
+        else:
+            covered = torch.zeros(alpha_i.shape[:-1], dtype=torch.bool, device=alpha_i.device)
+        return idx, covered
+
+
 def front_depth_from_weights(alpha_i: Tensor, z: Tensor) -> Tensor:
     """Front-surface depth from per-contribution alphas in front-to-back order (torch twin of
     the numba kernel's rule; see `RenderOutput.depth_front`).
 
     Args:
         alpha_i: alphas of the contributions that count (0 for skipped ones), front to back. [..., L]
-        z: their depths, broadcastable to ``alpha_i``. [..., L]
+        z: their depths, per pixel (the Gaussians' peaks along its ray) or per Gaussian,
+            broadcastable to ``alpha_i``. [..., L]
 
     Returns:
         The front depth, inf where the pixel's alpha < 1/255. [...]
     """
     with torch.no_grad():
-        trans = torch.cumprod(1.0 - alpha_i, -1)
-        before = torch.cat([torch.ones_like(trans[..., :1]), trans[..., :-1]], -1)
-        w = alpha_i * before
-        z = z.expand_as(alpha_i)
-        crossed = (trans <= T_FRONT) & (alpha_i > 0)
-        first = torch.argmax(crossed.to(torch.int8), dim=-1, keepdim=True)
-        heaviest = torch.argmax(w, dim=-1, keepdim=True)
-        idx = torch.where(crossed.any(-1, keepdim=True), first, heaviest)
-        front = torch.gather(z, -1, idx)[..., 0]
-        covered = (1.0 - trans[..., -1]) >= ALPHA_MIN if trans.shape[-1] else torch.zeros_like(front, dtype=torch.bool)
+        idx, covered = front_index_from_weights(alpha_i)
+        front = torch.gather(z.expand_as(alpha_i), -1, idx[..., None])[..., 0]
         return torch.where(covered, front, torch.full_like(front, float("inf")))

@@ -13,8 +13,8 @@ import torch
 from torch import Tensor
 
 from .camera import Cameras
-from .conventions import ALPHA_MIN, EPS2D, JACOBIAN_CLAMP
-from .gaussians import scaled_rotations
+from .conventions import ALPHA_MIN, EPS2D, JACOBIAN_CLAMP, PEAK_SUPPORT_SIGMA
+from .gaussians import quat_to_rotmat, scaled_rotations
 
 #: Upper bound of the opacity-aware extent in standard deviations. sqrt(2 ln 255) = 3.3290 < 3.33,
 #: so the bound never cuts a contribution with alpha >= 1/255 (opacities are < 1).
@@ -131,3 +131,77 @@ def _extents(
     ext = torch.where(visible[..., None], ext, torch.zeros_like(ext))
     return ext.detach(), visible
 
+
+@dataclass
+class PeakInputs:
+    """What `depth_front` needs to find where a Gaussian peaks along a pixel's ray (`peak_depth`);
+    no gradient, nothing per (camera, Gaussian): the kernels evaluate it once per pixel, for the
+    one Gaussian the pixel's front depth comes from.
+
+    Attributes:
+        means: Gaussian centres, world frame, metres. [N, 3]
+        quats: rotations (w, x, y, z), unnormalised. [N, 4]
+        scales: log standard deviations, log metres. [N, 3]
+        camera_from_world: world -> OpenCV camera, float64. [C, 4, 4]
+        intrinsics: (fx, fy, cx, cy) per camera, pixels, float64. [C, 4]
+    """
+
+    means: Tensor
+    quats: Tensor
+    scales: Tensor
+    camera_from_world: Tensor
+    intrinsics: Tensor
+
+
+def peak_inputs(means: Tensor, quats: Tensor, scales: Tensor, cameras: Cameras) -> PeakInputs:
+    """`PeakInputs` of a render (detached views; the cameras in float64)."""
+    intrinsics = torch.stack([cameras.fx, cameras.fy, cameras.cx, cameras.cy], -1).to(torch.float64)
+    return PeakInputs(means.detach(), quats.detach(), scales.detach(), cameras.camera_from_world(torch.float64),
+                      intrinsics)
+
+
+def peak_depth(means: Tensor, quats: Tensor, scales: Tensor, camera_from_world: Tensor, u: Tensor, v: Tensor,
+               centre_depth: Tensor) -> Tensor:
+    """Camera depth at which each Gaussian peaks along a ray (torch twin of the numba `_peak_depth`).
+
+    The ray is x(t) = t r, r = (u, v, 1) in the OpenCV camera frame (u = (px - cx) / fx for pixel
+    centre px), so t is the camera depth. The Gaussian's exponent -(x - mu)^T P (x - mu) / 2
+    (P = Sigma^-1 = Q Q^T, Q = Rc R S^-1, camera frame) peaks along the ray at
+
+        t* = r^T P mu / r^T P r = (Q^T r) . (Q^T mu) / |Q^T r|^2.
+
+    For a flat Gaussian (one tiny scale) that is where the ray meets its plane, for a round one
+    the point of the ray nearest its centre: the ray-Gaussian intersection of Gaussian Opacity
+    Fields (Yu et al. 2024). The rasterizer's per-Gaussian depth is the centre's, which for a
+    large flat Gaussian seen at a grazing angle lies up to a few standard deviations off the
+    surface (a floor of Gaussians in front of or behind a mesh standing on it;
+    docs/protocol-notes.md `depth_front`). t* is kept within `conventions.PEAK_SUPPORT_SIGMA`
+    largest standard deviations of the centre's depth (and >= 0). S^-1 is scaled by the smallest
+    scale (t* does not change), so Gaussians 1e-7 m thin stay in range; float64 throughout.
+
+    Args:
+        means: centres, world frame, metres. [..., 3]
+        quats: rotations (w, x, y, z), unnormalised. [..., 4]
+        scales: log standard deviations, log metres. [..., 3]
+        camera_from_world: world -> OpenCV camera, float64. [..., 4, 4]
+        u, v: the rays' x / z and y / z. [...]
+        centre_depth: the centres' camera depths: the answer where t* is not a finite number. [...]
+
+    Returns:
+        Camera depth of each peak, metres, float64. [...]
+    """
+    f64 = torch.float64
+    with torch.no_grad():
+        Rc, t = camera_from_world[..., :3, :3].to(f64), camera_from_world[..., :3, 3].to(f64)
+        s = scales.to(f64)
+        Q = Rc @ (quat_to_rotmat(quats.to(f64)) * torch.exp(s.amin(-1, keepdim=True) - s)[..., None, :])
+        mu = (Rc @ means.to(f64)[..., None])[..., 0] + t
+        ray = torch.stack([u.to(f64), v.to(f64), torch.ones_like(u, dtype=f64)], -1)
+        qr = (Q.transpose(-1, -2) @ ray[..., None])[..., 0]
+        qm = (Q.transpose(-1, -2) @ mu[..., None])[..., 0]
+        den = (qr * qr).sum(-1)
+        depth = (qr * qm).sum(-1) / torch.where(den > 0, den, torch.ones_like(den))
+        centre = centre_depth.to(f64)
+        reach = PEAK_SUPPORT_SIGMA * torch.exp(s.amax(-1))
+        depth = torch.minimum(torch.maximum(depth, centre - reach), centre + reach).clamp_min(0.0)
+        return torch.where((den > 0) & torch.isfinite(depth), depth, centre)

@@ -107,18 +107,20 @@ def _rasterize_torch(
 ) -> RenderOutput:
     from ._binning import bin_gaussians
     from ._composite import composite
-    from .projection import project_gaussians
+    from .projection import peak_inputs, project_gaussians
     from .sh import view_colours
 
-    # 1. Project to 2D Gaussians and colour them from each camera.
+    # 1. Project to 2D Gaussians and colour them from each camera; per-pixel ray depths for
+    #    depth_front.
     proj = project_gaussians(means, quats, scales, opacities, cameras)
+    peaks = peak_inputs(means, quats, scales, cameras)
     colours = view_colours(means, sh0, shN, cameras.centers(), degree)
     # 2. Bin into tiles, front to back.
     W, H = cameras.width, cameras.height
     bins = bin_gaussians(proj.means2d, proj.depths, proj.extents, proj.visible, W, H)
     # 3. Composite.
     rgb, alpha, depth_sum, depth_front = composite(
-        proj.means2d, proj.conics, colours, proj.opacities, proj.depths, bins, W, H, impl=impl
+        proj.means2d, proj.conics, colours, proj.opacities, proj.depths, peaks, bins, W, H, impl=impl
     )
     rgb, depth = finish(rgb, alpha, depth_sum, background)
     meta = RenderMeta(means2d=proj.means2d, radii=proj.radii, gaussian_ids=None, width=W, height=H,

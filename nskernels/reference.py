@@ -23,7 +23,7 @@ from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
 from .camera import Cameras
-from .conventions import ALPHA_MAX, ALPHA_MIN, EPS2D, JACOBIAN_CLAMP, T_MIN
+from .conventions import ALPHA_MAX, ALPHA_MIN, EPS2D, JACOBIAN_CLAMP, PEAK_SUPPORT_SIGMA, T_MIN
 from .gaussians import covariances
 from .output import RenderOutput, front_depth_from_weights
 from .sh import degree_from_rest, view_colours
@@ -109,14 +109,24 @@ def rasterize_dense(
         # Every pixel against every Gaussian, front to back. Big images go through in pixel
         # chunks whose graphs are recomputed in the backward (checkpoint): same numbers,
         # bounded memory.
+        # For depth_front: the inverse covariance in the camera frame by matrix inversion (the
+        # tile rasterizer builds it from R S^-2 R^T), float64.
+        cam64 = cameras.camera_from_world(torch.float64)[c]
+        sigma_cam = cam64[:3, :3] @ sigma3d.detach().double() @ cam64[:3, :3].T
+        precision = torch.linalg.inv(sigma_cam)  # [N, 3, 3]
+        mean_cam = means.detach().double() @ cam64[:3, :3].T + cam64[:3, 3]
+        pixel_rays = torch.stack([(pixels[:, 0].double() - float(cx)) / float(fx),
+                                  (pixels[:, 1].double() - float(cy)) / float(fy),
+                                  torch.ones(len(pixels), dtype=torch.float64, device=pixels.device)], -1)
         order = torch.sort(z, stable=True).indices
-        args = (mean2d[order], conic[order], opacity[order], valid[order], colours[c][order], z[order])
+        args = (mean2d[order], conic[order], opacity[order], valid[order], colours[c][order], z[order],
+                precision[order], mean_cam[order], PEAK_SUPPORT_SIGMA * torch.exp(scales.detach().double().amax(-1))[order])
         chunk = max(1, _PAIRS_PER_CHUNK // max(1, means.shape[0]))
         if pixels.shape[0] <= chunk:
-            rgb, a, wsum, wz, front = _shade(pixels, *args)
+            rgb, a, wsum, wz, front = _shade(pixels, pixel_rays, *args)
         else:
             parts = [
-                checkpoint(_shade, pixels[i : i + chunk], *args, use_reentrant=False)
+                checkpoint(_shade, pixels[i : i + chunk], pixel_rays[i : i + chunk], *args, use_reentrant=False)
                 for i in range(0, pixels.shape[0], chunk)
             ]
             rgb, a, wsum, wz, front = (torch.cat(x) for x in zip(*parts))
@@ -142,17 +152,23 @@ def rasterize_dense(
 
 
 def _shade(
-    pixels: Tensor, mean2d: Tensor, conic: Tensor, opacity: Tensor, valid: Tensor, colours: Tensor, z: Tensor
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    pixels: Tensor, rays: Tensor, mean2d: Tensor, conic: Tensor, opacity: Tensor, valid: Tensor, colours: Tensor,
+    z: Tensor, precision: Tensor, mean_cam: Tensor, reach: Tensor,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Composite depth-sorted Gaussians at pixel centres.
 
     Args:
         pixels: pixel centres (x, y). [P, 2]
+        rays: their rays (x / z, y / z, 1), OpenCV camera frame, float64. [P, 3]
         mean2d, conic, opacity, valid, colours, z: per Gaussian, front to back. [N, ...]
+        precision: inverse 3D covariances, camera frame, float64. [N, 3, 3]
+        mean_cam: centres, camera frame, float64. [N, 3]
+        reach: PEAK_SUPPORT_SIGMA x the largest standard deviation, metres, float64. [N]
 
     Returns:
         rgb sum c_i w_i [P, 3], alpha [P], sum w_i [P], sum z_i w_i [P] (w_i = alpha_i T_i),
-        front-surface depth [P] (`RenderOutput.depth_front`).
+        front-surface depth [P] (`RenderOutput.depth_front`: the depth of the chosen Gaussian's
+        peak along the ray, r^T P mu / r^T P r, kept within ``reach`` of its centre's).
     """
     dx = pixels[:, 0:1] - mean2d[None, :, 0]  # [P, N]
     dy = pixels[:, 1:2] - mean2d[None, :, 1]
@@ -165,7 +181,19 @@ def _shade(
     T = torch.cumprod(torch.cat([torch.ones_like(alpha[:, :1]), 1 - alpha[:, :-1]], dim=1), dim=1)
     weight = alpha * T  # [P, N]
     a = 1 - torch.prod(1 - alpha, dim=1)
-    front = front_depth_from_weights(alpha, z[None, :])
+    with torch.no_grad():
+        # r^T P mu and r^T P r as [P, N] products (no [P, N, 3] intermediate); kept within the
+        # Gaussian's support's bounding sphere around its centre depth.
+        p_mu = (precision @ mean_cam[:, :, None])[:, :, 0]  # [N, 3]
+        num = rays @ p_mu.T
+        outer = (rays[:, :, None] * rays[:, None, :]).reshape(-1, 9)
+        den = outer @ precision.reshape(-1, 9).T
+        t_peak = num / den
+        centre = z.detach().double()[None, :]
+        bound = reach[None, :]
+        t_peak = torch.where(torch.isfinite(t_peak) & (den > 0), t_peak, centre)
+        t_peak = torch.clamp(t_peak, min=centre - bound, max=centre + bound).clamp_min(0.0)
+        front = front_depth_from_weights(alpha.detach().double(), t_peak).to(z.dtype)
     return weight @ colours, a, weight.sum(dim=1), weight @ z, front
 
 

@@ -20,6 +20,7 @@ FEATURE_MODULES = (
     "render_settings",
     "scene_gaussians",
     "render_engine",
+    "splat_shadow",
     "final_shot",
     "frame_guard",
     "operators",

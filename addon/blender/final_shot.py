@@ -15,7 +15,9 @@
    else ``mesh over splat`` (premultiplied Alpha Over both ways, chosen by a depth comparison).
    Blender's Z Combine node is not used: with "Use Alpha" it mixes premultiplied colour by alpha
    again, which darkens semi-transparent splat edges;
-4. the Depth pass is enabled on both view layers.
+4. the Depth pass is enabled on both view layers;
+5. every Gaussian object gets a shadow-only caster in the main scene (:mod:`splat_shadow`), so the
+   Gaussians shadow the meshes (per object toggle ``obj.nstudio_splat_shadow.cast``, on by default).
 
 Then F12 and Render Animation on the main scene render the companion scene too (Blender renders
 every scene a Render Layers node names) and write the composited frames.
@@ -27,7 +29,7 @@ import logging
 
 import bpy
 
-from . import compat
+from . import compat, splat_shadow
 from .render_settings import ENGINE_ID
 
 log = logging.getLogger(__name__)
@@ -228,6 +230,9 @@ def setup_final_shot(scene, view_layer=None):
         layer.use_pass_z = True
     build_compositor(scene, companion, view_layer)
     scene.render.use_compositing = True
+
+    # 4. Shadows of the Gaussians onto the meshes, in the main scene only.
+    splat_shadow.ensure_casters(scene, objects)
     return companion
 
 
@@ -242,6 +247,7 @@ def _sync_companions(*_args) -> None:
         source = bpy.data.scenes.get(settings.source_scene)
         if source is not None and source != companion:
             sync_companion(source, companion)
+            splat_shadow.sync_scene(source)
 
 
 # ------------------------------------------------------------------ operator and UI

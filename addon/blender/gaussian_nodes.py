@@ -30,6 +30,19 @@ DEFAULT_SCALE = 1.0
 DEFAULT_THRESHOLD = 200_000
 DEFAULT_SUBDIVISIONS = 2
 
+# The shadow caster of final shots (:mod:`splat_shadow`): a node group on a separate object.
+SHADOW_GROUP_NAME = "NS Gaussian Shadow"
+SHADOW_MATERIAL_NAME = "NS Gaussian Shadow"
+SHADOW_VERSION = 1
+INPUT_SOURCE = "Gaussians"
+INPUT_MIN_OPACITY = "Min Opacity"
+INPUT_SIZE = "Size"
+#: Gaussians less opaque than this cast no shadow.
+DEFAULT_MIN_OPACITY = 0.5
+#: Ellipsoid radius in standard deviations: an opaque Gaussian's own alpha, 0.99 exp(-r^2 / 2),
+#: falls to 0.5 at r = 1.17.
+DEFAULT_SHADOW_SIZE = 1.2
+
 
 # ---------------------------------------------------------------- node helpers
 
@@ -57,6 +70,55 @@ def _named(nodes, name: str, data_type: str):
     node.data_type = data_type
     node.inputs["Name"].default_value = name
     return node
+
+
+def _ellipsoids(ng, points, mesh, log_scale, factor):
+    """Instance on Points of ``mesh`` (a unit sphere) on every Gaussian, rotated by its normalised
+    quaternion and scaled by ``exp(log scale) * factor``: the ellipsoid ``factor`` standard
+    deviations out. Returns the Instance on Points node (its "Selection" input is free)."""
+    nodes = ng.nodes
+    # Scale: exp(log scale) * factor. Per component: Vector Math "POWER" only exists from
+    # Blender 4.5.
+    split = nodes.new("ShaderNodeSeparateXYZ")
+    _link(ng, log_scale, split.inputs[0])
+    exp_scale = nodes.new("ShaderNodeCombineXYZ")
+    for c in "XYZ":
+        exp_c = _math(nodes, "EXPONENT")
+        _link(ng, split.outputs[c], exp_c.inputs[0])
+        _link(ng, exp_c.outputs[0], exp_scale.inputs[c])
+    scaled = _vector_math(nodes, "SCALE")
+    _link(ng, exp_scale.outputs[0], scaled.inputs[0])
+    _link(ng, factor, scaled.inputs["Scale"])
+
+    # Rotation: the stored quaternion is unnormalised (raw parameter); normalise it here.
+    rot_attr = _named(nodes, layout.ROTATION, "QUATERNION")
+    wxyz = nodes.new("FunctionNodeRotationToQuaternion")
+    _link(ng, rot_attr.outputs["Attribute"], wxyz.inputs[0])
+    xyz = nodes.new("ShaderNodeCombineXYZ")
+    for i, c in enumerate("XYZ"):
+        _link(ng, wxyz.outputs[c], xyz.inputs[i])
+    dot = _vector_math(nodes, "DOT_PRODUCT")
+    _link(ng, xyz.outputs[0], dot.inputs[0])
+    _link(ng, xyz.outputs[0], dot.inputs[1])
+    norm2 = _math(nodes, "MULTIPLY_ADD")
+    _link(ng, wxyz.outputs["W"], norm2.inputs[0])
+    _link(ng, wxyz.outputs["W"], norm2.inputs[1])
+    _link(ng, dot.outputs["Value"], norm2.inputs[2])
+    inv_norm = _math(nodes, "INVERSE_SQRT")
+    _link(ng, norm2.outputs[0], inv_norm.inputs[0])
+    to_rot = nodes.new("FunctionNodeQuaternionToRotation")
+    for c in "WXYZ":
+        mul = _math(nodes, "MULTIPLY")
+        _link(ng, wxyz.outputs[c], mul.inputs[0])
+        _link(ng, inv_norm.outputs[0], mul.inputs[1])
+        _link(ng, mul.outputs[0], to_rot.inputs[c])
+
+    instance = nodes.new("GeometryNodeInstanceOnPoints")
+    _link(ng, points, instance.inputs["Points"])
+    _link(ng, mesh, instance.inputs["Instance"])
+    _link(ng, to_rot.outputs[0], instance.inputs["Rotation"])
+    _link(ng, scaled.outputs[0], instance.inputs["Scale"])
+    return instance
 
 
 def ensure_proxy_material():
@@ -165,52 +227,12 @@ def ensure_proxy_node_group():
     _link(ng, size.outputs["Point Count"], compare.inputs[2])
     _link(ng, group_in.outputs[INPUT_THRESHOLD], compare.inputs[3])
 
-    # Scale: exp(log scale) * factor.
-    log_scale = _named(nodes, layout.SCALE, "FLOAT_VECTOR")
-    # Per component: Vector Math "POWER" only exists from Blender 4.5.
-    split = nodes.new("ShaderNodeSeparateXYZ")
-    _link(ng, log_scale.outputs["Attribute"], split.inputs[0])
-    exp_scale = nodes.new("ShaderNodeCombineXYZ")
-    for c in "XYZ":
-        exp_c = _math(nodes, "EXPONENT")
-        _link(ng, split.outputs[c], exp_c.inputs[0])
-        _link(ng, exp_c.outputs[0], exp_scale.inputs[c])
-    scaled = _vector_math(nodes, "SCALE")
-    _link(ng, exp_scale.outputs[0], scaled.inputs[0])
-    _link(ng, factor, scaled.inputs["Scale"])
-
-    # Rotation: the stored quaternion is unnormalised (raw parameter); normalise it here.
-    rot_attr = _named(nodes, layout.ROTATION, "QUATERNION")
-    wxyz = nodes.new("FunctionNodeRotationToQuaternion")
-    _link(ng, rot_attr.outputs["Attribute"], wxyz.inputs[0])
-    xyz = nodes.new("ShaderNodeCombineXYZ")
-    for i, c in enumerate("XYZ"):
-        _link(ng, wxyz.outputs[c], xyz.inputs[i])
-    dot = _vector_math(nodes, "DOT_PRODUCT")
-    _link(ng, xyz.outputs[0], dot.inputs[0])
-    _link(ng, xyz.outputs[0], dot.inputs[1])
-    norm2 = _math(nodes, "MULTIPLY_ADD")
-    _link(ng, wxyz.outputs["W"], norm2.inputs[0])
-    _link(ng, wxyz.outputs["W"], norm2.inputs[1])
-    _link(ng, dot.outputs["Value"], norm2.inputs[2])
-    inv_norm = _math(nodes, "INVERSE_SQRT")
-    _link(ng, norm2.outputs[0], inv_norm.inputs[0])
-    to_rot = nodes.new("FunctionNodeQuaternionToRotation")
-    for c in "WXYZ":
-        mul = _math(nodes, "MULTIPLY")
-        _link(ng, wxyz.outputs[c], mul.inputs[0])
-        _link(ng, inv_norm.outputs[0], mul.inputs[1])
-        _link(ng, mul.outputs[0], to_rot.inputs[c])
-
     # Ellipsoids: a unit ico-sphere per Gaussian.
+    log_scale = _named(nodes, layout.SCALE, "FLOAT_VECTOR")
     ico = nodes.new("GeometryNodeMeshIcoSphere")
     ico.inputs["Radius"].default_value = 1.0
     _link(ng, group_in.outputs[INPUT_SUBDIVISIONS], ico.inputs["Subdivisions"])
-    instance = nodes.new("GeometryNodeInstanceOnPoints")
-    _link(ng, geometry, instance.inputs["Points"])
-    _link(ng, ico.outputs["Mesh"], instance.inputs["Instance"])
-    _link(ng, to_rot.outputs[0], instance.inputs["Rotation"])
-    _link(ng, scaled.outputs[0], instance.inputs["Scale"])
+    instance = _ellipsoids(ng, geometry, ico.outputs["Mesh"], log_scale.outputs["Attribute"], factor)
 
     # Points: radius from the geometric mean of the three scales.
     mean_log = _vector_math(nodes, "DOT_PRODUCT")
@@ -252,3 +274,94 @@ def set_proxy_inputs(obj, scale_factor: float | None = None, point_threshold: in
         if value is not None:
             modifier[ids[name]] = value
     obj.update_tag()
+
+
+def ensure_shadow_material():
+    """The shadow caster's material: a plain opaque diffuse (built once per file). Camera, diffuse and
+    glossy rays never see the caster (:mod:`splat_shadow` sets its ray visibility), so only its
+    opacity to shadow rays matters."""
+    import bpy
+
+    mat = bpy.data.materials.get(SHADOW_MATERIAL_NAME)
+    if mat is None:
+        mat = bpy.data.materials.new(SHADOW_MATERIAL_NAME)
+        mat.diffuse_color = (0.2, 0.2, 0.2, 1.0)
+    return mat
+
+
+def ensure_shadow_node_group():
+    """The final shots' shadow caster (built once per file, rebuilt if from an older version).
+
+    Inputs: "Gaussians" (the Gaussian object, read through Object Info in the caster's own space,
+    so the caster needs no parent and follows every move), "Min Opacity" (default 0.5: less
+    opaque Gaussians cast nothing) and "Size" (ellipsoid radius in standard deviations, default
+    1.2). Output: an ico-sphere ellipsoid ``R diag(exp(scales)) * size`` on every Gaussian with
+    ``sigmoid(opacity) >= min opacity``, as instances (Cycles instances them; nothing is
+    realised, so a million Gaussians cost a million transforms, not a million meshes), with the
+    shadow material.
+    """
+    import bpy
+
+    ng = bpy.data.node_groups.get(SHADOW_GROUP_NAME)
+    if ng is not None and ng.get("nstudio_shadow_version") == SHADOW_VERSION:
+        return ng
+    if ng is None:
+        ng = bpy.data.node_groups.new(SHADOW_GROUP_NAME, "GeometryNodeTree")
+    ng.interface.clear()
+    ng.nodes.clear()
+    ng.interface.new_socket("Geometry", in_out="INPUT", socket_type="NodeSocketGeometry")
+    ng.interface.new_socket(INPUT_SOURCE, in_out="INPUT", socket_type="NodeSocketObject",
+                            description="The Gaussian object whose shadow this casts")
+    opacity_in = ng.interface.new_socket(INPUT_MIN_OPACITY, in_out="INPUT", socket_type="NodeSocketFloat",
+                                         description="Gaussians less opaque than this cast no shadow")
+    opacity_in.default_value, opacity_in.min_value, opacity_in.max_value = DEFAULT_MIN_OPACITY, 0.0, 1.0
+    size_in = ng.interface.new_socket(INPUT_SIZE, in_out="INPUT", socket_type="NodeSocketFloat",
+                                      description="Shadow ellipsoid radius in standard deviations")
+    size_in.default_value, size_in.min_value = DEFAULT_SHADOW_SIZE, 0.0
+    ng.interface.new_socket("Geometry", in_out="OUTPUT", socket_type="NodeSocketGeometry")
+
+    nodes = ng.nodes
+    group_in = nodes.new("NodeGroupInput")
+    group_out = nodes.new("NodeGroupOutput")
+    info = nodes.new("GeometryNodeObjectInfo")
+    info.transform_space = "RELATIVE"  # the Gaussians' placement, in the caster's space
+    _link(ng, group_in.outputs[INPUT_SOURCE], info.inputs["Object"])
+    # The object's evaluated geometry: its loose points when the display proxy is off (final
+    # shots turn it off for renders); with the proxy on, its ellipsoid instances or its point
+    # cloud, both carrying the Gaussian attributes. Back to one point per Gaussian in every case.
+    parts = nodes.new("GeometryNodeSeparateComponents")
+    _link(ng, info.outputs["Geometry"], parts.inputs[0])
+    from_instances = nodes.new("GeometryNodeInstancesToPoints")
+    _link(ng, parts.outputs["Instances"], from_instances.inputs["Instances"])
+    points = nodes.new("GeometryNodeJoinGeometry")
+    for socket in (parts.outputs["Mesh"], parts.outputs["Point Cloud"], from_instances.outputs["Points"]):
+        _link(ng, socket, points.inputs[0])
+
+    # Selection: sigmoid(opacity logit) >= min opacity.
+    logit = _named(nodes, layout.OPACITY, "FLOAT")
+    neg = _math(nodes, "MULTIPLY", None, -1.0)
+    _link(ng, logit.outputs["Attribute"], neg.inputs[0])
+    exp = _math(nodes, "EXPONENT")
+    _link(ng, neg.outputs[0], exp.inputs[0])
+    one_plus = _math(nodes, "ADD", None, 1.0)
+    _link(ng, exp.outputs[0], one_plus.inputs[0])
+    alpha = _math(nodes, "DIVIDE", 1.0, None)
+    _link(ng, one_plus.outputs[0], alpha.inputs[1])
+    opaque = nodes.new("FunctionNodeCompare")
+    opaque.data_type, opaque.operation = "FLOAT", "GREATER_EQUAL"
+    _link(ng, alpha.outputs[0], opaque.inputs["A"])
+    _link(ng, group_in.outputs[INPUT_MIN_OPACITY], opaque.inputs["B"])
+
+    ico = nodes.new("GeometryNodeMeshIcoSphere")
+    ico.inputs["Radius"].default_value = 1.0
+    ico.inputs["Subdivisions"].default_value = DEFAULT_SUBDIVISIONS
+    log_scale = _named(nodes, layout.SCALE, "FLOAT_VECTOR")
+    instance = _ellipsoids(ng, points.outputs[0], ico.outputs["Mesh"], log_scale.outputs["Attribute"],
+                           group_in.outputs[INPUT_SIZE])
+    _link(ng, opaque.outputs[0], instance.inputs["Selection"])
+    set_mat = nodes.new("GeometryNodeSetMaterial")
+    set_mat.inputs["Material"].default_value = ensure_shadow_material()
+    _link(ng, instance.outputs[0], set_mat.inputs["Geometry"])
+    _link(ng, set_mat.outputs[0], group_out.inputs[0])
+    ng["nstudio_shadow_version"] = SHADOW_VERSION
+    return ng

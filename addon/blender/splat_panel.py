@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import bpy
 
+from .importers.gaussians import is_gaussian_object
 from .splat_render import NSTUDIO_OT_render_splats
+from .splat_shadow import draw_shadow_settings
 from .splat_train import METRIC_PROPS, NSTUDIO_OT_capture_and_train
 
 
@@ -25,6 +27,8 @@ class NSTUDIO_PT_splats(bpy.types.Panel):
             col = layout.column(align=True)
             col.label(text=f"PSNR {obj[METRIC_PROPS['psnr']]:.2f} dB, SSIM {obj.get(METRIC_PROPS['ssim'], 0.0):.3f}")
             col.label(text=f"{obj.get(METRIC_PROPS['count'], 0):,} Gaussians in {obj.get(METRIC_PROPS['seconds'], 0.0):.0f} s")
+        if is_gaussian_object(obj):
+            draw_shadow_settings(layout.box(), obj)
 
 
 CLASSES = (NSTUDIO_PT_splats,)

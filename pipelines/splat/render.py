@@ -8,8 +8,8 @@ Inputs: `gaussians` (the Gaussians map) and `cameras` (T cameras, one resolution
 Outputs: `rgb` [T, H, W, 3] (premultiplied unless a background is given), `alpha` [T, H, W],
 `depth` [T, H, W] (metres along -Z, inf where empty), all float32; with the param `depth_front`
 also the extension output `depth_front` [T, H, W]: the front-surface depth, where the
-transmittance first falls to 0.5 (docs/protocol-notes.md; what final shots compare with mesh
-depth). Every frame is also sent as a `partial` (`frame`, `rgb`, `alpha`, `depth`
+transmittance first falls to 0.5, taken per pixel along its ray (docs/protocol-notes.md; what
+final shots compare with mesh depth). Every frame is also sent as a `partial` (`frame`, `rgb`, `alpha`, `depth`
 [, `depth_front`]) as soon as it is ready.
 """
 
@@ -70,8 +70,9 @@ OUTPUTS = {
     "alpha": Array(("<f4",), ("T", "H", "W"), "coverage 1 - prod(1 - alpha_i). [T, H, W]"),
     "depth": Array(("<f4",), ("T", "H", "W"), "expected depth along -Z, metres, inf where empty. [T, H, W]"),
     "depth_front": Array(("<f4",), ("T", "H", "W"),
-                         "front-surface depth along -Z, metres: the depth where the transmittance first falls "
-                         "to 0.5 (or of the heaviest contribution where alpha < 0.5); inf where empty; only with "
+                         "front-surface depth along -Z, metres: where the pixel's ray meets the Gaussian at "
+                         "which the transmittance first falls to 0.5 (or the heaviest contribution where alpha "
+                         "< 0.5); inf where empty; only with "
                          "params.depth_front. [T, H, W]", optional=True),
 }
 
