@@ -2,7 +2,7 @@
 
     python -m tools.build_extension --out dist/
 
-copies the add-on sources, downloads pyzmq and msgpack wheels for Blender's Python 3.11 and 3.13
+copies the add-on sources, downloads pyzmq, msgpack and zstandard wheels for Blender's Python 3.11 and 3.13
 on Linux (x86_64, aarch64), Windows (x64) and macOS (arm64, x86_64) with
 `pip download --only-binary=:all: --no-deps`, writes the manifest's `platforms` and
 `wheels = [...]`, and zips it all as `dist/neural_studio-<version>.zip`. Wheels are fetched at
@@ -31,13 +31,16 @@ ADDON_DIR = Path(__file__).resolve().parents[1] / "addon"
 MANIFEST = "blender_manifest.toml"
 
 #: What Blender's Python needs besides numpy; pinned so a build is reproducible.
-REQUIREMENTS = ("pyzmq==27.3.0", "msgpack==1.2.4")
+#: zstandard reads SPZ version 4 files (zstd streams).
+REQUIREMENTS = ("pyzmq==27.3.0", "msgpack==1.2.4", "zstandard==0.25.0")
 #: CPython versions of the Blender releases we support: 4.2 to 5.0 ship 3.11, 5.1 and later 3.13.
 PYTHON_VERSIONS = ("3.11", "3.13")
 #: Blender platform name -> pip platform tags (pip also accepts older manylinux/macOS tags).
 PLATFORMS = {
-    "linux-x64": ("manylinux_2_28_x86_64",),
-    "linux-arm64": ("manylinux_2_28_aarch64",),
+    # pip does not widen an explicit --platform to older manylinux tags: zstandard publishes
+    # manylinux_2_17 wheels only (Blender itself needs glibc 2.28, so both install).
+    "linux-x64": ("manylinux_2_28_x86_64", "manylinux_2_17_x86_64"),
+    "linux-arm64": ("manylinux_2_28_aarch64", "manylinux_2_17_aarch64"),
     "windows-x64": ("win_amd64",),
     "macos-arm64": ("macosx_11_0_arm64",),
     "macos-x64": ("macosx_10_15_x86_64",),

@@ -49,7 +49,7 @@ def test_zip_manifest_and_wheels(extension_zip):
         "macos-arm64": lambda w: "-macosx_" in w and w.endswith(("_arm64.whl", "_universal2.whl")),
         "macos-x64": lambda w: "-macosx_" in w and w.endswith(("_x86_64.whl", "_universal2.whl")),
     }
-    for dist in ("pyzmq", "msgpack"):
+    for dist in ("pyzmq", "msgpack", "zstandard"):
         for py_tags in (("-cp311-cp311-",), ("-cp313-cp313-", "-cp312-abi3-")):
             for platform, ok in platform_ok.items():
                 found = [w for w in wheels if os.path.basename(w).startswith(dist + "-")
@@ -81,7 +81,7 @@ INSTALL_SCRIPT = textwrap.dedent("""
         "panel": hasattr(bpy.types, "NSTUDIO_PT_status"),
         "connect_op": hasattr(bpy.ops.nstudio, "connect"),
         "prefs": name in bpy.context.preferences.addons,
-        "wheels_installed": sorted(d for d in os.listdir(site) if d in ("zmq", "msgpack")) if os.path.isdir(site) else [],
+        "wheels_installed": sorted(d for d in os.listdir(site) if d in ("zmq", "msgpack", "zstandard")) if os.path.isdir(site) else [],
         "client_imports": bool(sys.modules.get(name + ".core.client")),
     }
     addon_utils.disable(name, default_set=True, handle_error=None)
@@ -102,6 +102,6 @@ def test_installs_with_blenders_extension_installer(extension_zip, tmp_path):
     assert report["operator"] == ["FINISHED"]
     assert report["enabled"] and report["prefs"] and report["panel"] and report["connect_op"]
     assert report["module_file"].startswith(str(resources / "extensions" / "user_default" / "neural_studio"))
-    assert report["wheels_installed"] == ["msgpack", "zmq"]
+    assert report["wheels_installed"] == ["msgpack", "zmq", "zstandard"]
     assert report["client_imports"]
     assert report["panel_after_disable"] is False
