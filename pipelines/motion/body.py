@@ -281,6 +281,22 @@ def load_smpl_file(path: Path) -> dict:
     return {k: _plain(v) for k, v in raw.items()}
 
 
+def read_smpl_model(path: Path) -> dict:
+    """:func:`load_smpl_file`, checked to hold an SMPL-family model, with a dense J_regressor.
+
+    Raises:
+        PipelineError: ``unavailable`` naming the file and the first missing array.
+    """
+    data = load_smpl_file(path)
+    for key in ("v_template", "shapedirs", "J_regressor", "weights", "kintree_table", "f"):
+        if key not in data:
+            raise PipelineError("unavailable", f"body model file {path} has no {key!r}: not an "
+                                "SMPL-family model", "params.body")
+    if hasattr(data["J_regressor"], "toarray"):
+        data["J_regressor"] = data["J_regressor"].toarray()
+    return data
+
+
 def smplx_layer(path: Path, data: dict, **kwargs):
     """An ``smplx.SMPLX`` layer built from the arrays already read from the user's ``path``.
 
@@ -319,13 +335,7 @@ def load_smpl(path: Path, kind: str = "smpl", vertex_ids: dict | None = None) ->
     from smplx.utils import Struct
     from smplx.vertex_ids import vertex_ids as official_ids
 
-    data = load_smpl_file(path)
-    for key in ("v_template", "shapedirs", "J_regressor", "weights", "kintree_table", "f"):
-        if key not in data:
-            raise PipelineError("unavailable", f"body model file {path} has no {key!r}: not an "
-                                "SMPL-family model", "params.body")
-    if hasattr(data["J_regressor"], "toarray"):
-        data["J_regressor"] = data["J_regressor"].toarray()
+    data = read_smpl_model(path)
     ids = vertex_ids or official_ids["smplh" if kind == "smpl" else "smplx"]
     num_betas = min(10, np.asarray(data["shapedirs"]).shape[-1])
     if kind == "smpl":

@@ -99,16 +99,10 @@ def load_model(path: Path, device: str = "cpu", vertex_ids: dict | None = None) 
     from smplx.utils import Struct
     from smplx.vertex_ids import vertex_ids as official_ids
 
-    from .body import load_smpl_file, smplx_layer
+    from .body import read_smpl_model, smplx_layer
 
     path = Path(path)
-    data = load_smpl_file(path)
-    for key in ("v_template", "shapedirs", "J_regressor", "weights", "kintree_table", "f"):
-        if key not in data:
-            raise PipelineError("unavailable", f"body model file {path} has no {key!r}: not an "
-                                "SMPL-family model", "params.body")
-    if hasattr(data["J_regressor"], "toarray"):
-        data["J_regressor"] = data["J_regressor"].toarray()
+    data = read_smpl_model(path)
     count = int(np.shape(data["J_regressor"])[0])
     kind = FAMILY_JOINTS.get(count)
     if kind is None:
