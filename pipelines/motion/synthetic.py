@@ -226,9 +226,11 @@ def _motion(body: Body, kind: str, t_count: int, fps: float):
 
 
 #: Softness of the choice of the planted foot (metres of sole height): the foot lower by a few
-#: times this carries the body. Small enough that a planted foot barely moves (< 1 mm/frame at
-#: the hand-over), large enough that the hand-over takes a few frames instead of one (a root
-#: velocity switching in one frame is a kink in the truth).
+#: times this carries the body. Large enough that the hand-over takes a few frames instead of
+#: one (a root velocity switching in one frame is a kink in the truth). The price: during the
+#: ~4-frame hand-over both soles are within 3 cm of the floor and the one leaving slides
+#: 17-60 mm/frame (the contact hysteresis of contact.py excludes it by its speed; the camera
+#: path's triangulation trims such frames off a planting).
 STANCE_SOFTNESS = 0.01
 
 
