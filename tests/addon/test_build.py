@@ -45,7 +45,9 @@ def test_wheel_supports(name, python, platform, ok):
 def test_missing_wheels_names_each_gap():
     wheels = ["pyzmq-27.3.0-cp311-cp311-win_amd64.whl", "msgpack-1.2.4-cp311-cp311-win_amd64.whl"]
     missing = build.missing_wheels(wheels, pythons=("3.11", "3.13"), platforms=("windows-x64",))
-    assert missing == ["pyzmq==27.3.0 for Python 3.13 on windows-x64", "msgpack==1.2.4 for Python 3.13 on windows-x64"]
+    assert missing == ["pyzmq==27.3.0 for Python 3.13 on windows-x64", "msgpack==1.2.4 for Python 3.13 on windows-x64",
+                       "zstandard==0.25.0 for Python 3.11 on windows-x64",
+                       "zstandard==0.25.0 for Python 3.13 on windows-x64"]
 
 
 def test_bad_wheel_name_is_a_clear_error():
