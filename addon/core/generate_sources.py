@@ -26,6 +26,8 @@ from typing import Iterable, Mapping, Optional
 
 import numpy as np
 
+from ..wire.depth import inverse_depth_image
+
 #: Blender's Depth pass writes this (10^10 m) where no surface was hit.
 EMPTY_DEPTH = 1e9
 #: Camera-space axis signs per RGB channel: red = -x (left), green = +y (up), blue = +z (front),
@@ -227,15 +229,7 @@ def depth_control(depth: np.ndarray) -> np.ndarray:
         uint8 (H, W, 3) grey: inverse depth scaled to 0..255 over the visible pixels (nearest
         255), empty pixels 0. All visible at one depth: 255.
     """
-    depth = np.asarray(depth, np.float64)
-    valid = np.isfinite(depth) & (depth > 0) & (depth < EMPTY_DEPTH)
-    inverse = np.zeros_like(depth)
-    inverse[valid] = 1.0 / depth[valid]
-    if valid.any():
-        low, high = inverse[valid].min(), inverse[valid].max()
-        inverse[valid] = (inverse[valid] - low) / (high - low) if high > low else 1.0
-    grey = np.round(inverse * 255.0).astype(np.uint8)
-    return np.ascontiguousarray(np.repeat(grey[..., None], 3, axis=2))
+    return inverse_depth_image(depth, far=EMPTY_DEPTH)
 
 
 def normal_control(world_normals: np.ndarray, world_from_camera: np.ndarray,

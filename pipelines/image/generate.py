@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from addon.wire.depth import inverse_depth_image
 from addon.wire.schema import Array, PipelineError, Value
 
 from ..base import Job, ModelSpec, Pipeline
@@ -371,15 +372,7 @@ def _control_image(item: np.ndarray) -> np.ndarray:
     ControlNets were trained on (MiDaS-style: near bright, far/empty black, scaled to 0..255)."""
     if item.dtype == np.uint8:
         return np.ascontiguousarray(item)
-    depth = item.astype(np.float64)
-    valid = np.isfinite(depth) & (depth > 0)
-    inverse = np.zeros_like(depth)
-    inverse[valid] = 1.0 / depth[valid]
-    if valid.any():
-        low, high = inverse[valid].min(), inverse[valid].max()
-        inverse[valid] = (inverse[valid] - low) / (high - low) if high > low else 1.0
-    grey = np.round(inverse * 255.0).astype(np.uint8)
-    return np.repeat(grey[..., None], 3, axis=2)
+    return inverse_depth_image(item)
 
 
 #: Seconds between two preview images: the server sends about 10 progress reports a second, so
