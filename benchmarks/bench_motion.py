@@ -74,17 +74,23 @@ def recover_world(body, settings, observations, fps):
 
 
 def accuracy(body, kind, camera, frames, settings):
-    import torch
-
-    from pipelines.motion import contact
-    from pipelines.motion.fit import rest_keypoints
-    from pipelines.motion.keypoints import CONTACT_POINTS
-    from pipelines.motion.synthetic import make_clip, metrics
+    from pipelines.motion.synthetic import make_clip
 
     clip = make_clip(body, kind, frames=frames, camera_position=camera, seed=zlib.crc32(kind.encode()) % 1000)  # stable across runs (hash() is salted)
     start = time.perf_counter()
     world, rotation, position, contacts = recover_world(body, settings, clip.observations, clip.fps)
-    seconds = time.perf_counter() - start
+    m = score(clip, world, rotation, position, contacts)
+    m["seconds"] = time.perf_counter() - start
+    return m
+
+
+def score(clip, world, rotation, position, contacts) -> dict:
+    """The accuracy figures of a fit (`recover_world`'s outputs) against the clip's truth."""
+    from pipelines.motion import contact
+    from pipelines.motion.fit import rest_keypoints
+    from pipelines.motion.keypoints import CONTACT_POINTS
+    from pipelines.motion.synthetic import metrics
+
     kp = world.keypoints.numpy()
     m = metrics(kp[:, :17], clip.keypoints[:, :17], clip.fps)
     # MPJPE in each one's camera frame (the world's yaw is a gauge: pelvis-aligned world
@@ -101,7 +107,6 @@ def accuracy(body, kind, camera, frames, settings):
     m["truth_sliding"] = metrics(clip.keypoints, clip.keypoints, clip.fps, truth_contacts,
                                  list(CONTACT_POINTS))["foot_sliding"]
     m["camera_height_error"] = abs(float(position[2]) - float(clip.world_from_camera_cv[2, 3])) * 1000
-    m["seconds"] = seconds
     return m
 
 

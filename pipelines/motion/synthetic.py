@@ -342,6 +342,18 @@ def metrics(pred: np.ndarray, true: np.ndarray, fps: float, pred_contacts: np.nd
     return out
 
 
+def skinned_vertices(body: Body, clip: Clip) -> np.ndarray:
+    """The clip's posed mesh: the body's skinned vertices per frame (world). [T, V, 3]"""
+    from nskernels.skinning import Kinematics, skin_points
+
+    rest = body.rest(torch.tensor(clip.shape, dtype=torch.float32), full=True)
+    with torch.no_grad():
+        world_rot = _world_rotations(torch.tensor(clip.local_rotations), body.parents)
+        return skin_points(Kinematics(world_rot, torch.tensor(clip.joints)), rest.joints, rest.vertices,
+                           torch.tensor(body.skin_index, dtype=torch.long),
+                           torch.tensor(body.skin_weight)).numpy()
+
+
 def render_clip(body: Body, clip: Clip, background=(70, 90, 110)) -> np.ndarray:
     """Render the clip's body as a shaded point-splatted mesh (numpy; no GPU, no bpy).
 
@@ -352,17 +364,8 @@ def render_clip(body: Body, clip: Clip, background=(70, 90, 110)) -> np.ndarray:
     Returns:
         sRGB frames. [T, H, W, 3] uint8
     """
-    from nskernels.skinning import Kinematics, skin_points
-
-    rest = body.rest(torch.tensor(clip.shape, dtype=torch.float32), full=True)
     faces = torch.tensor(body.faces, dtype=torch.long)
-    with torch.no_grad():
-        rotations = torch.tensor(clip.local_rotations)
-        positions = torch.tensor(clip.joints)
-        world_rot = _world_rotations(rotations, body.parents)
-        verts = skin_points(Kinematics(world_rot, positions), rest.joints, rest.vertices,
-                            torch.tensor(body.skin_index, dtype=torch.long),
-                            torch.tensor(body.skin_weight)).numpy()
+    verts = skinned_vertices(body, clip)
     w, h = clip.width, clip.height
     fx, fy, cx, cy = clip.intrinsics
     camera_from_world = np.linalg.inv(clip.world_from_camera_cv)

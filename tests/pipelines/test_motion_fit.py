@@ -76,11 +76,13 @@ def test_walk_recovered_in_camera_and_world(anny):
     print("walk, camera:", {k: round(v, 1) for k, v in m_cam.items()}, "height", placement.height,
           "pitch", np.degrees(placement.pitch))
     print("walk, world:", {k: round(v, 1) for k, v in m.items()})
-    # 10.8, 17.4, 31.6 mm and 1.0 mm/frame here.
+    # 12.4, 18.4, 29.5 mm and 2.9 mm/frame here. The sliding was 1.0 while the fit also took
+    # the feet's directions from the 3D landmarks: this clip's are exact to 2 cm, MediaPipe's
+    # are 20-80 degrees off (bench_motion_rendered), so the fit no longer uses them.
     assert m["pa_mpjpe"] < 25, m
     assert m["wa_mpjpe"] < 40, m
     assert m["root_error"] < 80, m
-    assert m["foot_sliding"] < 2.5, m
+    assert m["foot_sliding"] < 3.5, m
     assert m["accel_error"] < 12, m
     # Feet stand on the ground: the lowest sole point per frame is within 5 cm of Z = 0.
     soles = kp[:, FEET, 2] - lift

@@ -178,10 +178,10 @@ def quat_multiply(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         b: right factors. [..., 4]
 
     Returns:
-        The products. [..., 4]
+        The products, float64. [..., 4]
     """
-    aw, ax, ay, az = a[..., 0], a[..., 1], a[..., 2], a[..., 3]
-    bw, bx, by, bz = b[..., 0], b[..., 1], b[..., 2], b[..., 3]
+    aw, ax, ay, az = np.moveaxis(np.asarray(a, dtype=np.float64), -1, 0)
+    bw, bx, by, bz = np.moveaxis(np.asarray(b, dtype=np.float64), -1, 0)
     return np.stack([
         aw * bw - ax * bx - ay * by - az * bz,
         aw * bx + ax * bw + ay * bz - az * by,

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..formats.axes import quat_multiply  # noqa: F401  (the one Hamilton product, re-exported)
+
 _EPS = 1e-12
 
 
@@ -21,18 +23,6 @@ def quat_conjugate(q: np.ndarray) -> np.ndarray:
     """The inverse of unit quaternions. [..., 4]"""
     q = np.asarray(q)
     return np.concatenate([q[..., :1], -q[..., 1:]], axis=-1)
-
-
-def quat_multiply(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Hamilton product ``a * b`` (apply b, then a). [..., 4]"""
-    aw, ax, ay, az = np.moveaxis(np.asarray(a, dtype=np.float64), -1, 0)
-    bw, bx, by, bz = np.moveaxis(np.asarray(b, dtype=np.float64), -1, 0)
-    return np.stack([
-        aw * bw - ax * bx - ay * by - az * bz,
-        aw * bx + ax * bw + ay * bz - az * by,
-        aw * by - ax * bz + ay * bw + az * bx,
-        aw * bz + ax * by - ay * bx + az * bw,
-    ], axis=-1)
 
 
 def quat_to_matrix(q: np.ndarray) -> np.ndarray:
