@@ -25,9 +25,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
-import os
 import sys
 import tempfile
 import time
@@ -47,27 +45,13 @@ KEYS = ("mpjpe", "pa_mpjpe", "wa_mpjpe", "w_mpjpe", "root_error", "accel_error",
 BLENDER_FROM_CV = np.diag([1.0, -1.0, -1.0, 1.0])
 
 
-@contextlib.contextmanager
-def _quiet():
-    """Blender's own log lines ("Saved: ...") off stdout and stderr (C-level writes)."""
-    sys.stdout.flush(), sys.stderr.flush()
-    saved = [os.dup(1), os.dup(2)]
-    null = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(null, 1), os.dup2(null, 2)
-        yield
-    finally:
-        os.dup2(saved[0], 1), os.dup2(saved[1], 2)
-        for fd in (*saved, null):
-            os.close(fd)
-
-
 def render(body, clip, folder: Path) -> np.ndarray:
     """The clip's posed Anny mesh rendered by Workbench through its camera. [T, H, W, 3] uint8"""
     import bpy
     from mathutils import Matrix
 
     from pipelines.motion.synthetic import skinned_vertices
+    from tools.demo_motion import render_frames
 
     bpy.ops.wm.read_factory_settings(use_empty=True)
     scene = bpy.context.scene
@@ -101,28 +85,12 @@ def render(body, clip, folder: Path) -> np.ndarray:
     cam.matrix_world = Matrix((clip.world_from_camera_cv @ BLENDER_FROM_CV).tolist())
     scene.camera = cam
     scene.render.resolution_x, scene.render.resolution_y = clip.width, clip.height
-    scene.render.engine = "BLENDER_WORKBENCH"
-    scene.world = bpy.data.worlds.new("World")
-    scene.world.color = (0.35, 0.38, 0.42)
-    scene.display.shading.light = "STUDIO"
-    scene.display.shading.color_type = "MATERIAL"
-    scene.render.image_settings.file_format = "PNG"
-    scene.render.image_settings.color_mode = "RGB"
-    images = []
-    for t, frame_verts in enumerate(verts):
-        mesh.vertices.foreach_set("co", frame_verts.ravel())
+
+    def set_frame(t):
+        mesh.vertices.foreach_set("co", verts[t].ravel())
         mesh.update()
-        path = folder / f"frame_{t:04d}.png"
-        scene.render.filepath = str(path)
-        with _quiet():
-            bpy.ops.render.render(write_still=True)
-        image = bpy.data.images.load(str(path))
-        w, h = image.size
-        px = np.empty(w * h * 4, np.float32)
-        image.pixels.foreach_get(px)
-        bpy.data.images.remove(image)
-        images.append((px.reshape(h, w, 4)[::-1, :, :3] * 255 + 0.5).astype(np.uint8))
-    return np.stack(images)
+
+    return render_frames(scene, folder, len(verts), set_frame)
 
 
 def detect(frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -173,8 +173,11 @@ def mannequin(rig, colour=(0.9, 0.45, 0.1, 1.0)) -> int:
     return count
 
 
-def render_frames(scene, out: Path, frames: int) -> np.ndarray:
-    """Render the clip with Workbench; returns sRGB frames, row 0 at the top. [T, H, W, 3] uint8"""
+def render_frames(scene, out: Path, frames: int, set_frame=None) -> np.ndarray:
+    """Render the clip with Workbench; returns sRGB frames, row 0 at the top. [T, H, W, 3] uint8
+
+    ``set_frame(f)`` poses frame ``f`` (0-based) before its render (default: the scene's frame
+    ``frame_start + f``)."""
     import bpy
 
     scene.render.engine = "BLENDER_WORKBENCH"
@@ -189,7 +192,10 @@ def render_frames(scene, out: Path, frames: int) -> np.ndarray:
     folder.mkdir(parents=True, exist_ok=True)
     images = []
     for f in range(frames):
-        scene.frame_set(scene.frame_start + f)
+        if set_frame is None:
+            scene.frame_set(scene.frame_start + f)
+        else:
+            set_frame(f)
         path = folder / f"frame_{f:04d}.png"
         scene.render.filepath = str(path)
         with contextlib.redirect_stdout(io.StringIO()):
