@@ -141,6 +141,42 @@ def film(scene, target, width: int, height: int):
                  "world_from_camera": np.array(cam.matrix_world, np.float32)}
 
 
+def walk_clip(frames: int, fps: float, width: int, height: int):
+    """The demo's clip in a new, empty Blender file: the Anny body walking, filmed.
+
+    Starts from an empty file on purpose: the default startup file's 2 m cube stands at the
+    origin, between this camera and the walk, and hid the body from the waist down in most
+    frames of a clip built over it (MediaPipe then found no person in 18 of 24 frames).
+
+    Returns:
+        (scene, Anny armature object, the template walk `Motion`, the retarget result on Anny,
+        camera object, its cameras map as `film` returns it)
+    """
+    import bpy
+
+    from addon.blender import retarget
+    from addon.core.motion import synthetic
+
+    bpy.ops.wm.read_homefile(app_template="", use_empty=True)
+    scene = bpy.context.scene
+    scene.render.fps = int(round(fps))
+    scene.frame_start, scene.frame_end = 1, frames
+    anny_obj = build_anny_armature(anny_body())
+    walk = synthetic.walk(frames, fps=fps)
+    _, on_anny = retarget.retarget_onto(walk, anny_obj, frame_start=1)
+    mid = walk.root_translation[frames // 2].astype(float)
+    cam, camera = film(scene, (mid[0], mid[1], 0.9), width, height)
+    return scene, anny_obj, walk, on_anny, cam, camera
+
+
+def clip_truth(anny_obj, on_anny) -> dict:
+    """{canonical joint of the walk: world position [T, 3]}: the retargeted Anny bones' heads,
+    the joints the clip shows (its skinned mesh follows them)."""
+    to_world = np.array(anny_obj.matrix_world)[:3, :3]
+    return {src: on_anny.matrices[dst][:, :3, 3] @ to_world.T
+            for src, dst in on_anny.pairs if dst in on_anny.matrices}
+
+
 def mannequin(rig, colour=(0.9, 0.45, 0.1, 1.0)) -> int:
     """Rigid cylinders on a Rigify rig's main DEF bones (a generated rig has no mesh to render)."""
     import bpy
@@ -333,7 +369,6 @@ def _run(args, out: Path, endpoint: str, server, stages) -> list[str]:
     import addon_utils  # noqa: I001  (exists once bpy is imported)
 
     from addon.blender import compat, motion_import, retarget
-    from addon.core.motion import synthetic
 
     live = None
     overlay_camera = None
@@ -348,28 +383,15 @@ def _run(args, out: Path, endpoint: str, server, stages) -> list[str]:
                                    f"{(info or {}).get('reason', 'no such pipeline (is pipelines/motion merged?)')}")
 
     with stages.stage("build clip"):
-        bpy.ops.wm.read_homefile(app_template="", use_empty=True)
-        scene = bpy.context.scene
-        scene.render.fps = int(round(args.fps))
-        scene.frame_start, scene.frame_end = 1, args.frames
-        body = anny_body()
-        anny_obj = build_anny_armature(body)
-        walk = synthetic.walk(args.frames, fps=args.fps)
-        _, on_anny = retarget.retarget_onto(walk, anny_obj, frame_start=1)
-        mid = walk.root_translation[args.frames // 2].astype(float)
-        cam, camera = film(scene, (mid[0], mid[1], 0.9), args.width, args.height)
-        say(f"   Anny body: {len(body['vertices'])} vertices, {len(body['names'])} bones; "
+        scene, anny_obj, walk, on_anny, cam, camera = walk_clip(args.frames, args.fps, args.width, args.height)
+        skin = next(c for c in anny_obj.children if c.type == "MESH")
+        say(f"   Anny body: {len(skin.data.vertices)} vertices, {len(anny_obj.data.bones)} bones; "
             f"walk of {args.frames} frames retargeted onto it ({len(on_anny.pairs)} bones)")
 
     with stages.stage("render clip"):
         frames = render_frames(scene, out, args.frames)
         say(f"   {len(frames)} frames {args.width}x{args.height} in {out / 'clip'}")
-    # The truth: the posed Anny joints the clip shows.
-    rest_heads = {n: on_anny.matrices[n][:, :3, 3] for n in on_anny.matrices}
-    truth = {}
-    for src, dst in on_anny.pairs:
-        if dst in rest_heads:
-            truth[src] = rest_heads[dst] @ np.array(anny_obj.matrix_world)[:3, :3].T
+    truth = clip_truth(anny_obj, on_anny)  # the posed Anny joints the clip shows
 
     if args.no_server:
         recovered_obj = motion_import.import_motion(bpy.context, walk, "Recovered", frame_start=1)
