@@ -152,8 +152,6 @@ class Fit:
         keypoints: posed common keypoints. [T, 23, 3]
         rest: the body at rest for ``shape``.
         losses: final value of each energy term.
-        foot_rotations: rotations of the left and right foot joints in the fit's frame (a
-            foot faces -Y and is flat at rest), or None. [T, 2, 3, 3]
     """
 
     shape: Tensor
@@ -163,7 +161,6 @@ class Fit:
     keypoints: Tensor
     rest: Rest
     losses: dict = field(default_factory=dict)
-    foot_rotations: Tensor | None = None
 
 
 @dataclass
@@ -523,9 +520,8 @@ class Fitter:
         axis_angle = matrix_to_axis_angle(free)
         with torch.no_grad():
             rotations, kin, kp = self.model.pose(fit.rest, axis_angle[:, 0], axis_angle[:, 1:], position)
-        feet = kin.rotations[:, self.body.feet].detach() if len(self.body.feet) == 2 else None
         return Fit(fit.shape, rotations.detach(), position.detach(), kin.positions.detach(), kp.detach(),
-                   fit.rest, fit.losses, feet)
+                   fit.rest, fit.losses)
 
     def _optimise(self, obs, params, steps, ground, stage, offset, total, adam_fraction=None) -> Fit:
         """Adam for the first ``adam_fraction`` of ``steps`` (shape, wide robust kernel), then
@@ -590,9 +586,8 @@ class Fitter:
                                           w_direction=s.w_direction_refine if steps - adam_steps > 0 else None)
             rotations, kin, kp = self.model.pose(rest, root, pose, position)
         self.report(stage, offset + steps, total)
-        feet = kin.rotations[:, self.body.feet].detach() if len(self.body.feet) == 2 else None
         return Fit(shape.detach(), rotations.detach(), position.detach(), kin.positions.detach(),
-                   kp.detach(), rest, {k: float(v) for k, v in terms.items()}, feet)
+                   kp.detach(), rest, {k: float(v) for k, v in terms.items()})
 
 
 def fit_per_frame(body: Body, observations: Observations, settings: FitSettings) -> list[Fit]:
