@@ -39,8 +39,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_motion import CAMERAS, recover_world, score  # noqa: E402
 
-KEYS = ("mpjpe", "pa_mpjpe", "wa_mpjpe", "w_mpjpe", "root_error", "accel_error", "accel_world", "foot_sliding",
-        "truth_sliding", "camera_height_error", "detect_px")
+KEYS = ("mpjpe", "pa_mpjpe", "wa_mpjpe", "w_mpjpe", "root_error", "accel_error", "accel_world",
+        "foot_sliding", "truth_sliding", "camera_height_error", "detect_px")
 #: Blender's camera looks down -Z with +Y up: OpenCV's y and z flipped.
 BLENDER_FROM_CV = np.diag([1.0, -1.0, -1.0, 1.0])
 

@@ -1,11 +1,12 @@
 """Ground and camera from the feet, for a static camera.
 
 After the camera-frame fit, the ground is the plane the feet rest on: its normal starts as the
-body's mean up axis (its torso's and legs' mean direction) and is refined from the plantings (one point per run of frames in which a
-sole point is still in the image and the lowest of its frame: depth errors move a point along
-its ray, not across the image): the normal of their least squares plane where they cover an
-area, or made perpendicular to their line where they lie along one (a straight walk), within
-MAX_CORRECTION of the body's up; its height is a low percentile of the feet.
+body's mean up axis (its torso's and legs' mean direction) and is refined from the plantings
+(one point per run of frames in which a sole point is still in the image and the lowest of its
+frame: depth errors move a point along its ray, not across the image): the normal of their
+least squares plane where they cover an area, or made perpendicular to their line where they
+lie along one (a straight walk), within MAX_CORRECTION of the body's up; its height is a low
+percentile of the feet.
 The world is then Blender's: Z = the plane's normal, the origin under the body's first root
 position, X along the camera's x axis laid on the ground, so the camera looks along +Y, stands
 at its height above the ground and is pitched as the feet say.
