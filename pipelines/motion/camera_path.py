@@ -46,6 +46,7 @@ from addon.wire.schema import PipelineError
 from nskernels.rotations import axis_angle_to_matrix
 
 from .fit import FEET, Fit, Ground, rest_keypoints
+from .ground import body_up
 from .keypoints import INDEX
 
 log = logging.getLogger(__name__)
@@ -265,30 +266,6 @@ def _ground_normal(points: np.ndarray, still: np.ndarray, up: np.ndarray) -> np.
     return up
 
 
-def _body_up(body: np.ndarray) -> np.ndarray:
-    """The body's mean up axis: the mean direction from the hips' midpoint to the shoulders'.
-
-    Not the root's rotation: the pelvis is pinned by two hip keypoints, its lean about them only
-    through the chains to the knees and shoulders, and a fit from 2D keypoints alone leaned it
-    11 degrees towards the camera on the synthetic tracking walk (6 for the torso). Where the
-    plantings lie along a line (a straight walk) the lean across that line is taken from this
-    axis as it is, and with the camera beside the walk it is the camera's pitch: 11 degrees put
-    the camera 0.9 m too low, 6 degrees 0.6 m. The truth's torso stands within 1 degree of
-    vertical; a walker's lean is forward, along the line, where the plantings correct it.
-
-    Args:
-        body: keypoints in the given frame's axes, metres. [T, 23, 3]
-
-    Returns:
-        unit vector. [3]
-    """
-    hips = (body[:, INDEX["left_hip"]] + body[:, INDEX["right_hip"]]) / 2
-    shoulders = (body[:, INDEX["left_shoulder"]] + body[:, INDEX["right_shoulder"]]) / 2
-    torso = shoulders - hips
-    up = (torso / np.linalg.norm(torso, axis=-1, keepdims=True)).mean(0)
-    return up / np.linalg.norm(up)
-
-
 def _planted_offsets(centres: np.ndarray, feet: np.ndarray, low: np.ndarray, gaps: int = GAPS) -> tuple:
     """(a [P, 3], b [P, 3]): the camera's and a sole point's displacement between frames t - k
     and t (k = 1..gaps) where the point is the lowest of its frame at t - k, t and between: a
@@ -426,9 +403,9 @@ def place(fit: Fit, path: np.ndarray, fps: float, keypoints2d: np.ndarray | None
     body = np.einsum("tij,tkj->tki", rot, kp)                          # given axes, metres
     feet = body[:, FEET]
     lift = rest_keypoints(fit.rest)[FEET, 2].numpy().astype(np.float64)
-    up = _body_up(body)
+    up = body_up(body)
     # The lowest sole points of each frame (s c_t is shared by every point of a frame), their
-    # height along the torso's mean axis (_body_up).
+    # height along the torso's mean axis (ground.body_up).
     height = feet @ up - lift
     low = height - height.min(1, keepdims=True) < LOW
     fa, fb = _planted_offsets(centres, feet, low)
