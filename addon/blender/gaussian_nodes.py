@@ -59,6 +59,20 @@ def _math(nodes, op: str, *values):
     return node
 
 
+def _sigmoid(tree, logit):
+    """Math nodes of ``1 / (1 + exp(-logit))`` in a shader or geometry node tree; returns the
+    output socket (``logit``: an output socket)."""
+    neg = _math(tree.nodes, "MULTIPLY", None, -1.0)
+    _link(tree, logit, neg.inputs[0])
+    exp = _math(tree.nodes, "EXPONENT")
+    _link(tree, neg.outputs[0], exp.inputs[0])
+    one_plus = _math(tree.nodes, "ADD", None, 1.0)
+    _link(tree, exp.outputs[0], one_plus.inputs[0])
+    alpha = _math(tree.nodes, "DIVIDE", 1.0, None)
+    _link(tree, one_plus.outputs[0], alpha.inputs[1])
+    return alpha.outputs[0]
+
+
 def _vector_math(nodes, op: str):
     node = nodes.new("ShaderNodeVectorMath")
     node.operation = op
@@ -70,6 +84,29 @@ def _named(nodes, name: str, data_type: str):
     node.data_type = data_type
     node.inputs["Name"].default_value = name
     return node
+
+
+def _group(name: str, version_key: str, version: int):
+    """The geometry node group ``name``: (it, True) when it is already at ``version`` (its
+    ``version_key`` property), else (it emptied of sockets and nodes, or made, False)."""
+    import bpy
+
+    ng = bpy.data.node_groups.get(name)
+    if ng is not None and ng.get(version_key) == version:
+        return ng, True
+    if ng is None:
+        ng = bpy.data.node_groups.new(name, "GeometryNodeTree")
+    ng.interface.clear()
+    ng.nodes.clear()
+    return ng, False
+
+
+def _output_with_material(ng, geometry, material, group_out) -> None:
+    """``geometry`` (an output socket) with ``material`` set, linked to the group's output."""
+    set_mat = ng.nodes.new("GeometryNodeSetMaterial")
+    set_mat.inputs["Material"].default_value = material
+    _link(ng, geometry, set_mat.inputs["Geometry"])
+    _link(ng, set_mat.outputs[0], group_out.inputs[0])
 
 
 def _ellipsoids(ng, points, mesh, log_scale, factor):
@@ -158,22 +195,13 @@ def ensure_proxy_material():
     _link(tree, color.outputs[0], clamp.inputs[0])
     clamp.inputs[1].default_value = (0.0, 0.0, 0.0)
 
-    # alpha = 1 / (1 + exp(-opacity))
-    logit = attribute_sum(layout.OPACITY, "Fac")
-    neg = _math(nodes, "MULTIPLY", None, -1.0)
-    _link(tree, logit, neg.inputs[0])
-    exp = _math(nodes, "EXPONENT")
-    _link(tree, neg.outputs[0], exp.inputs[0])
-    one_plus = _math(nodes, "ADD", None, 1.0)
-    _link(tree, exp.outputs[0], one_plus.inputs[0])
-    alpha = _math(nodes, "DIVIDE", 1.0, None)
-    _link(tree, one_plus.outputs[0], alpha.inputs[1])
+    alpha = _sigmoid(tree, attribute_sum(layout.OPACITY, "Fac"))
 
     emission = nodes.new("ShaderNodeEmission")
     _link(tree, clamp.outputs[0], emission.inputs["Color"])
     transparent = nodes.new("ShaderNodeBsdfTransparent")
     mix = nodes.new("ShaderNodeMixShader")
-    _link(tree, alpha.outputs[0], mix.inputs[0])
+    _link(tree, alpha, mix.inputs[0])
     _link(tree, transparent.outputs[0], mix.inputs[1])
     _link(tree, emission.outputs[0], mix.inputs[2])
     out = nodes.new("ShaderNodeOutputMaterial")
@@ -192,15 +220,9 @@ def ensure_proxy_node_group():
     instanced on the Gaussians' means, or points of radius ``factor * exp(mean log scale)``;
     both with the display material.
     """
-    import bpy
-
-    ng = bpy.data.node_groups.get(PROXY_GROUP_NAME)
-    if ng is not None and ng.get("nstudio_proxy_version") == PROXY_VERSION:
+    ng, current = _group(PROXY_GROUP_NAME, "nstudio_proxy_version", PROXY_VERSION)
+    if current:
         return ng
-    if ng is None:
-        ng = bpy.data.node_groups.new(PROXY_GROUP_NAME, "GeometryNodeTree")
-    ng.interface.clear()
-    ng.nodes.clear()
     ng.interface.new_socket("Geometry", in_out="INPUT", socket_type="NodeSocketGeometry")
     scale_in = ng.interface.new_socket(INPUT_SCALE, in_out="INPUT", socket_type="NodeSocketFloat",
                                        description="Ellipsoid / point size in standard deviations")
@@ -253,10 +275,7 @@ def ensure_proxy_node_group():
     _link(ng, compare.outputs[0], switch.inputs["Switch"])
     _link(ng, instance.outputs[0], switch.inputs["False"])
     _link(ng, points.outputs[0], switch.inputs["True"])
-    set_mat = nodes.new("GeometryNodeSetMaterial")
-    set_mat.inputs["Material"].default_value = ensure_proxy_material()
-    _link(ng, switch.outputs[0], set_mat.inputs["Geometry"])
-    _link(ng, set_mat.outputs[0], group_out.inputs[0])
+    _output_with_material(ng, switch.outputs[0], ensure_proxy_material(), group_out)
     ng["nstudio_proxy_version"] = PROXY_VERSION
     return ng
 
@@ -300,15 +319,9 @@ def ensure_shadow_node_group():
     realised, so a million Gaussians cost a million transforms, not a million meshes), with the
     shadow material.
     """
-    import bpy
-
-    ng = bpy.data.node_groups.get(SHADOW_GROUP_NAME)
-    if ng is not None and ng.get("nstudio_shadow_version") == SHADOW_VERSION:
+    ng, current = _group(SHADOW_GROUP_NAME, "nstudio_shadow_version", SHADOW_VERSION)
+    if current:
         return ng
-    if ng is None:
-        ng = bpy.data.node_groups.new(SHADOW_GROUP_NAME, "GeometryNodeTree")
-    ng.interface.clear()
-    ng.nodes.clear()
     ng.interface.new_socket("Geometry", in_out="INPUT", socket_type="NodeSocketGeometry")
     ng.interface.new_socket(INPUT_SOURCE, in_out="INPUT", socket_type="NodeSocketObject",
                             description="The Gaussian object whose shadow this casts")
@@ -338,18 +351,10 @@ def ensure_shadow_node_group():
         _link(ng, socket, points.inputs[0])
 
     # Selection: sigmoid(opacity logit) >= min opacity.
-    logit = _named(nodes, layout.OPACITY, "FLOAT")
-    neg = _math(nodes, "MULTIPLY", None, -1.0)
-    _link(ng, logit.outputs["Attribute"], neg.inputs[0])
-    exp = _math(nodes, "EXPONENT")
-    _link(ng, neg.outputs[0], exp.inputs[0])
-    one_plus = _math(nodes, "ADD", None, 1.0)
-    _link(ng, exp.outputs[0], one_plus.inputs[0])
-    alpha = _math(nodes, "DIVIDE", 1.0, None)
-    _link(ng, one_plus.outputs[0], alpha.inputs[1])
+    alpha = _sigmoid(ng, _named(nodes, layout.OPACITY, "FLOAT").outputs["Attribute"])
     opaque = nodes.new("FunctionNodeCompare")
     opaque.data_type, opaque.operation = "FLOAT", "GREATER_EQUAL"
-    _link(ng, alpha.outputs[0], opaque.inputs["A"])
+    _link(ng, alpha, opaque.inputs["A"])
     _link(ng, group_in.outputs[INPUT_MIN_OPACITY], opaque.inputs["B"])
 
     ico = nodes.new("GeometryNodeMeshIcoSphere")
@@ -359,9 +364,6 @@ def ensure_shadow_node_group():
     instance = _ellipsoids(ng, points.outputs[0], ico.outputs["Mesh"], log_scale.outputs["Attribute"],
                            group_in.outputs[INPUT_SIZE])
     _link(ng, opaque.outputs[0], instance.inputs["Selection"])
-    set_mat = nodes.new("GeometryNodeSetMaterial")
-    set_mat.inputs["Material"].default_value = ensure_shadow_material()
-    _link(ng, instance.outputs[0], set_mat.inputs["Geometry"])
-    _link(ng, set_mat.outputs[0], group_out.inputs[0])
+    _output_with_material(ng, instance.outputs[0], ensure_shadow_material(), group_out)
     ng["nstudio_shadow_version"] = SHADOW_VERSION
     return ng
