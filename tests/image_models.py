@@ -126,8 +126,9 @@ def build_sd_inpaint(folder: Path, seed: int = 0) -> Path:
     return folder / "inpaint"
 
 
-def build_sdxl(folder: Path, seed: int = 0) -> Path:
-    """SDXL layout: two CLIP text encoders (the second with projection), added time ids."""
+def build_sdxl(folder: Path, seed: int = 0, text_dim_2: int = TEXT_DIM) -> Path:
+    """SDXL layout: two CLIP text encoders (the second with projection, ``text_dim_2`` wide),
+    added time ids."""
     import torch
     from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
 
@@ -136,17 +137,17 @@ def build_sdxl(folder: Path, seed: int = 0) -> Path:
     unet = UNet2DConditionModel(
         block_out_channels=(8, 16), layers_per_block=1, sample_size=16, in_channels=4,
         out_channels=4, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=2 * TEXT_DIM,
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=TEXT_DIM + text_dim_2,
         norm_num_groups=4, attention_head_dim=4, addition_embed_type="text_time",
-        addition_time_embed_dim=8, projection_class_embeddings_input_dim=TEXT_DIM + 6 * 8,
+        addition_time_embed_dim=8, projection_class_embeddings_input_dim=text_dim_2 + 6 * 8,
         transformer_layers_per_block=1, use_linear_projection=True)
     scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012,
                                        beta_schedule="scaled_linear", timestep_spacing="leading",
                                        steps_offset=1)
     pipe = StableDiffusionXLPipeline(
         vae=_vae(), text_encoder=_clip_text(len(tokenizer)), tokenizer=tokenizer,
-        text_encoder_2=_clip_text(len(tokenizer), projection=True), tokenizer_2=tokenizer,
-        unet=unet, scheduler=scheduler)
+        text_encoder_2=_clip_text(len(tokenizer), projection=True, dim=text_dim_2),
+        tokenizer_2=tokenizer, unet=unet, scheduler=scheduler)
     pipe.save_pretrained(folder / "sdxl")
     return folder / "sdxl"
 

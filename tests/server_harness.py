@@ -7,6 +7,7 @@ them packages named ``server`` or ``pipelines`` and shadow the real ones).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -180,6 +181,25 @@ class ServerProcess:
             self.proc.kill()
             self.proc.wait(5)
             raise AssertionError(f"server ignored SIGTERM:\n{self.log()}")
+
+
+@contextlib.contextmanager
+def serving(tmp: Path, *extra: str):
+    """A started ``ServerProcess`` (``extra``: its command-line options) and a ``Client`` to it,
+    on a context of their own. On leaving, the client closes, the server must stop with exit
+    status 0, and the context is destroyed. Yields (server, client)."""
+    context = zmq.Context()
+    server = client = None
+    try:
+        server = ServerProcess(tmp, *extra).start(context)
+        client = Client(context, server.endpoint)
+        yield server, client
+    finally:
+        if client is not None:
+            client.close()
+        if server is not None:
+            assert server.stop() == 0, server.log()
+        context.destroy(linger=0)
 
 
 # Shared checks ---------------------------------------------------------------------------------

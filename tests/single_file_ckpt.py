@@ -186,28 +186,7 @@ def write_single_file(folder: Path, checkpoint: Path, pipeline_class) -> Path:
 def build_sdxl_distinct(folder: Path, seed: int = 0) -> Path:
     """A tiny SDXL whose two text encoders differ in width (32 and 48), as CLIP-L (768) and
     OpenCLIP bigG (1280) do: diffusers tells the two apart in a single file by that width, so
-    image_models.build_sdxl (both 32 wide) cannot round-trip through one."""
-    import torch
-    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
-
+    image_models.build_sdxl's default (both 32 wide) cannot round-trip through one."""
     import image_models as im
 
-    torch.manual_seed(seed)
-    wide = im.TEXT_DIM + 16
-    tokenizer = im.clip_tokenizer(folder / "_tok")
-    unet = UNet2DConditionModel(
-        block_out_channels=(8, 16), layers_per_block=1, sample_size=16, in_channels=4,
-        out_channels=4, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=im.TEXT_DIM + wide,
-        norm_num_groups=4, attention_head_dim=4, addition_embed_type="text_time",
-        addition_time_embed_dim=8, projection_class_embeddings_input_dim=wide + 6 * 8,
-        transformer_layers_per_block=1, use_linear_projection=True)
-    scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012,
-                                       beta_schedule="scaled_linear", timestep_spacing="leading",
-                                       steps_offset=1)
-    pipe = StableDiffusionXLPipeline(
-        vae=im._vae(), text_encoder=im._clip_text(len(tokenizer)), tokenizer=tokenizer,
-        text_encoder_2=im._clip_text(len(tokenizer), projection=True, dim=wide),
-        tokenizer_2=tokenizer, unet=unet, scheduler=scheduler)
-    pipe.save_pretrained(folder / "sdxl")
-    return folder / "sdxl"
+    return im.build_sdxl(folder, seed, text_dim_2=im.TEXT_DIM + 16)

@@ -190,28 +190,19 @@ def _fitting(model: str) -> str:
 def test_over_the_wire_flux_with_two_controlnets_equals_direct(tiny, tmp_path):
     """A real server on loopback: folders named in the request, the control images sent as
     ``inputs.control``, the result equal to the direct call's."""
-    import zmq
-
-    from server_harness import Client, ServerProcess
+    from server_harness import serving
 
     controls = _controls(8, count=2)
     nets = [tiny["flux-net"], tiny["flux-net2"]]
     params = {"model": str(tiny["flux"]), "prompt": PROMPT, "steps": 2, "seed": 7,
               "controlnets": [{"model": str(nets[0]), "scale": 0.6},
                               {"model": str(nets[1]), "scale": 0.9}]}
-    context = zmq.Context()
-    server = ServerProcess(tmp_path, "--models-dir", str(tmp_path / "models")).start(context)
-    client = Client(context, server.endpoint)
-    try:
+    with serving(tmp_path, "--models-dir", str(tmp_path / "models")) as (_, client):
         accepted = client.submit("image.generate", params=params, inputs={"control": controls})
         assert accepted["type"] == "accepted", accepted
         events = client.events(accepted["job"], timeout=180)
         assert events[-1]["type"] == "result", events[-1]
         images = events[-1]["outputs"]["images"]
-    finally:
-        client.close()
-        assert server.stop() == 0, server.log()
-        context.destroy(linger=0)
     # The size comes from the control images (no width/height in the request).
     np.testing.assert_array_equal(images,
                                   _direct(tiny["flux"], "flux", nets, controls, [0.6, 0.9]))

@@ -258,34 +258,16 @@ def test_cancel_between_steps(registry):
 # Over the wire -----------------------------------------------------------------------------------
 
 def test_over_the_wire_equals_direct(tiny, tmp_path):
-    import zmq
+    from server_harness import serving
 
-    from server_harness import Client, ServerProcess
-
-    context = zmq.Context()
-    server = client = None
-    try:
-        models_dir = tmp_path / "models"
-        server, client = _serve_tiny_sd(tiny, tmp_path, models_dir, context, ServerProcess,
-                                        Client)
-        _check_over_the_wire(tiny, server, client)
-    finally:
-        if client is not None:
-            client.close()
-        if server is not None:
-            assert server.stop() == 0, server.log()
-        context.destroy(linger=0)
-
-
-def _serve_tiny_sd(tiny, tmp_path, models_dir, context, ServerProcess, Client):
     models_dir = tmp_path / "models"
     added = subprocess.run([sys.executable, "-m", "server", "models", "add", "tiny-sd",
                             str(tiny["sd"]), "--models-dir", str(models_dir)],
                            cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)),
                            capture_output=True, text=True, timeout=120)
     assert added.returncode == 0, added.stderr
-    server = ServerProcess(tmp_path, "--models-dir", str(models_dir)).start(context)
-    return server, Client(context, server.endpoint)
+    with serving(tmp_path, "--models-dir", str(models_dir)) as (server, client):
+        _check_over_the_wire(tiny, server, client)
 
 
 def _check_over_the_wire(tiny, server, client):

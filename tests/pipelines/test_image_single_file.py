@@ -108,9 +108,7 @@ def test_sd_over_the_wire_by_name_and_path_equals_the_diffusers_folder(tiny, tmp
     """`nstudio models add` names the file; the server generates from it (and from its path,
     without a second load) exactly what diffusers makes from the folder; a checkpoint missing
     a tensor is a clear error naming the file, and the server keeps serving."""
-    import zmq
-
-    from server_harness import Client, ServerProcess
+    from server_harness import serving
 
     models_dir = tmp_path / "models"
     # What `nstudio models add my-checkpoint FILE` runs (server/cli.py; the command itself is
@@ -118,11 +116,7 @@ def test_sd_over_the_wire_by_name_and_path_equals_the_diffusers_folder(tiny, tmp
     ModelRegistry(models_dir).add("my-checkpoint", tiny["sd-file"])
     broken = _variant(tiny["sd-file"], "broken",
                       lambda t: t.pop("model.diffusion_model.out.2.weight"))
-    context = zmq.Context()
-    server = client = None
-    try:
-        server = ServerProcess(tmp_path, "--models-dir", str(models_dir)).start(context)
-        client = Client(context, server.endpoint)
+    with serving(tmp_path, "--models-dir", str(models_dir)) as (server, client):
         params = {"prompt": PROMPT, "steps": 2, "width": SIZE, "height": SIZE, "seed": 7,
                   "num_images": 2}
         events = {}
@@ -141,12 +135,6 @@ def test_sd_over_the_wire_by_name_and_path_equals_the_diffusers_folder(tiny, tmp
             error["message"])
         log = server.log()
         assert log.count("loading pipe from") == 2, log   # the good file once, the broken one
-    finally:
-        if client is not None:
-            client.close()
-        if server is not None:
-            assert server.stop() == 0, server.log()
-        context.destroy(linger=0)
 
 
 def test_sdxl_single_file_equals_the_diffusers_folder(tiny, tmp_path):
