@@ -280,14 +280,20 @@ def ensure_proxy_node_group():
     return ng
 
 
+def input_ids(modifier) -> dict:
+    """{input socket name: identifier} of a Geometry Nodes modifier's group (the identifier is
+    the modifier's key for that input's value)."""
+    return {item.name: item.identifier for item in modifier.node_group.interface.items_tree
+            if item.item_type == "SOCKET" and item.in_out == "INPUT"}
+
+
 def set_proxy_inputs(obj, scale_factor: float | None = None, point_threshold: int | None = None,
                      subdivisions: int | None = None) -> None:
     """Set the display proxy's modifier inputs on a Gaussian object (None keeps a value)."""
     modifier = obj.modifiers.get(PROXY_MODIFIER_NAME)
     if modifier is None or modifier.node_group is None:
         raise ValueError(f"object '{obj.name}' has no '{PROXY_MODIFIER_NAME}' modifier")
-    ids = {item.name: item.identifier for item in modifier.node_group.interface.items_tree
-           if item.item_type == "SOCKET" and item.in_out == "INPUT"}
+    ids = input_ids(modifier)
     for name, value in ((INPUT_SCALE, scale_factor), (INPUT_THRESHOLD, point_threshold),
                         (INPUT_SUBDIVISIONS, subdivisions)):
         if value is not None:

@@ -81,17 +81,12 @@ def _ensure_shadow_collection(scene):
     return coll
 
 
-def _input_ids(modifier) -> dict:
-    return {item.name: item.identifier for item in modifier.node_group.interface.items_tree
-            if item.item_type == "SOCKET" and item.in_out == "INPUT"}
-
-
 def source_of(caster):
     """The Gaussian object a caster reads (None when it was deleted)."""
     modifier = caster.modifiers.get(MODIFIER_NAME)
     if modifier is None or modifier.node_group is None:
         return None
-    return modifier.get(_input_ids(modifier).get(gaussian_nodes.INPUT_SOURCE, ""))
+    return modifier.get(gaussian_nodes.input_ids(modifier).get(gaussian_nodes.INPUT_SOURCE, ""))
 
 
 def casters(scene) -> list:
@@ -126,7 +121,7 @@ def ensure_caster(scene, obj):
     modifier.node_group = gaussian_nodes.ensure_shadow_node_group()
     # Only renders need it: the viewport shows the Gaussians' display proxy instead.
     modifier.show_viewport = False
-    modifier[_input_ids(modifier)[gaussian_nodes.INPUT_SOURCE]] = obj
+    modifier[gaussian_nodes.input_ids(modifier)[gaussian_nodes.INPUT_SOURCE]] = obj
     sync_caster(caster)
     return caster
 
@@ -146,7 +141,7 @@ def sync_caster(caster) -> bool:
         changed = True
     if settings is not None:
         modifier = caster.modifiers[MODIFIER_NAME]
-        ids = _input_ids(modifier)
+        ids = gaussian_nodes.input_ids(modifier)
         for name, value in ((gaussian_nodes.INPUT_MIN_OPACITY, settings.min_opacity),
                             (gaussian_nodes.INPUT_SIZE, settings.size)):
             if abs(modifier[ids[name]] - value) > 1e-7:
